@@ -1,0 +1,645 @@
+"""Gaussian diffusion: the forward process, its posterior, the reverse model and the variational bound.
+
+`GaussianDiffusion` is pure tensor math. It knows nothing about Keras: the network is any callable
+`denoise_fn(x_t, t) -> model_output`. Conventions follow Ho et al. and improved/guided diffusion so
+that results compare with the literature (see the README's "Conventions" section):
+
+- images are float [B, H, W, C] in [-1, 1]; `t` is int32 [B] with values in [0, T);
+- coefficient tables are float64 NumPy arrays, gathered per batch and cast to the compute dtype;
+- VLB terms and losses are means over dimensions; VLB terms are in bits (nats / ln 2);
+- a respaced diffusion (`respace`) runs on fewer steps but calls the network with original indices.
+
+Every loop over timesteps (sampling, bits/dim) is a `tf.while_loop` inside one `tf.function`, with
+an XLA option and a stateless Philox seed so graph and XLA runs draw the same noise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from ddpm_tf import losses, rng
+from ddpm_tf.schedules import respaced_betas, validate_betas
+
+MODEL_MEAN_TYPES = ("epsilon", "x_start", "v")
+MODEL_VAR_TYPES = ("fixed_small", "fixed_large", "learned", "learned_range")
+LOSS_TYPES = ("mse", "rescaled_mse", "kl", "rescaled_kl")
+
+DenoiseFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+StepFn = Callable[[DenoiseFn, tf.Tensor, tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
+
+_LN2 = math.log(2.0)
+
+
+def _check_choice(value: str, allowed: Sequence[str], name: str) -> str:
+    if value not in allowed:
+        raise ValueError(f"Unknown {name} {value!r}; choose one of {tuple(allowed)}.")
+    return value
+
+
+def _is_concrete(x: tf.Tensor) -> bool:
+    return tf.executing_eagerly() and hasattr(x, "numpy")
+
+
+class GaussianDiffusion:
+    """DDPM mathematics for a fixed beta schedule (float64 [T]); see the module docstring."""
+
+    def __init__(
+        self,
+        betas: Sequence[float] | np.ndarray,
+        model_mean_type: str = "epsilon",
+        model_var_type: str = "fixed_large",
+        loss_type: str = "mse",
+        *,
+        timestep_map: Sequence[int] | np.ndarray | None = None,
+        dtype: str | tf.DType = "float32",
+    ):
+        self.betas = validate_betas(betas)
+        self.model_mean_type = _check_choice(model_mean_type, MODEL_MEAN_TYPES, "model_mean_type")
+        self.model_var_type = _check_choice(model_var_type, MODEL_VAR_TYPES, "model_var_type")
+        self.loss_type = _check_choice(loss_type, LOSS_TYPES, "loss_type")
+        self.dtype = tf.as_dtype(dtype)
+        if not self.dtype.is_floating:
+            raise ValueError(f"`dtype` must be a float dtype, got {self.dtype.name}.")
+        self.num_timesteps = int(self.betas.size)
+        self.timestep_map = self._check_timestep_map(timestep_map)
+        self._build_tables()
+        self._compiled: dict[tuple, Callable] = {}
+
+    # ----------------------------------------------------------------------------------- tables
+    def _check_timestep_map(self, timestep_map) -> np.ndarray:
+        if timestep_map is None:
+            return np.arange(self.num_timesteps, dtype=np.int64)
+        mapped = np.asarray(timestep_map, dtype=np.int64)
+        if mapped.shape != (self.num_timesteps,) or np.any(np.diff(mapped) <= 0) or mapped[0] < 0:
+            raise ValueError(
+                f"`timestep_map` must be {self.num_timesteps} increasing non-negative indices, "
+                f"got shape {mapped.shape}."
+            )
+        return mapped
+
+    def _build_tables(self) -> None:
+        betas = self.betas
+        alphas = 1.0 - betas
+        ab = np.cumprod(alphas)
+        ab_prev = np.append(1.0, ab[:-1])
+        self.alphas_cumprod = ab
+        self.alphas_cumprod_prev = ab_prev
+        self.sqrt_alphas_cumprod = np.sqrt(ab)
+        self.sqrt_one_minus_alphas_cumprod = np.sqrt(1.0 - ab)
+        self.log_one_minus_alphas_cumprod = np.log1p(-ab)
+        self.sqrt_recip_alphas_cumprod = np.sqrt(1.0 / ab)
+        self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / ab - 1.0)
+        # q(x_{t-1} | x_t, x_0): variance beta_t (1 - abar_{t-1}) / (1 - abar_t), zero at t = 0.
+        self.posterior_variance = betas * (1.0 - ab_prev) / (1.0 - ab)
+        # log(0) at t = 0 is replaced by the value at t = 1 (beta_1 when T = 1).
+        first = self.posterior_variance[1] if self.num_timesteps > 1 else betas[0]
+        self.posterior_log_variance_clipped = np.log(np.append(first, self.posterior_variance[1:]))
+        self.posterior_mean_coef1 = betas * np.sqrt(ab_prev) / (1.0 - ab)
+        self.posterior_mean_coef2 = (1.0 - ab_prev) * np.sqrt(alphas) / (1.0 - ab)
+        self.log_betas = np.log(betas)
+        # fixed_large: sigma_t^2 = beta_t, except t = 0 which takes the posterior variance of t = 1.
+        self.large_variance = np.append(first, betas[1:])
+
+    def _gather(self, table: np.ndarray, t: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
+        """table[t] as [B, 1, 1, ...] in the dtype of `like`, ready to broadcast against it."""
+        values = tf.cast(tf.gather(tf.constant(table, tf.float64), t), like.dtype)
+        ones = tf.ones([tf.rank(like) - 1], tf.int32)
+        return tf.reshape(values, tf.concat([tf.shape(t), ones], axis=0))
+
+    # ------------------------------------------------------------------------------- validation
+    def _images(self, x, name: str) -> tf.Tensor:
+        x = tf.convert_to_tensor(x)
+        if not x.dtype.is_floating:
+            raise ValueError(
+                f"`{name}` must be a float tensor scaled to [-1, 1], got dtype {x.dtype.name}; "
+                "convert uint8 images with ddpm_tf.data.scale_to_unit."
+            )
+        if x.shape.rank is not None and x.shape.rank != 4:
+            raise ValueError(
+                f"`{name}` must have shape [B, H, W, C] (rank 4), got shape {x.shape}."
+            )
+        return tf.cast(x, self.dtype)
+
+    def _timesteps(self, t, x: tf.Tensor, name: str = "t") -> tf.Tensor:
+        t = tf.convert_to_tensor(t)
+        if not t.dtype.is_integer:
+            raise ValueError(
+                f"`{name}` must be an integer tensor of timestep indices, got {t.dtype.name}."
+            )
+        if t.shape.rank is not None and t.shape.rank != 1:
+            raise ValueError(f"`{name}` must have shape [B], got shape {t.shape}.")
+        batch = x.shape[0]
+        if batch is not None and t.shape[0] is not None and t.shape[0] != batch:
+            raise ValueError(
+                f"`{name}` has {t.shape[0]} entries but the images have batch {batch}."
+            )
+        t = tf.cast(t, tf.int32)
+        message = f"`{name}` must lie in [0, {self.num_timesteps})"
+        if _is_concrete(t):
+            values = t.numpy()
+            if values.size and (values.min() < 0 or values.max() >= self.num_timesteps):
+                raise ValueError(f"{message}; got values from {values.min()} to {values.max()}.")
+            return t
+        checks = [
+            tf.debugging.assert_non_negative(t, message=message),
+            tf.debugging.assert_less(t, self.num_timesteps, message=message),
+        ]
+        with tf.control_dependencies(checks):
+            return tf.identity(t)
+
+    def _check_output(self, model_output, x_t: tf.Tensor) -> tf.Tensor:
+        model_output = tf.cast(tf.convert_to_tensor(model_output), self.dtype)
+        channels = x_t.shape[-1]
+        expected = 2 * channels if self.learns_variance else channels
+        got = model_output.shape[-1]
+        if channels is not None and got is not None and got != expected:
+            detail = "2C (mean and variance)" if self.learns_variance else "C"
+            raise ValueError(
+                f"`model_output` has {got} channels but model_var_type={self.model_var_type!r} "
+                f"with C={channels} image channels needs {detail} = {expected}."
+            )
+        return model_output
+
+    @property
+    def learns_variance(self) -> bool:
+        return self.model_var_type in ("learned", "learned_range")
+
+    def model_timesteps(self, t: tf.Tensor) -> tf.Tensor:
+        """The original-schedule indices the network sees for indices `t` of this process."""
+        return tf.gather(tf.constant(self.timestep_map, tf.int32), t)
+
+    def _call(self, denoise_fn: DenoiseFn, x_t: tf.Tensor, t: tf.Tensor) -> tf.Tensor:
+        return self._check_output(denoise_fn(x_t, self.model_timesteps(t)), x_t)
+
+    # -------------------------------------------------------------------------- forward process
+    def q_mean_variance(self, x_start, t) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I): (mean, variance, log_variance)."""
+        x_start = self._images(x_start, "x_start")
+        t = self._timesteps(t, x_start)
+        mean = self._gather(self.sqrt_alphas_cumprod, t, x_start) * x_start
+        variance = self._gather(1.0 - self.alphas_cumprod, t, x_start)
+        log_variance = self._gather(self.log_one_minus_alphas_cumprod, t, x_start)
+        return mean, variance, log_variance
+
+    def q_sample(self, x_start, t, noise=None, seed: rng.SeedLike | None = None) -> tf.Tensor:
+        """Draws x_t ~ q(x_t | x_0) as sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise."""
+        x_start = self._images(x_start, "x_start")
+        t = self._timesteps(t, x_start)
+        return self._q_sample(x_start, t, self._noise_like(x_start, noise, seed))
+
+    def _q_sample(self, x_start, t, noise) -> tf.Tensor:
+        return (
+            self._gather(self.sqrt_alphas_cumprod, t, x_start) * x_start
+            + self._gather(self.sqrt_one_minus_alphas_cumprod, t, x_start) * noise
+        )
+
+    def _noise_like(self, x: tf.Tensor, noise, seed) -> tf.Tensor:
+        if noise is not None:
+            noise = tf.cast(noise, self.dtype)
+            if (
+                noise.shape.is_fully_defined()
+                and x.shape.is_fully_defined()
+                and noise.shape != x.shape
+            ):
+                raise ValueError(
+                    f"`noise` has shape {noise.shape} but the images have shape {x.shape}."
+                )
+            return noise
+        if seed is None:
+            return tf.random.normal(tf.shape(x), dtype=self.dtype)
+        return rng.normal(tf.shape(x), seed, self.dtype)
+
+    def q_posterior_mean_variance(self, x_start, x_t, t) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """q(x_{t-1} | x_t, x_0): (mean, variance, log_variance_clipped)."""
+        x_start = self._images(x_start, "x_start")
+        x_t = self._images(x_t, "x_t")
+        t = self._timesteps(t, x_t)
+        return self._posterior(x_start, x_t, t)
+
+    def _posterior(self, x_start, x_t, t):
+        mean = (
+            self._gather(self.posterior_mean_coef1, t, x_t) * x_start
+            + self._gather(self.posterior_mean_coef2, t, x_t) * x_t
+        )
+        variance = self._gather(self.posterior_variance, t, x_t)
+        log_variance = self._gather(self.posterior_log_variance_clipped, t, x_t)
+        return mean, variance, log_variance
+
+    # --------------------------------------------------------------- parameterization conversions
+    def predict_xstart_from_eps(self, x_t, t, eps) -> tf.Tensor:
+        """x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)."""
+        return (
+            self._gather(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
+            - self._gather(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
+        )
+
+    def predict_eps_from_xstart(self, x_t, t, pred_xstart) -> tf.Tensor:
+        """eps = (x_t / sqrt(abar_t) - x_0) / sqrt(1 / abar_t - 1)."""
+        return (
+            self._gather(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - pred_xstart
+        ) / self._gather(self.sqrt_recipm1_alphas_cumprod, t, x_t)
+
+    def predict_xstart_from_v(self, x_t, t, v) -> tf.Tensor:
+        """x_0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v, for v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0."""
+        return (
+            self._gather(self.sqrt_alphas_cumprod, t, x_t) * x_t
+            - self._gather(self.sqrt_one_minus_alphas_cumprod, t, x_t) * v
+        )
+
+    def v_target(self, x_start, t, noise) -> tf.Tensor:
+        """The v of Salimans & Ho for this x_0 and noise: sqrt(abar_t) eps - sqrt(1 - abar_t) x_0."""
+        return (
+            self._gather(self.sqrt_alphas_cumprod, t, x_start) * noise
+            - self._gather(self.sqrt_one_minus_alphas_cumprod, t, x_start) * x_start
+        )
+
+    def score_from_eps(self, eps, t) -> tf.Tensor:
+        """The score grad log q(x_t) that eps implies: -eps / sqrt(1 - abar_t)."""
+        return -eps / self._gather(self.sqrt_one_minus_alphas_cumprod, t, eps)
+
+    def eps_from_score(self, score, t) -> tf.Tensor:
+        """Inverse of `score_from_eps`: eps = -sqrt(1 - abar_t) score."""
+        return -score * self._gather(self.sqrt_one_minus_alphas_cumprod, t, score)
+
+    def _predict_xstart(self, mean_output, x_t, t) -> tf.Tensor:
+        if self.model_mean_type == "epsilon":
+            return self.predict_xstart_from_eps(x_t, t, mean_output)
+        if self.model_mean_type == "v":
+            return self.predict_xstart_from_v(x_t, t, mean_output)
+        return mean_output
+
+    # ---------------------------------------------------------------------------- reverse model
+    def _model_log_variance(self, variance_output, x_t, t) -> tf.Tensor:
+        if self.model_var_type == "learned":
+            return variance_output
+        if self.model_var_type == "learned_range":
+            low = self._gather(self.posterior_log_variance_clipped, t, x_t)
+            high = self._gather(self.log_betas, t, x_t)
+            frac = (variance_output + 1.0) / 2.0
+            return frac * high + (1.0 - frac) * low
+        if self.model_var_type == "fixed_large":
+            return self._gather(np.log(self.large_variance), t, x_t)
+        return self._gather(self.posterior_log_variance_clipped, t, x_t)
+
+    def p_mean_variance(self, model_output, x_t, t, clip_denoised: bool = True) -> dict:
+        """p(x_{t-1} | x_t) from the network's output: dict(mean, variance, log_variance, pred_xstart).
+
+        `model_output` has C channels, or 2C when the variance is learned (mean part first).
+        """
+        x_t = self._images(x_t, "x_t")
+        t = self._timesteps(t, x_t)
+        return self._p_mean_variance(self._check_output(model_output, x_t), x_t, t, clip_denoised)
+
+    def _p_mean_variance(self, model_output, x_t, t, clip_denoised) -> dict:
+        if self.learns_variance:
+            mean_output, variance_output = tf.split(model_output, 2, axis=-1)
+        else:
+            mean_output, variance_output = model_output, None
+        log_variance = self._model_log_variance(variance_output, x_t, t)
+        log_variance = log_variance + tf.zeros_like(x_t)
+        pred_xstart = self._predict_xstart(mean_output, x_t, t)
+        if clip_denoised:
+            pred_xstart = tf.clip_by_value(pred_xstart, -1.0, 1.0)
+        mean, _, _ = self._posterior(pred_xstart, x_t, t)
+        return {
+            "mean": mean,
+            "variance": tf.exp(log_variance),
+            "log_variance": log_variance,
+            "pred_xstart": pred_xstart,
+        }
+
+    # ------------------------------------------------------------------------- variational bound
+    def _vb_terms(
+        self, model_output, x_start, x_t, t, clip_denoised
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        true_mean, _, true_log_variance = self._posterior(x_start, x_t, t)
+        out = self._p_mean_variance(model_output, x_t, t, clip_denoised)
+        kl = losses.normal_kl(true_mean, true_log_variance, out["mean"], out["log_variance"])
+        kl = losses.mean_over_dims(kl) / _LN2
+        decoder_nll = -losses.discretized_gaussian_log_likelihood(
+            x_start, out["mean"], 0.5 * out["log_variance"]
+        )
+        decoder_nll = losses.mean_over_dims(decoder_nll) / _LN2
+        return tf.where(tf.equal(t, 0), decoder_nll, kl), out["pred_xstart"]
+
+    def vb_terms_bpd(self, model_output, x_start, x_t, t, clip_denoised: bool = True) -> tf.Tensor:
+        """One term of the VLB in bits/dim [B]: L_{t-1} = KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)), L_0 at t=0."""
+        x_start = self._images(x_start, "x_start")
+        x_t = self._images(x_t, "x_t")
+        t = self._timesteps(t, x_t)
+        model_output = self._check_output(model_output, x_t)
+        return self._vb_terms(model_output, x_start, x_t, t, clip_denoised)[0]
+
+    def prior_bpd(self, x_start) -> tf.Tensor:
+        """L_T = KL(q(x_T | x_0) || N(0, I)) in bits/dim [B]; no parameters, a check of the schedule."""
+        x_start = self._images(x_start, "x_start")
+        t_last = tf.fill(tf.shape(x_start)[:1], self.num_timesteps - 1)
+        mean, _, log_variance = self.q_mean_variance(x_start, t_last)
+        kl = losses.normal_kl(mean, log_variance, tf.zeros_like(mean), tf.zeros_like(mean))
+        return losses.mean_over_dims(kl) / _LN2
+
+    def training_losses(
+        self, denoise_fn: DenoiseFn, x_start, t, noise=None, seed: rng.SeedLike | None = None
+    ) -> dict:
+        """Per-example losses [B] for `loss_type`: dict(loss) plus `mse` and `vb` where they apply.
+
+        With a learned variance, the vb term sees the mean output through a stop-gradient so it
+        trains only the variance (Improved DDPM); "rescaled_mse" weights it by T/1000 (lambda = 0.001
+        of the full bound) and "rescaled_kl" multiplies the bound term by T.
+        """
+        x_start = self._images(x_start, "x_start")
+        t = self._timesteps(t, x_start)
+        noise = self._noise_like(x_start, noise, seed)
+        x_t = self._q_sample(x_start, t, noise)
+        model_output = self._call(denoise_fn, x_t, t)
+        if self.loss_type in ("kl", "rescaled_kl"):
+            vb = self._vb_terms(model_output, x_start, x_t, t, clip_denoised=False)[0]
+            scale = self.num_timesteps if self.loss_type == "rescaled_kl" else 1.0
+            return {"loss": vb * scale, "vb": vb}
+        terms = {}
+        mean_output = model_output
+        if self.learns_variance:
+            mean_output, variance_output = tf.split(model_output, 2, axis=-1)
+            frozen = tf.concat([tf.stop_gradient(mean_output), variance_output], axis=-1)
+            vb = self._vb_terms(frozen, x_start, x_t, t, clip_denoised=False)[0]
+            if self.loss_type == "rescaled_mse":
+                vb = vb * (self.num_timesteps / 1000.0)
+            terms["vb"] = vb
+        target = {"epsilon": noise, "x_start": x_start}.get(self.model_mean_type)
+        if target is None:
+            target = self.v_target(x_start, t, noise)
+        terms["mse"] = losses.mean_over_dims(tf.square(target - mean_output))
+        terms["loss"] = terms["mse"] + terms.get("vb", 0.0)
+        return terms
+
+    # ------------------------------------------------------------------------------ step functions
+    def p_sample(self, denoise_fn: DenoiseFn, x_t, t, noise, clip_denoised: bool = True) -> dict:
+        """One ancestral step x_t -> x_{t-1} = mean + sigma_t noise (no noise at t = 0)."""
+        x_t = self._images(x_t, "x_t")
+        t = self._timesteps(t, x_t)
+        sample, pred_xstart = self._ancestral_step(clip_denoised)(denoise_fn, x_t, t, noise)
+        return {"sample": sample, "pred_xstart": pred_xstart}
+
+    def ddim_sample(
+        self, denoise_fn: DenoiseFn, x_t, t, noise, eta: float = 0.0, clip_denoised: bool = True
+    ) -> dict:
+        """One DDIM step (Song et al.) with stochasticity eta (0: deterministic, 1: DDPM-like)."""
+        x_t = self._images(x_t, "x_t")
+        t = self._timesteps(t, x_t)
+        sample, pred_xstart = self._ddim_step(eta, clip_denoised)(denoise_fn, x_t, t, noise)
+        return {"sample": sample, "pred_xstart": pred_xstart}
+
+    def _nonzero(self, t, like) -> tf.Tensor:
+        mask = tf.cast(tf.not_equal(t, 0), like.dtype)
+        return tf.reshape(mask, tf.concat([tf.shape(t), tf.ones([tf.rank(like) - 1], tf.int32)], 0))
+
+    def _ancestral_step(self, clip_denoised: bool) -> StepFn:
+        def step(denoise_fn, x_t, t, noise):
+            out = self._p_mean_variance(self._call(denoise_fn, x_t, t), x_t, t, clip_denoised)
+            scale = self._nonzero(t, x_t) * tf.exp(0.5 * out["log_variance"])
+            return out["mean"] + scale * tf.cast(noise, x_t.dtype), out["pred_xstart"]
+
+        return step
+
+    def _ddim_step(self, eta, clip_denoised: bool) -> StepFn:
+        def step(denoise_fn, x_t, t, noise):
+            out = self._p_mean_variance(self._call(denoise_fn, x_t, t), x_t, t, clip_denoised)
+            pred_xstart = out["pred_xstart"]
+            eps = self.predict_eps_from_xstart(x_t, t, pred_xstart)
+            ab = self._gather(self.alphas_cumprod, t, x_t)
+            ab_prev = self._gather(self.alphas_cumprod_prev, t, x_t)
+            eta_t = tf.cast(eta, x_t.dtype)
+            sigma = eta_t * tf.sqrt((1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev))
+            mean = pred_xstart * tf.sqrt(ab_prev) + tf.sqrt(1.0 - ab_prev - sigma**2) * eps
+            sample = mean + self._nonzero(t, x_t) * sigma * tf.cast(noise, x_t.dtype)
+            return sample, pred_xstart
+
+        return step
+
+    # ------------------------------------------------------------------------------- compiled loops
+    def _compiled_fn(self, key: tuple, python_fn: Callable, jit_compile: bool) -> Callable:
+        key = (*key, bool(jit_compile))
+        if key not in self._compiled:
+            self._compiled[key] = tf.function(
+                python_fn, jit_compile=bool(jit_compile), autograph=False
+            )
+        return self._compiled[key]
+
+    def _sample_loop(
+        self, step: StepFn, denoise_fn: DenoiseFn, shape, seed, noise, every: int
+    ) -> dict:
+        """Runs `step` from t = T-1 down to 0 in a tf.while_loop; records x_0 predictions every `every`."""
+        init_seed, step_seed = rng.split(seed)
+        x = (
+            rng.normal(shape, init_seed, self.dtype)
+            if noise is None
+            else tf.cast(noise, self.dtype)
+        )
+        batch = tf.shape(x)[:1]
+        num_records = len(range(0, self.num_timesteps, every)) if every else 0
+        records = tf.TensorArray(self.dtype, size=max(num_records, 1), element_shape=x.shape)
+
+        def body(i, x, records):
+            t_scalar = self.num_timesteps - 1 - i
+            t = tf.fill(batch, t_scalar)
+            step_noise = rng.normal(tf.shape(x), rng.fold_in(step_seed, t_scalar), self.dtype)
+            x_next, pred_xstart = step(denoise_fn, x, t, step_noise)
+            if num_records:
+                slot = num_records - 1 - t_scalar // every
+                records = tf.cond(
+                    tf.equal(t_scalar % every, 0),
+                    lambda: records.write(slot, pred_xstart),
+                    lambda: records,
+                )
+            return i + 1, tf.ensure_shape(x_next, x.shape), records
+
+        _, x, records = tf.while_loop(
+            lambda i, *_: i < self.num_timesteps,
+            body,
+            (tf.constant(0), x, records),
+            maximum_iterations=self.num_timesteps,
+        )
+        result = {"sample": x}
+        if num_records:
+            result["pred_xstart"] = records.stack()
+        return result
+
+    def _check_shape(self, shape) -> tuple:
+        shape = tuple(int(s) for s in shape)
+        if len(shape) != 4 or min(shape) < 1:
+            raise ValueError(f"`shape` must be [B, H, W, C] with positive sizes, got {shape}.")
+        return shape
+
+    def p_sample_loop_progressive(
+        self,
+        denoise_fn: DenoiseFn,
+        shape: Sequence[int],
+        seed: rng.SeedLike,
+        clip_denoised: bool = True,
+        every: int = 1,
+        noise=None,
+        jit_compile: bool = False,
+    ) -> dict:
+        """Ancestral sampling that also returns the x_0 predictions at every `every`-th step.
+
+        Returns dict(sample [B,H,W,C], pred_xstart [K,B,H,W,C]) in sampling order (last is t=0).
+        """
+        return self._sampler(
+            "ancestral", denoise_fn, shape, seed, clip_denoised, None, every, noise, jit_compile
+        )
+
+    def p_sample_loop(
+        self,
+        denoise_fn: DenoiseFn,
+        shape: Sequence[int],
+        seed: rng.SeedLike,
+        clip_denoised: bool = True,
+        noise=None,
+        jit_compile: bool = False,
+    ) -> tf.Tensor:
+        """Ancestral sampling x_T ~ N(0, I) -> x_0 in one compiled loop; x_T is `noise` if given."""
+        return self._sampler(
+            "ancestral", denoise_fn, shape, seed, clip_denoised, None, 0, noise, jit_compile
+        )["sample"]
+
+    def ddim_sample_loop_progressive(
+        self,
+        denoise_fn: DenoiseFn,
+        shape: Sequence[int],
+        seed: rng.SeedLike,
+        eta: float = 0.0,
+        clip_denoised: bool = True,
+        every: int = 1,
+        noise=None,
+        jit_compile: bool = False,
+    ) -> dict:
+        """DDIM sampling that also returns the x_0 predictions (see `p_sample_loop_progressive`)."""
+        return self._sampler(
+            "ddim", denoise_fn, shape, seed, clip_denoised, eta, every, noise, jit_compile
+        )
+
+    def ddim_sample_loop(
+        self,
+        denoise_fn: DenoiseFn,
+        shape: Sequence[int],
+        seed: rng.SeedLike,
+        eta: float = 0.0,
+        clip_denoised: bool = True,
+        noise=None,
+        jit_compile: bool = False,
+    ) -> tf.Tensor:
+        """DDIM sampling over this process's steps (respace first for fewer steps)."""
+        return self._sampler(
+            "ddim", denoise_fn, shape, seed, clip_denoised, eta, 0, noise, jit_compile
+        )["sample"]
+
+    def _sampler(
+        self, kind, denoise_fn, shape, seed, clip_denoised, eta, every, noise, jit_compile
+    ) -> dict:
+        shape = self._check_shape(shape)
+        if noise is not None:
+            noise = self._images(noise, "noise")
+            if tuple(noise.shape) != shape:
+                raise ValueError(f"`noise` (x_T) has shape {tuple(noise.shape)}, expected {shape}.")
+        if not isinstance(every, int) or every < 0:
+            raise ValueError(f"`every` must be an int >= 0, got {every!r}.")
+        if eta is not None and not 0.0 <= float(eta) <= 1.0:
+            raise ValueError(f"`eta` must be in [0, 1], got {eta}.")
+        clip = bool(clip_denoised)
+
+        def run(seed, noise, eta):
+            step = self._ancestral_step(clip) if kind == "ancestral" else self._ddim_step(eta, clip)
+            return self._sample_loop(step, denoise_fn, shape, seed, noise, every)
+
+        key = (kind, denoise_fn, shape, clip, every, noise is None)
+        fn = self._compiled_fn(key, run, jit_compile)
+        eta_tensor = tf.constant(0.0 if eta is None else float(eta), self.dtype)
+        return fn(rng.as_seed(seed), noise, eta_tensor)
+
+    # ------------------------------------------------------------------------------------ bits/dim
+    def calc_bpd_loop(
+        self,
+        denoise_fn: DenoiseFn,
+        x_start,
+        clip_denoised: bool = True,
+        seed: rng.SeedLike = 0,
+        jit_compile: bool = False,
+    ) -> dict:
+        """The full variational bound per example, in bits/dim, with one network call per step.
+
+        Returns dict(total_bpd [B], prior_bpd [B], vb [B,T], mse [B,T], xstart_mse [B,T]): vb[:, t]
+        is L_t's term (L_0 the decoder), mse the squared error of the implied eps, xstart_mse of x_0.
+        """
+        x_start = self._images(x_start, "x_start")
+        if _is_concrete(x_start):
+            low, high = float(tf.reduce_min(x_start)), float(tf.reduce_max(x_start))
+            if low < -1.0 - 1e-6 or high > 1.0 + 1e-6:
+                raise ValueError(
+                    f"`x_start` must be images scaled to [-1, 1] for bits/dim, got values in [{low}, {high}]."
+                )
+        key = ("bpd", denoise_fn, tuple(x_start.shape), bool(clip_denoised))
+        fn = self._compiled_fn(
+            key, lambda x, s: self._bpd_loop(denoise_fn, x, s, bool(clip_denoised)), jit_compile
+        )
+        return fn(x_start, rng.as_seed(seed))
+
+    def _bpd_loop(self, denoise_fn, x_start, seed, clip_denoised) -> dict:
+        batch = tf.shape(x_start)[:1]
+        arrays = [tf.TensorArray(self.dtype, size=self.num_timesteps) for _ in range(3)]
+
+        def body(i, vb_ta, mse_ta, xmse_ta):
+            t_scalar = self.num_timesteps - 1 - i
+            t = tf.fill(batch, t_scalar)
+            noise = rng.normal(tf.shape(x_start), rng.fold_in(seed, t_scalar), self.dtype)
+            x_t = self._q_sample(x_start, t, noise)
+            model_output = self._call(denoise_fn, x_t, t)
+            vb, pred_xstart = self._vb_terms(model_output, x_start, x_t, t, clip_denoised)
+            eps = self.predict_eps_from_xstart(x_t, t, pred_xstart)
+            return (
+                i + 1,
+                vb_ta.write(t_scalar, vb),
+                mse_ta.write(t_scalar, losses.mean_over_dims(tf.square(eps - noise))),
+                xmse_ta.write(t_scalar, losses.mean_over_dims(tf.square(pred_xstart - x_start))),
+            )
+
+        _, *arrays = tf.while_loop(
+            lambda i, *_: i < self.num_timesteps,
+            body,
+            (tf.constant(0), *arrays),
+            maximum_iterations=self.num_timesteps,
+        )
+        vb, mse, xstart_mse = (tf.transpose(a.stack()) for a in arrays)
+        prior = self.prior_bpd(x_start)
+        return {
+            "total_bpd": tf.reduce_sum(vb, axis=1) + prior,
+            "prior_bpd": prior,
+            "vb": vb,
+            "mse": mse,
+            "xstart_mse": xstart_mse,
+        }
+
+    # ------------------------------------------------------------------------------------ respacing
+    def respace(self, use_timesteps: Sequence[int]) -> GaussianDiffusion:
+        """The process that visits only `use_timesteps` (indices of this one), e.g. from space_timesteps.
+
+        Its betas keep the kept steps' alpha_bar; its network calls use the original indices.
+        """
+        betas, keep = respaced_betas(self.betas, use_timesteps)
+        return GaussianDiffusion(
+            betas,
+            self.model_mean_type,
+            self.model_var_type,
+            self.loss_type,
+            timestep_map=self.timestep_map[keep],
+            dtype=self.dtype,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"GaussianDiffusion(T={self.num_timesteps}, model_mean_type={self.model_mean_type!r}, "
+            f"model_var_type={self.model_var_type!r}, loss_type={self.loss_type!r})"
+        )

@@ -1,0 +1,13 @@
+"""Shared test set-up: quiet TensorFlow logs, float32 default policy, and a small Gaussian oracle."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def np_rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
