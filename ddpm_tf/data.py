@@ -1,0 +1,309 @@
+"""Image input pipelines for diffusion training, built on tensorflow-datasets.
+
+Images come out as float32 tensors of shape [B, H, W, C] scaled from uint8 [0, 255] to
+[-1, 1], the range the DDPM forward process assumes for x_0. Datasets are never downloaded
+unless asked: with ``download=False`` a dataset that is not prepared locally fails at once with
+:class:`DatasetNotPreparedError` instead of tfds trying (and, offline, hanging on) the network.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+__all__ = [
+    "RESIZE_METHODS",
+    "DatasetNotPreparedError",
+    "distribute",
+    "load_images",
+    "num_classes",
+    "scale_to_unit",
+    "unit_to_uint8",
+]
+
+RESIZE_METHODS = ("area", "bilinear", "bicubic", "nearest", "lanczos3", "lanczos5", "mitchellcubic")
+
+
+class DatasetNotPreparedError(FileNotFoundError):
+    """A tfds dataset is not prepared in the data directory and downloading was not allowed."""
+
+
+def scale_to_unit(images: tf.Tensor) -> tf.Tensor:
+    """Maps uint8 pixels in [0, 255] to float32 in [-1, 1] as ``x / 127.5 - 1``.
+
+    Raises:
+        TypeError: if ``images`` is not uint8 (already-scaled floats would be silently wrong).
+    """
+    images = tf.convert_to_tensor(images)
+    if images.dtype != tf.uint8:
+        raise TypeError(f"scale_to_unit expects uint8 pixels in [0, 255], got {images.dtype.name}")
+    return tf.cast(images, tf.float32) / 127.5 - 1.0
+
+
+def unit_to_uint8(images: tf.Tensor) -> tf.Tensor:
+    """Inverse of :func:`scale_to_unit`: clips to [-1, 1] and rounds ``(x + 1) * 127.5`` to uint8.
+
+    Used to turn model samples back into displayable/exportable images. Exact on the 256 values
+    produced by :func:`scale_to_unit`.
+    """
+    images = tf.clip_by_value(tf.cast(images, tf.float32), -1.0, 1.0)
+    return tf.cast(tf.round((images + 1.0) * 127.5), tf.uint8)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_positive_int(value: object, arg: str) -> None:
+    if not _is_int(value) or value <= 0:
+        raise ValueError(f"{arg} must be a positive int, got {value!r}")
+
+
+def _check_nonempty_str(value: object, arg: str) -> None:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{arg} must be a non-empty string, got {value!r}")
+
+
+def _validate_args(
+    name: object,
+    split: object,
+    batch_size: object,
+    image_size: object,
+    resize_method: object,
+    shuffle_buffer: object,
+    seed: object,
+) -> None:
+    _check_nonempty_str(name, "name")
+    _check_nonempty_str(split, "split")
+    _check_positive_int(batch_size, "batch_size")
+    if image_size is not None:
+        _check_positive_int(image_size, "image_size")
+    if resize_method not in RESIZE_METHODS:
+        raise ValueError(f"resize_method must be one of {RESIZE_METHODS}, got {resize_method!r}")
+    if not _is_int(shuffle_buffer) or shuffle_buffer < 0:
+        raise ValueError(f"shuffle_buffer must be an int >= 0, got {shuffle_buffer!r}")
+    if seed is not None and not _is_int(seed):
+        raise ValueError(f"seed must be an int or None, got {seed!r}")
+
+
+def _data_root(builder: tfds.core.DatasetBuilder) -> Path:
+    """The data_dir a builder searches: its data path minus ``name/[config/]version``."""
+    depth = 2 if builder.builder_config is None else 3
+    return Path(os.fspath(builder.data_dir)).parents[depth - 1]
+
+
+def _local_dataset_names(data_dir: str | None) -> list[str]:
+    if data_dir is None or not os.path.isdir(data_dir):
+        return []
+    return [p.name for p in Path(data_dir).iterdir() if p.is_dir()]
+
+
+def _get_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
+    """Returns the tfds builder for ``name`` without touching the network.
+
+    Raises:
+        ValueError: if tfds knows no dataset ``name`` (neither registered nor in ``data_dir``).
+    """
+    try:
+        return tfds.builder(name, data_dir=data_dir)
+    except tfds.core.DatasetNotFoundError as err:
+        base = name.split("/")[0].split(":")[0]
+        known = set(tfds.list_builders(with_community_datasets=False))
+        candidates = sorted(known.union(_local_dataset_names(data_dir)))
+        close = difflib.get_close_matches(base, candidates, n=5)
+        hint = f" Did you mean one of {close}?" if close else ""
+        raise ValueError(f"name={name!r} is not a known tfds dataset.{hint}") from err
+
+
+def _require_prepared(builder: tfds.core.DatasetBuilder, name: str) -> None:
+    """Raises :class:`DatasetNotPreparedError` unless the dataset's files are on local disk."""
+    if builder.is_prepared():
+        return
+    root = _data_root(builder)
+    dataset_dir = root / builder.name
+    found = sorted(p.name for p in dataset_dir.iterdir()) if dataset_dir.is_dir() else []
+    found_msg = f" Found only {found} under {dataset_dir}." if found else ""
+    raise DatasetNotPreparedError(
+        f"Dataset {name!r} is not prepared in data_dir {str(root)!r} "
+        f"(expected files in {os.fspath(builder.data_dir)!r}).{found_msg} "
+        "Nothing was downloaded because download=False. To get it: pass download=True on a "
+        f"machine with network access (or run `tfds build {builder.name} --data_dir {root}`), "
+        f"or copy an already prepared tfds directory '{builder.name}/...' into {str(root)!r}."
+    )
+
+
+def _check_features(
+    spec: dict[str, tf.TensorSpec],
+    image_key: str,
+    label_key: str | None,
+    image_size: int | None,
+) -> None:
+    """Checks the decoded example spec: uint8 [H, W, C] image and optional integer scalar label."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"expected examples to be dicts of features, got {spec}")
+    for arg, key in (("image_key", image_key), ("label_key", label_key)):
+        if key is not None and key not in spec:
+            raise ValueError(f"{arg}={key!r} is not a feature; available keys: {sorted(spec)}")
+    image = spec[image_key]
+    if image.dtype != tf.uint8 or image.shape.rank != 3:
+        raise ValueError(
+            f"image_key={image_key!r} must be a uint8 tensor of rank 3 (H, W, C), got "
+            f"{image.dtype.name} with shape {image.shape}"
+        )
+    if image_size is None and None in image.shape[:2]:
+        raise ValueError(
+            f"images in {image_key!r} have variable size {image.shape}; pass image_size so they "
+            "can be batched"
+        )
+    if label_key is not None:
+        label = spec[label_key]
+        if not label.dtype.is_integer or label.shape.rank != 0:
+            raise ValueError(
+                f"label_key={label_key!r} must be an integer scalar, got {label.dtype.name} "
+                f"with shape {label.shape}"
+            )
+
+
+def _resize(image: tf.Tensor, image_size: int, method: str, center_crop: bool) -> tf.Tensor:
+    """Resizes a uint8 [H, W, C] image to [image_size, image_size, C], staying uint8.
+
+    With ``center_crop`` the largest central square is cut first, keeping the aspect ratio;
+    otherwise non-square images are stretched.
+    """
+    if center_crop:
+        height, width = tf.shape(image)[0], tf.shape(image)[1]
+        side = tf.minimum(height, width)
+        image = tf.image.crop_to_bounding_box(
+            image, (height - side) // 2, (width - side) // 2, side, side
+        )
+    resized = tf.image.resize(image, (image_size, image_size), method=method, antialias=True)
+    return tf.cast(tf.round(tf.clip_by_value(resized, 0.0, 255.0)), tf.uint8)
+
+
+def load_images(
+    name: str,
+    split: str = "train",
+    *,
+    batch_size: int,
+    data_dir: str | None = None,
+    download: bool = False,
+    image_key: str = "image",
+    label_key: str | None = None,
+    image_size: int | None = None,
+    resize_method: str = "area",
+    center_crop: bool = False,
+    random_flip: bool = False,
+    shuffle_buffer: int = 10_000,
+    cache: bool | str = True,
+    drop_remainder: bool = True,
+    repeat: bool = False,
+    seed: int | None = 0,
+) -> tf.data.Dataset:
+    """Builds a batched training pipeline of images in [-1, 1] from a tfds dataset.
+
+    Pipeline: decode -> (crop/resize, uint8) -> cache -> shuffle -> repeat -> (flip) -> scale
+    -> batch -> prefetch. Caching happens on the small uint8 images; flips come after the cache
+    so every epoch sees fresh ones.
+
+    Args:
+        name: tfds name, optionally with config/version (``"mnist"``, ``"celeb_a:2.*.*"``).
+        split: tfds split expression, e.g. ``"train"`` or ``"train[:90%]"``.
+        batch_size: global batch size (split across replicas by :func:`distribute`).
+        data_dir: tfds data directory; ``None`` uses the tfds default (``$TFDS_DATA_DIR`` or
+            ``~/tensorflow_datasets``).
+        download: allow downloading and preparing the dataset. When False, a dataset missing
+            from ``data_dir`` raises :class:`DatasetNotPreparedError` immediately.
+        image_key: feature holding uint8 [H, W, C] images.
+        label_key: if set, yield ``(images, labels)`` with int32 labels of shape [B].
+        image_size: if set, resize images to ``image_size x image_size``.
+        resize_method: a ``tf.image.resize`` method, see :data:`RESIZE_METHODS`.
+        center_crop: cut the central square before resizing (keeps aspect ratio).
+        random_flip: flip images left-right with probability 1/2, seeded by ``seed``.
+        shuffle_buffer: shuffle buffer size in examples; 0 disables shuffling.
+        cache: True caches decoded images in memory, a string caches to that file path,
+            False disables caching.
+        drop_remainder: drop the last partial batch so all batches (and replicas) are equal.
+        repeat: repeat indefinitely (reshuffled each epoch).
+        seed: seed for shuffling and flipping; the same seed reproduces the same stream.
+            ``None`` gives a different stream on each construction.
+
+    Returns:
+        A dataset of float32 images [B, H, W, C] in [-1, 1], or ``(images, labels)``.
+
+    Raises:
+        ValueError: bad arguments, unknown dataset, or unsuitable features.
+        DatasetNotPreparedError: the dataset is not on disk and ``download`` is False.
+    """
+    _validate_args(name, split, batch_size, image_size, resize_method, shuffle_buffer, seed)
+    builder = _get_builder(name, data_dir)
+    if download:
+        builder.download_and_prepare()
+    else:
+        _require_prepared(builder, name)
+
+    ds = builder.as_dataset(split=split, shuffle_files=False)
+    _check_features(ds.element_spec, image_key, label_key, image_size)
+
+    def select(example: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+        image = example[image_key]
+        if image_size is not None:
+            image = _resize(image, image_size, resize_method, center_crop)
+        label = tf.zeros((), tf.int32) if label_key is None else example[label_key]
+        return image, tf.cast(label, tf.int32)
+
+    ds = ds.map(select, num_parallel_calls=tf.data.AUTOTUNE)
+    if cache:
+        ds = ds.cache() if cache is True else ds.cache(cache)
+    if shuffle_buffer > 0:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+
+    # One stateless seed pair per example from a seeded random stream: reproducible for a
+    # fixed seed, different on each pass over the data.
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+
+    def augment_and_scale(
+        example: tuple[tf.Tensor, tf.Tensor], flip_seed: tf.Tensor
+    ) -> tf.Tensor | tuple[tf.Tensor, tf.Tensor]:
+        image, label = example
+        if random_flip:
+            image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+        image = scale_to_unit(image)
+        return image if label_key is None else (image, label)
+
+    ds = tf.data.Dataset.zip(ds, seeds).map(augment_and_scale, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def num_classes(name: str, label_key: str = "label", data_dir: str | None = None) -> int:
+    """Number of classes of a tfds ClassLabel feature, e.g. to size a class embedding."""
+    feature = _get_builder(name, data_dir).info.features[label_key]
+    if not isinstance(feature, tfds.features.ClassLabel):
+        raise ValueError(f"label_key={label_key!r} is a {type(feature).__name__}, not a ClassLabel")
+    return feature.num_classes
+
+
+def distribute(
+    dataset: tf.data.Dataset, strategy: tf.distribute.Strategy
+) -> tf.distribute.DistributedDataset:
+    """Splits each global batch of ``dataset`` across the replicas of ``strategy``.
+
+    Each replica receives ``global_batch / strategy.num_replicas_in_sync`` examples.
+
+    Raises:
+        ValueError: if the static global batch size is not divisible by the replica count.
+    """
+    replicas = strategy.num_replicas_in_sync
+    batch = tf.nest.flatten(dataset.element_spec)[0].shape[0]
+    if batch is not None and batch % replicas:
+        raise ValueError(
+            f"global batch size {batch} is not divisible by the {replicas} replicas of "
+            f"{type(strategy).__name__}"
+        )
+    return strategy.experimental_distribute_dataset(dataset)
