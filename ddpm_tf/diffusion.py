@@ -110,6 +110,10 @@ class GaussianDiffusion:
         ones = tf.ones([tf.rank(like) - 1], tf.int32)
         return tf.reshape(values, tf.concat([tf.shape(t), ones], axis=0))
 
+    def _combine(self, t, table_a, a, table_b, b) -> tf.Tensor:
+        """table_a[t] * a + table_b[t] * b: every closed form here has this shape."""
+        return self._gather(table_a, t, a) * a + self._gather(table_b, t, b) * b
+
     # ------------------------------------------------------------------------------- validation
     def _images(self, x, name: str) -> tf.Tensor:
         x = tf.convert_to_tensor(x)
@@ -192,9 +196,8 @@ class GaussianDiffusion:
         return self._q_sample(x_start, t, self._noise_like(x_start, noise, seed))
 
     def _q_sample(self, x_start, t, noise) -> tf.Tensor:
-        return (
-            self._gather(self.sqrt_alphas_cumprod, t, x_start) * x_start
-            + self._gather(self.sqrt_one_minus_alphas_cumprod, t, x_start) * noise
+        return self._combine(
+            t, self.sqrt_alphas_cumprod, x_start, self.sqrt_one_minus_alphas_cumprod, noise
         )
 
     def _noise_like(self, x: tf.Tensor, noise, seed) -> tf.Tensor:
@@ -221,10 +224,7 @@ class GaussianDiffusion:
         return self._posterior(x_start, x_t, t)
 
     def _posterior(self, x_start, x_t, t):
-        mean = (
-            self._gather(self.posterior_mean_coef1, t, x_t) * x_start
-            + self._gather(self.posterior_mean_coef2, t, x_t) * x_t
-        )
+        mean = self._combine(t, self.posterior_mean_coef1, x_start, self.posterior_mean_coef2, x_t)
         variance = self._gather(self.posterior_variance, t, x_t)
         log_variance = self._gather(self.posterior_log_variance_clipped, t, x_t)
         return mean, variance, log_variance
@@ -232,9 +232,8 @@ class GaussianDiffusion:
     # --------------------------------------------------------------- parameterization conversions
     def predict_xstart_from_eps(self, x_t, t, eps) -> tf.Tensor:
         """x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)."""
-        return (
-            self._gather(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
-            - self._gather(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
+        return self._combine(
+            t, self.sqrt_recip_alphas_cumprod, x_t, self.sqrt_recipm1_alphas_cumprod, -eps
         )
 
     def predict_eps_from_xstart(self, x_t, t, pred_xstart) -> tf.Tensor:
@@ -245,16 +244,14 @@ class GaussianDiffusion:
 
     def predict_xstart_from_v(self, x_t, t, v) -> tf.Tensor:
         """x_0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v, for v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0."""
-        return (
-            self._gather(self.sqrt_alphas_cumprod, t, x_t) * x_t
-            - self._gather(self.sqrt_one_minus_alphas_cumprod, t, x_t) * v
+        return self._combine(
+            t, self.sqrt_alphas_cumprod, x_t, self.sqrt_one_minus_alphas_cumprod, -v
         )
 
     def v_target(self, x_start, t, noise) -> tf.Tensor:
         """The v of Salimans & Ho for this x_0 and noise: sqrt(abar_t) eps - sqrt(1 - abar_t) x_0."""
-        return (
-            self._gather(self.sqrt_alphas_cumprod, t, x_start) * noise
-            - self._gather(self.sqrt_one_minus_alphas_cumprod, t, x_start) * x_start
+        return self._combine(
+            t, self.sqrt_alphas_cumprod, noise, self.sqrt_one_minus_alphas_cumprod, -x_start
         )
 
     def score_from_eps(self, eps, t) -> tf.Tensor:
