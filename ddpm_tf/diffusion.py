@@ -311,17 +311,29 @@ class GaussianDiffusion:
 
     # ------------------------------------------------------------------------- variational bound
     def _vb_terms(
-        self, model_output, x_start, x_t, t, clip_denoised
+        self, model_output, x_start, x_t, t, clip_denoised, all_at_zero=None
     ) -> tuple[tf.Tensor, tf.Tensor]:
-        true_mean, _, true_log_variance = self._posterior(x_start, x_t, t)
+        """(vb [B] in bits, pred_xstart): the KL term for t > 0, the decoder NLL for t = 0.
+
+        `all_at_zero`, a scalar bool, says the whole batch shares one t (as in the bpd loop); then
+        only the term that applies is computed, which saves the costly log-CDFs on T - 1 steps.
+        """
         out = self._p_mean_variance(model_output, x_t, t, clip_denoised)
-        kl = losses.normal_kl(true_mean, true_log_variance, out["mean"], out["log_variance"])
-        kl = losses.mean_over_dims(kl) / _LN2
-        decoder_nll = -losses.discretized_gaussian_log_likelihood(
-            x_start, out["mean"], 0.5 * out["log_variance"]
-        )
-        decoder_nll = losses.mean_over_dims(decoder_nll) / _LN2
-        return tf.where(tf.equal(t, 0), decoder_nll, kl), out["pred_xstart"]
+
+        def kl():
+            true_mean, _, true_log_variance = self._posterior(x_start, x_t, t)
+            value = losses.normal_kl(true_mean, true_log_variance, out["mean"], out["log_variance"])
+            return losses.mean_over_dims(value) / _LN2
+
+        def decoder_nll():
+            log_likelihood = losses.discretized_gaussian_log_likelihood(
+                x_start, out["mean"], 0.5 * out["log_variance"]
+            )
+            return -losses.mean_over_dims(log_likelihood) / _LN2
+
+        if all_at_zero is None:
+            return tf.where(tf.equal(t, 0), decoder_nll(), kl()), out["pred_xstart"]
+        return tf.cond(all_at_zero, decoder_nll, kl), out["pred_xstart"]
 
     def vb_terms_bpd(self, model_output, x_start, x_t, t, clip_denoised: bool = True) -> tf.Tensor:
         """One term of the VLB in bits/dim [B]: L_{t-1} = KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)), L_0 at t=0."""
@@ -594,7 +606,9 @@ class GaussianDiffusion:
             noise = rng.normal(tf.shape(x_start), rng.fold_in(seed, t_scalar), self.dtype)
             x_t = self._q_sample(x_start, t, noise)
             model_output = self._call(denoise_fn, x_t, t)
-            vb, pred_xstart = self._vb_terms(model_output, x_start, x_t, t, clip_denoised)
+            vb, pred_xstart = self._vb_terms(
+                model_output, x_start, x_t, t, clip_denoised, tf.equal(t_scalar, 0)
+            )
             eps = self.predict_eps_from_xstart(x_t, t, pred_xstart)
             return (
                 i + 1,

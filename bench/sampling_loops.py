@@ -1,0 +1,96 @@
+"""Per-step cost of the compiled timestep loops, against the cost of one network call.
+
+The loops (`p_sample_loop`, `ddim_sample_loop`, `calc_bpd_loop`) run with a trivial denoiser, so their
+per-step time is the loop's own overhead: the coefficient gathers, the noise, the posterior and VLB
+math. That is compared with one call of a real network (a U-Net preset) at the same batch, which is
+what a step costs in practice.
+
+    python bench/sampling_loops.py                      # batch 16 of 32x32x3, preset ddpm_cifar10
+    python bench/sampling_loops.py --preset small_28 --image-size 28 --channels 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import tensorflow as tf  # noqa: E402
+from common import machine, median_seconds  # noqa: E402
+
+from ddpm_tf import GaussianDiffusion, get_beta_schedule, space_timesteps  # noqa: E402
+
+
+def trivial(x_t, t):
+    """A denoiser that costs almost nothing: the loop's overhead is all that is left."""
+    del t
+    return 0.1 * x_t
+
+
+def network_call_seconds(preset: str, shape, repeats: int) -> float:
+    from ddpm_tf import unet
+
+    net = unet.from_preset(preset)
+    x = tf.random.normal(shape)
+    t = tf.fill([shape[0]], 500)
+    call = tf.function(lambda x, t: net(x, t, training=False))
+    return median_seconds(lambda: call(x, t), repeats)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--channels", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=1000, help="T of the schedule")
+    parser.add_argument("--ddim-steps", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--preset", default="ddpm_cifar10", help="U-Net preset for the network call; '' to skip"
+    )
+    args = parser.parse_args(argv)
+
+    shape = (args.batch, args.image_size, args.image_size, args.channels)
+    diffusion = GaussianDiffusion(get_beta_schedule("linear", args.steps))
+    ddim = diffusion.respace(space_timesteps(args.steps, args.ddim_steps))
+    x_start = tf.clip_by_value(tf.random.normal(shape), -1.0, 1.0)
+
+    print(f"machine: {machine()}")
+    print(f"batch {shape}, T={args.steps}, DDIM {args.ddim_steps} steps, median of {args.repeats}")
+    rows = []
+    for jit in (False, True):
+        mode = "XLA" if jit else "graph"
+        loops = {
+            "p_sample_loop": (
+                args.steps,
+                lambda jit=jit: diffusion.p_sample_loop(trivial, shape, 0, jit_compile=jit),
+            ),
+            "ddim_sample_loop": (
+                args.ddim_steps,
+                lambda jit=jit: ddim.ddim_sample_loop(trivial, shape, 0, jit_compile=jit),
+            ),
+            "calc_bpd_loop": (
+                args.steps,
+                lambda jit=jit: diffusion.calc_bpd_loop(trivial, x_start, jit_compile=jit),
+            ),
+        }
+        for name, (steps, fn) in loops.items():
+            per_step = median_seconds(fn, args.repeats) / steps
+            rows.append((name, mode, per_step))
+            print(f"{name:18s} {mode:5s} {per_step * 1e3:8.3f} ms/step")
+    if args.preset:
+        net = network_call_seconds(args.preset, shape, args.repeats)
+        print(f"network call ({args.preset}, graph): {net * 1e3:.1f} ms")
+        for name, mode, per_step in rows:
+            print(
+                f"{name:18s} {mode:5s} loop overhead = {100 * per_step / net:6.2f}% of a network call"
+            )
+
+
+if __name__ == "__main__":
+    main()
