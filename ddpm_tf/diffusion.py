@@ -27,6 +27,7 @@ from ddpm_tf.schedules import respaced_betas, validate_betas
 MODEL_MEAN_TYPES = ("epsilon", "x_start", "v")
 MODEL_VAR_TYPES = ("fixed_small", "fixed_large", "learned", "learned_range")
 LOSS_TYPES = ("mse", "rescaled_mse", "kl", "rescaled_kl")
+SAMPLERS = ("ancestral", "ddim")
 
 DenoiseFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 StepFn = Callable[[DenoiseFn, tf.Tensor, tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
@@ -365,6 +366,17 @@ class GaussianDiffusion:
         noise = self._noise_like(x_start, noise, seed)
         x_t = self._q_sample(x_start, t, noise)
         model_output = self._call(denoise_fn, x_t, t)
+        return self._losses_from_output(model_output, x_start, x_t, t, noise)
+
+    def losses_from_output(self, model_output, x_start, x_t, t, noise) -> dict:
+        """The terms of `training_losses` for a network output already computed at x_t = q_sample(...)."""
+        x_start = self._images(x_start, "x_start")
+        x_t = self._images(x_t, "x_t")
+        t = self._timesteps(t, x_t)
+        model_output = self._check_output(model_output, x_t)
+        return self._losses_from_output(model_output, x_start, x_t, t, tf.cast(noise, self.dtype))
+
+    def _losses_from_output(self, model_output, x_start, x_t, t, noise) -> dict:
         if self.loss_type in ("kl", "rescaled_kl"):
             vb = self._vb_terms(model_output, x_start, x_t, t, clip_denoised=False)[0]
             scale = self.num_timesteps if self.loss_type == "rescaled_kl" else 1.0
@@ -477,6 +489,30 @@ class GaussianDiffusion:
             result["pred_xstart"] = records.stack()
         return result
 
+    def sample_loop_graph(
+        self,
+        denoise_fn: DenoiseFn,
+        shape,
+        seed,
+        *,
+        sampler: str = "ancestral",
+        eta=0.0,
+        clip_denoised: bool = True,
+        noise=None,
+        every: int = 0,
+    ) -> dict:
+        """The sampling loop as graph-building code, for use inside a caller's own `tf.function`.
+
+        `shape` may hold tensors (a batch size chosen at run time) and `denoise_fn` may close over
+        tensors of that function (labels, a guidance scale): this is how exported samplers are built.
+        `sampler` is "ancestral" or "ddim". Returns dict(sample[, pred_xstart]).
+        """
+        if sampler not in SAMPLERS:
+            raise ValueError(f"Unknown sampler {sampler!r}; choose one of {SAMPLERS}.")
+        clip = bool(clip_denoised)
+        step = self._ancestral_step(clip) if sampler == "ancestral" else self._ddim_step(eta, clip)
+        return self._sample_loop(step, denoise_fn, shape, seed, noise, every)
+
     def _check_shape(self, shape) -> tuple:
         shape = tuple(int(s) for s in shape)
         if len(shape) != 4 or min(shape) < 1:
@@ -561,8 +597,16 @@ class GaussianDiffusion:
         clip = bool(clip_denoised)
 
         def run(seed, noise, eta):
-            step = self._ancestral_step(clip) if kind == "ancestral" else self._ddim_step(eta, clip)
-            return self._sample_loop(step, denoise_fn, shape, seed, noise, every)
+            return self.sample_loop_graph(
+                denoise_fn,
+                shape,
+                seed,
+                sampler=kind,
+                eta=eta,
+                clip_denoised=clip,
+                noise=noise,
+                every=every,
+            )
 
         key = (kind, denoise_fn, shape, clip, every, noise is None)
         fn = self._compiled_fn(key, run, jit_compile)
@@ -648,6 +692,21 @@ class GaussianDiffusion:
             timestep_map=self.timestep_map[keep],
             dtype=self.dtype,
         )
+
+    def get_config(self) -> dict:
+        """A JSON-serializable description from which `from_config` rebuilds this process exactly."""
+        return {
+            "betas": self.betas.tolist(),
+            "model_mean_type": self.model_mean_type,
+            "model_var_type": self.model_var_type,
+            "loss_type": self.loss_type,
+            "timestep_map": self.timestep_map.tolist(),
+            "dtype": self.dtype.name,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> GaussianDiffusion:
+        return cls(**config)
 
     def __repr__(self) -> str:
         return (

@@ -6,7 +6,9 @@ variance changes. `LossSecondMomentResampler` is Improved DDPM's importance samp
 p_t proportional to sqrt(E[L_t^2]), estimated from the last few losses seen at each t.
 
 The samplers keep their state in `tf.Variable`s, so they run inside a compiled `train_step` and are
-saved with a `tf.train.Checkpoint` (exact resume needs the loss history too).
+saved with a `tf.train.Checkpoint` (exact resume needs the loss history too). Under a distribution
+strategy, give `update_with_losses` the losses of all replicas (all-gathered): every replica then
+writes the same values.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ import numpy as np
 import tensorflow as tf
 
 from ddpm_tf.rng import as_seed
+
+# Every replica records the same all-gathered losses, so any replica's write is the right one.
+_REPLICATED = tf.VariableAggregation.ONLY_FIRST_REPLICA
 
 
 def _check_num_timesteps(num_timesteps: int) -> int:
@@ -27,6 +32,8 @@ def _check_num_timesteps(num_timesteps: int) -> int:
 
 class TimestepSampler(tf.Module):
     """Base class: `probabilities()` is a float32 [T] vector summing to one (uniform here)."""
+
+    learns_from_losses = False  # whether `update_with_losses` changes the probabilities
 
     def __init__(self, num_timesteps: int, name: str | None = None):
         super().__init__(name=name)
@@ -61,6 +68,8 @@ class LossSecondMomentResampler(TimestepSampler):
     `uniform_prob` share of the uniform distribution so no timestep is starved.
     """
 
+    learns_from_losses = True
+
     def __init__(
         self,
         num_timesteps: int,
@@ -79,9 +88,13 @@ class LossSecondMomentResampler(TimestepSampler):
             tf.zeros([self.num_timesteps, self.history_per_term], tf.float64),
             trainable=False,
             name="loss_history",
+            aggregation=_REPLICATED,
         )
         self.loss_counts = tf.Variable(
-            tf.zeros([self.num_timesteps], tf.int32), trainable=False, name="loss_counts"
+            tf.zeros([self.num_timesteps], tf.int32),
+            trainable=False,
+            name="loss_counts",
+            aggregation=_REPLICATED,
         )
 
     def warmed_up(self) -> tf.Tensor:
