@@ -140,5 +140,5 @@ def create_named_sampler(name: str, num_timesteps: int) -> TimestepSampler:
     if name == "loss-second-moment":
         return LossSecondMomentResampler(num_timesteps)
     raise ValueError(
-        f"Unknown timestep sampler {name!r} for `name`; choose 'uniform' or 'loss-second-moment'."
+        f"Unknown `timestep_sampler` {name!r}; choose 'uniform' or 'loss-second-moment'."
     )

@@ -18,7 +18,9 @@ def optimal_xstart(x_t, alpha_bar, mu, s):
 
 
 def optimal_eps(x_t, alpha_bar, mu, s):
-    return (x_t - np.sqrt(alpha_bar) * optimal_xstart(x_t, alpha_bar, mu, s)) / np.sqrt(1 - alpha_bar)
+    return (x_t - np.sqrt(alpha_bar) * optimal_xstart(x_t, alpha_bar, mu, s)) / np.sqrt(
+        1 - alpha_bar
+    )
 
 
 def true_score(x_t, alpha_bar, mu, s):

@@ -61,14 +61,18 @@ def test_posterior_equals_bayes_on_a_grid(diffusion64, t):
     w /= w.sum()
     bayes_mean = np.sum(w * grid)
     bayes_var = np.sum(w * (grid - bayes_mean) ** 2)
-    mean, var, logvar = diffusion64.q_posterior_mean_variance(_scalar_images([x0]), _scalar_images([xt]), [t])
+    mean, var, logvar = diffusion64.q_posterior_mean_variance(
+        _scalar_images([x0]), _scalar_images([xt]), [t]
+    )
     assert _item(mean) == pytest.approx(bayes_mean, rel=1e-7, abs=1e-10)
     assert _item(var) == pytest.approx(bayes_var, rel=1e-6)
     assert _item(logvar) == pytest.approx(np.log(bayes_var), rel=1e-6)
 
 
 def test_posterior_at_t0_is_x0_and_log_variance_clipped(diffusion64):
-    mean, var, logvar = diffusion64.q_posterior_mean_variance(_scalar_images([0.25]), _scalar_images([3.0]), [0])
+    mean, var, logvar = diffusion64.q_posterior_mean_variance(
+        _scalar_images([0.25]), _scalar_images([3.0]), [0]
+    )
     assert _item(mean) == pytest.approx(0.25, rel=1e-12)
     assert _item(var) == 0.0
     assert _item(logvar) == pytest.approx(np.log(diffusion64.posterior_variance[1]))

@@ -22,7 +22,13 @@ BINS = np.arange(256) * (2.0 / 255) - 1.0
 
 @pytest.mark.parametrize(
     "mean, log_scale",
-    [(0.0, np.log(0.5)), (0.93, np.log(0.02)), (-1.7, np.log(0.3)), (0.4, np.log(1e-3)), (0.0, np.log(8.0))],
+    [
+        (0.0, np.log(0.5)),
+        (0.93, np.log(0.02)),
+        (-1.7, np.log(0.3)),
+        (0.4, np.log(1e-3)),
+        (0.0, np.log(8.0)),
+    ],
 )
 def test_discretized_likelihood_sums_to_one(mean, log_scale):
     for dtype in (tf.float64, tf.float32):
@@ -31,13 +37,17 @@ def test_discretized_likelihood_sums_to_one(mean, log_scale):
             x, tf.constant(mean, dtype), tf.constant(log_scale, dtype)
         ).numpy()
         assert np.all(np.isfinite(logp))
-        assert np.exp(logp.astype(np.float64)).sum() == pytest.approx(1.0, abs=1e-5 if dtype == tf.float32 else 1e-12)
+        assert np.exp(logp.astype(np.float64)).sum() == pytest.approx(
+            1.0, abs=1e-5 if dtype == tf.float32 else 1e-12
+        )
 
 
 def test_discretized_likelihood_matches_scipy_including_far_tails():
     mean, scale = -0.95, 0.01
     x = tf.constant(BINS, tf.float64)
-    got = losses.discretized_gaussian_log_likelihood(x, tf.constant(mean, tf.float64), tf.constant(np.log(scale), tf.float64))
+    got = losses.discretized_gaussian_log_likelihood(
+        x, tf.constant(mean, tf.float64), tf.constant(np.log(scale), tf.float64)
+    )
     lo = (BINS - 1 / 255 - mean) / scale
     hi = (BINS + 1 / 255 - mean) / scale
     # log(Phi(hi) - Phi(lo)) with log_ndtr in whichever tail is stable, in float64 scipy.
@@ -53,6 +63,10 @@ def test_discretized_likelihood_matches_scipy_including_far_tails():
 
 def test_discretized_likelihood_is_stable_in_float32_tails():
     x = tf.constant(BINS, tf.float32)
-    logp = losses.discretized_gaussian_log_likelihood(x, tf.constant(-1.0), tf.constant(np.log(1e-3), tf.float32))
+    logp = losses.discretized_gaussian_log_likelihood(
+        x, tf.constant(-1.0), tf.constant(np.log(1e-3), tf.float32)
+    )
     assert np.all(np.isfinite(logp.numpy()))
-    assert np.all(np.diff(logp.numpy()[1:]) < 0)  # farther bins are strictly less likely, no flat log(0)
+    assert np.all(
+        np.diff(logp.numpy()[1:]) < 0
+    )  # farther bins are strictly less likely, no flat log(0)

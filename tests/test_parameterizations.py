@@ -38,7 +38,9 @@ def test_three_mean_parameterizations_agree(np_rng, var_type):
         results[mean_type] = d.p_mean_variance(out, xt, t, clip_denoised=False)
     for mean_type in ("x_start", "v"):
         for key in ("mean", "variance", "log_variance", "pred_xstart"):
-            np.testing.assert_allclose(results[mean_type][key], results["epsilon"][key], rtol=1e-8, atol=1e-10)
+            np.testing.assert_allclose(
+                results[mean_type][key], results["epsilon"][key], rtol=1e-8, atol=1e-10
+            )
     np.testing.assert_allclose(results["epsilon"]["pred_xstart"], x0, atol=1e-8)
 
 
@@ -83,7 +85,9 @@ def test_score_conversion_matches_the_analytic_score_of_gaussian_data(np_rng):
     d = GaussianDiffusion(BETAS, dtype="float64")
     score = d.score_from_eps(tf.constant(optimal_eps(xt, ab, mu, s)), t).numpy()
     np.testing.assert_allclose(score, true_score(xt, ab, mu, s), rtol=1e-9)
-    np.testing.assert_allclose(d.eps_from_score(score, t).numpy(), optimal_eps(xt, ab, mu, s), rtol=1e-9)
+    np.testing.assert_allclose(
+        d.eps_from_score(score, t).numpy(), optimal_eps(xt, ab, mu, s), rtol=1e-9
+    )
 
 
 def test_vb_term_equals_an_independent_numpy_kl(np_rng):
@@ -98,7 +102,9 @@ def test_vb_term_equals_an_independent_numpy_kl(np_rng):
     true_mean, true_var = c1 * x0 + c2 * xt, beta * (1 - ab_prev) / (1 - ab)
     model_mean = c1 * (xt - np.sqrt(1 - ab) * model_eps) / np.sqrt(ab) + c2 * xt
     model_var = beta  # fixed_large for t >= 1
-    kl = 0.5 * (np.log(model_var / true_var) + (true_var + (true_mean - model_mean) ** 2) / model_var - 1)
+    kl = 0.5 * (
+        np.log(model_var / true_var) + (true_var + (true_mean - model_mean) ** 2) / model_var - 1
+    )
     np.testing.assert_allclose(got, kl.mean(axis=(1, 2, 3)) / np.log(2), rtol=1e-8)
 
 
@@ -107,7 +113,9 @@ def test_prior_bpd_is_the_closed_form_kl_to_standard_normal():
     d = GaussianDiffusion(BETAS, dtype="float64")
     m, v = np.sqrt(AB[-1]) * x0, 1 - AB[-1]
     kl = 0.5 * (-1 - np.log(v) + v + m**2)
-    np.testing.assert_allclose(d.prior_bpd(x0).numpy(), kl.mean(axis=(1, 2, 3)) / np.log(2), rtol=1e-8)
+    np.testing.assert_allclose(
+        d.prior_bpd(x0).numpy(), kl.mean(axis=(1, 2, 3)) / np.log(2), rtol=1e-8
+    )
 
 
 def test_decoder_term_at_t0_uses_the_discretized_likelihood():

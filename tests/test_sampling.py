@@ -25,7 +25,9 @@ def _affine_chain(alpha_bar, sigma_fn, ddim: bool):
     m, v = 0.0, 1.0
     for t in reversed(range(alpha_bar.size)):
         ab, abp = alpha_bar[t], ab_prev[t]
-        gain = np.sqrt(ab) * S**2 / (ab * S**2 + 1 - ab)  # x0_hat = gain x + (mu - gain sqrt(ab) mu)
+        gain = (
+            np.sqrt(ab) * S**2 / (ab * S**2 + 1 - ab)
+        )  # x0_hat = gain x + (mu - gain sqrt(ab) mu)
         x0_a, x0_b = gain, MU * (1 - gain * np.sqrt(ab))
         sigma = sigma_fn(t, ab, abp)
         if ddim:  # x_prev = sqrt(abp) x0_hat + sqrt(1 - abp - sigma^2) eps_hat
@@ -143,7 +145,9 @@ def test_bits_per_dim_bounds_the_true_nll_closely(base, oracle):
     out = base.calc_bpd_loop(oracle, x0, clip_denoised=False, seed=3)
     total = out["total_bpd"].numpy()
     assert out["vb"].shape == (2048, 1000) and out["mse"].shape == (2048, 1000)
-    np.testing.assert_allclose(total, out["vb"].numpy().sum(1) + out["prior_bpd"].numpy(), rtol=1e-5)
+    np.testing.assert_allclose(
+        total, out["vb"].numpy().sum(1) + out["prior_bpd"].numpy(), rtol=1e-5
+    )
     se = total.std() / np.sqrt(total.size)
     assert total.mean() > entropy_bits - 3 * se
     assert total.mean() < entropy_bits + 0.25  # measured: 7.40 against 7.28 bits

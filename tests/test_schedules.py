@@ -71,7 +71,13 @@ def test_space_timesteps_hand_computed_cases():
 
 @pytest.mark.parametrize(
     "counts, match",
-    [("ddim7", "no integer stride"), ("ddimX", "ddimN"), ("a,b", "comma"), ([20], "section 0"), ([], "empty")],
+    [
+        ("ddim7", "no integer stride"),
+        ("ddimX", "ddimN"),
+        ("a,b", "comma"),
+        ([20], "section 0"),
+        ([], "empty"),
+    ],
 )
 def test_space_timesteps_errors(counts, match):
     with pytest.raises(ValueError, match=match):

@@ -76,16 +76,20 @@ def test_sampler_runs_inside_tf_function():
         sampler.update_with_losses(t, tf.cast(t, tf.float32) + 1.0)
         return t, w
 
-    seen = np.concatenate([step(tf.constant([0, 1]))[0].numpy(), step(tf.constant([0, 2]))[0].numpy()])
+    seen = np.concatenate(
+        [step(tf.constant([0, 1]))[0].numpy(), step(tf.constant([0, 2]))[0].numpy()]
+    )
     expected_counts = np.isin(np.arange(4), seen).astype(int)
     np.testing.assert_array_equal(sampler.loss_counts.numpy(), expected_counts)
-    np.testing.assert_allclose(sampler.loss_history.numpy()[:, 0], (np.arange(4) + 1.0) * expected_counts)
+    np.testing.assert_allclose(
+        sampler.loss_history.numpy()[:, 0], (np.arange(4) + 1.0) * expected_counts
+    )
 
 
 def test_named_samplers_and_errors():
     assert isinstance(create_named_sampler("uniform", 5), UniformSampler)
     assert isinstance(create_named_sampler("loss-second-moment", 5), LossSecondMomentResampler)
-    with pytest.raises(ValueError, match="Unknown timestep sampler 'lossaware'"):
+    with pytest.raises(ValueError, match="Unknown `timestep_sampler` 'lossaware'"):
         create_named_sampler("lossaware", 5)
     with pytest.raises(ValueError, match="num_timesteps"):
         UniformSampler(0)

@@ -22,7 +22,9 @@ def _inputs(np_rng):
 def test_mse_targets(np_rng, mean_type):
     x0, noise, t = _inputs(np_rng)
     ab = AB[t].reshape(-1, 1, 1, 1)
-    target = {"epsilon": noise, "x_start": x0, "v": np.sqrt(ab) * noise - np.sqrt(1 - ab) * x0}[mean_type]
+    target = {"epsilon": noise, "x_start": x0, "v": np.sqrt(ab) * noise - np.sqrt(1 - ab) * x0}[
+        mean_type
+    ]
     d = GaussianDiffusion(BETAS, mean_type, dtype="float64")
     half = lambda x_t, t: 0.5 * x_t
     terms = d.training_losses(half, x0, t, noise=noise)
@@ -32,7 +34,9 @@ def test_mse_targets(np_rng, mean_type):
     np.testing.assert_allclose(terms["loss"].numpy(), expected, rtol=1e-6)
     assert "vb" not in terms
     perfect = lambda x_t, t: tf.constant(target, x_t.dtype)
-    assert np.allclose(d.training_losses(perfect, x0, t, noise=noise)["mse"].numpy(), 0.0, atol=1e-10)
+    assert np.allclose(
+        d.training_losses(perfect, x0, t, noise=noise)["mse"].numpy(), 0.0, atol=1e-10
+    )
 
 
 @pytest.mark.parametrize("loss_type, vb_scale", [("mse", 1.0), ("rescaled_mse", T / 1000.0)])
@@ -50,7 +54,9 @@ def test_hybrid_loss_stops_the_vb_gradient_at_the_mean(np_rng, loss_type, vb_sca
     x_t = d.q_sample(x0, t, noise)
     direct = d.vb_terms_bpd(fn(x_t, t), x0, x_t, t, clip_denoised=False)
     np.testing.assert_allclose(terms["vb"].numpy(), vb_scale * direct.numpy(), rtol=1e-5)
-    np.testing.assert_allclose(terms["loss"].numpy(), (terms["mse"] + terms["vb"]).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(
+        terms["loss"].numpy(), (terms["mse"] + terms["vb"]).numpy(), rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize("loss_type, scale", [("kl", 1.0), ("rescaled_kl", float(T))])

@@ -103,7 +103,8 @@ def test_respace_identity_and_errors(d):
         np.testing.assert_allclose(getattr(same, name), getattr(d, name), rtol=1e-12)
     fn = lambda x, t: 0.1 * x
     np.testing.assert_array_equal(
-        same.p_sample_loop(fn, (2, 2, 2, 1), seed=4).numpy(), d.p_sample_loop(fn, (2, 2, 2, 1), seed=4).numpy()
+        same.p_sample_loop(fn, (2, 2, 2, 1), seed=4).numpy(),
+        d.p_sample_loop(fn, (2, 2, 2, 1), seed=4).numpy(),
     )
     with pytest.raises(ValueError, match="use_timesteps"):
         d.respace([T])

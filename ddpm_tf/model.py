@@ -1,0 +1,464 @@
+"""`DiffusionModel`: the Keras model that `fit` trains, `evaluate` measures and `generate` samples.
+
+It holds the denoising network, a copy of it whose weights are the exponential moving average (EMA)
+of the trained ones, the `GaussianDiffusion` and a timestep sampler. `train_step` draws t and the
+noise, forms x_t, takes the configured loss, clips the gradient by its global norm and updates the
+EMA; `test_step` reports the same loss and an unbiased estimate of the full bound in bits/dim, both
+with the EMA network, as does `generate`.
+
+Distribution: the noise, t and label dropout of a step are drawn for the whole global batch from one
+seed and each replica takes its own rows, so N replicas make the same update as one device on the
+same global batch. Gradients are all-reduced before clipping so the clip sees the global norm.
+Under `mixed_float16` the network computes in float16 with a float32 output head while the diffusion
+math, the loss and the EMA stay in float32; the loss is scaled by Keras' `LossScaleOptimizer`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from ddpm_tf import rng
+from ddpm_tf.diffusion import GaussianDiffusion
+from ddpm_tf.sampling import (
+    Sampler,
+    call_network,
+    check_labels,
+    guided_denoiser,
+    network_num_classes,
+)
+from ddpm_tf.schedules import get_beta_schedule
+from ddpm_tf.timesteps import TimestepSampler, create_named_sampler
+
+_REPLICATED = "only_first_replica"
+
+
+@keras.saving.register_keras_serializable(package="ddpm_tf")
+class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear learning-rate warm-up to a constant: lr * min(1, (step + 1) / warmup_steps)."""
+
+    def __init__(self, learning_rate: float = 2e-4, warmup_steps: int = 5000):
+        if learning_rate <= 0:
+            raise ValueError(f"`learning_rate` must be > 0, got {learning_rate}.")
+        if warmup_steps < 0:
+            raise ValueError(f"`warmup_steps` must be >= 0, got {warmup_steps}.")
+        self.learning_rate = float(learning_rate)
+        self.warmup_steps = int(warmup_steps)
+
+    def __call__(self, step):
+        if self.warmup_steps == 0:
+            return tf.constant(self.learning_rate, tf.float32)
+        frac = (tf.cast(step, tf.float32) + 1.0) / float(self.warmup_steps)
+        return self.learning_rate * tf.minimum(1.0, frac)
+
+    def get_config(self) -> dict:
+        return {"learning_rate": self.learning_rate, "warmup_steps": self.warmup_steps}
+
+
+def default_optimizer(
+    learning_rate: float = 2e-4, warmup_steps: int = 5000
+) -> keras.optimizers.Optimizer:
+    """Ho et al.'s optimizer: Adam at 2e-4 after a linear warm-up of 5000 steps."""
+    return keras.optimizers.Adam(WarmupSchedule(learning_rate, warmup_steps))
+
+
+def default_diffusion() -> GaussianDiffusion:
+    """Ho et al.'s process: linear betas over T=1000, epsilon prediction, fixed_large, L_simple."""
+    return GaussianDiffusion(get_beta_schedule("linear", 1000))
+
+
+def _image_shape(network: keras.Model) -> tuple[int, int, int]:
+    config = network.get_config()
+    if "image_size" in config and "in_channels" in config:
+        return (config["image_size"], config["image_size"], config["in_channels"])
+    inputs = getattr(network, "inputs", None)
+    if inputs:
+        shape = tuple(inputs[0].shape[1:])
+        if len(shape) == 3 and None not in shape:
+            return tuple(int(s) for s in shape)
+    raise ValueError(
+        "`network` must say its image shape: a UNet (image_size, in_channels in its config) or a "
+        "functional model whose first input is [B, H, W, C] with known H, W, C."
+    )
+
+
+@keras.saving.register_keras_serializable(package="ddpm_tf")
+class DiffusionModel(keras.Model):
+    """Trains `network` as the denoiser of `diffusion` (see the module docstring).
+
+    Args:
+        network: a Keras model called as network([x_t, t]) or network([x_t, t, y]) -> model output
+            (C channels, 2C with a learned variance); a `ddpm_tf.UNet` or a functional model.
+        diffusion: a `GaussianDiffusion` (or its config dict); default Ho et al.'s.
+        ema_decay: EMA decay of the weights; with `ema_warmup` the decay at update n is
+            min(ema_decay, (1 + n) / (10 + n)) so early averages are not dominated by the init.
+        timestep_sampler: "uniform", "loss-second-moment", or a `TimestepSampler`.
+        grad_clip_norm: clip the global gradient norm to this (None: no clipping).
+        label_dropout: probability of replacing a label by the null class while training a
+            class-conditional network (classifier-free guidance).
+        seed: seed of the training noise, timesteps and label dropout.
+    """
+
+    def __init__(
+        self,
+        network: keras.Model,
+        diffusion: GaussianDiffusion | dict | None = None,
+        *,
+        ema_decay: float = 0.9999,
+        ema_warmup: bool = True,
+        timestep_sampler: str | TimestepSampler = "uniform",
+        grad_clip_norm: float | None = 1.0,
+        label_dropout: float = 0.1,
+        seed: int = 0,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        if isinstance(diffusion, dict):
+            diffusion = GaussianDiffusion.from_config(diffusion)
+        self.diffusion = diffusion if diffusion is not None else default_diffusion()
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"`ema_decay` must be in [0, 1), got {ema_decay}.")
+        if grad_clip_norm is not None and grad_clip_norm <= 0:
+            raise ValueError(f"`grad_clip_norm` must be > 0 or None, got {grad_clip_norm}.")
+        if not 0.0 <= label_dropout < 1.0:
+            raise ValueError(f"`label_dropout` must be in [0, 1), got {label_dropout}.")
+        self.network = network
+        self.image_shape = _image_shape(network)
+        self.num_classes = network_num_classes(network)
+        self.ema_decay = float(ema_decay)
+        self.ema_warmup = bool(ema_warmup)
+        self.grad_clip_norm = None if grad_clip_norm is None else float(grad_clip_norm)
+        self.label_dropout = float(label_dropout)
+        self.seed = int(seed)
+        if isinstance(timestep_sampler, str):
+            self._sampler_name = timestep_sampler
+            timestep_sampler = create_named_sampler(timestep_sampler, self.diffusion.num_timesteps)
+        else:
+            self._sampler_name = None
+        if timestep_sampler.num_timesteps != self.diffusion.num_timesteps:
+            raise ValueError(
+                f"`timestep_sampler` covers {timestep_sampler.num_timesteps} steps but the diffusion "
+                f"has T={self.diffusion.num_timesteps}."
+            )
+        self.timestep_sampler = timestep_sampler
+        self._check_network_output()
+        self.ema_network = keras.models.clone_model(network)
+        self.ema_network.set_weights(network.get_weights())
+        self.ema_network.trainable = False
+        self.step_counter = self.add_weight(
+            shape=(),
+            dtype="int64",
+            initializer="zeros",
+            trainable=False,
+            name="step_counter",
+            aggregation=_REPLICATED,
+        )
+        self.eval_counter = self.add_weight(
+            shape=(),
+            dtype="int64",
+            initializer="zeros",
+            trainable=False,
+            name="eval_counter",
+            aggregation=_REPLICATED,
+        )
+        self.trackers = {
+            name: keras.metrics.Mean(name=name)
+            for name in ("loss", "mse", "vb", "grad_norm", "vlb_bpd")
+        }
+        self._samplers: dict[tuple, Sampler] = {}
+        self.built = True  # every weight exists: the network's shapes are fixed by its config
+
+    # ---------------------------------------------------------------------------------- plumbing
+    def _check_network_output(self) -> None:
+        """One call on a dummy batch: the output must have C or 2C channels as the diffusion needs."""
+        x = tf.zeros((1, *self.image_shape))
+        t = tf.zeros((1,), tf.int32)
+        y = None if self.num_classes is None else tf.fill((1,), self.num_classes)
+        out = call_network(self.network, x, t, y)
+        self.diffusion.p_mean_variance(out, x, t)  # raises on a channel mismatch, naming it
+
+    def call(self, inputs, training: bool | None = None):
+        """The network's output for [x_t, t] or [x_t, t, y] (raw weights; EMA ones in `ema_network`)."""
+        return self.network(inputs, training=training)
+
+    def compile(
+        self, optimizer: keras.optimizers.Optimizer | str | None = None, **kwargs: Any
+    ) -> None:
+        """Like `keras.Model.compile`; with no optimizer, Ho et al.'s Adam 2e-4 with 5000 warm-up steps."""
+        super().compile(optimizer=optimizer or default_optimizer(), **kwargs)
+        # Built here, outside the traced train step, so the step is traced once.
+        self.optimizer.build(self.network.trainable_variables)
+
+    def compile_from_config(self, config: dict) -> None:
+        """Restores the compiled state of a loaded `.keras` file (optimizer included)."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+
+    @property
+    def metrics(self) -> list:
+        return list(self.trackers.values())
+
+    def reset_metrics(self) -> None:
+        super().reset_metrics()
+        self.eval_counter.assign(0)
+
+    def _unpack(self, data) -> tuple[tf.Tensor, tf.Tensor | None]:
+        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+        images = tf.convert_to_tensor(images)
+        if not images.dtype.is_floating:
+            raise ValueError(
+                f"DiffusionModel expects float images in [-1, 1], got dtype {images.dtype.name}; "
+                "scale uint8 images with ddpm_tf.data.scale_to_unit."
+            )
+        if images.shape.rank != 4 or tuple(images.shape[1:]) != self.image_shape:
+            raise ValueError(
+                f"DiffusionModel expects images of shape [B, {', '.join(map(str, self.image_shape))}] "
+                f"(the network's), got {images.shape}."
+            )
+        if self.num_classes is None:
+            return tf.cast(images, tf.float32), None
+        if labels is None:
+            raise ValueError(
+                f"The network is class-conditional (num_classes={self.num_classes}): "
+                "the dataset must yield (images, labels)."
+            )
+        return tf.cast(images, tf.float32), tf.cast(tf.reshape(labels, [-1]), tf.int32)
+
+    @staticmethod
+    def _replica() -> tuple[int | tf.Tensor, int]:
+        ctx = tf.distribute.get_replica_context()
+        if ctx is None:
+            return 0, 1
+        return ctx.replica_id_in_sync_group, ctx.num_replicas_in_sync
+
+    def _draw(self, base_seed, local_batch, replica, replicas, sampler: TimestepSampler):
+        """t, weights, noise and a label-drop mask for this replica's rows of the global batch."""
+        global_batch = local_batch * replicas
+        t, weights = sampler.sample(global_batch, rng.fold_in(base_seed, 1))
+        noise = rng.normal(
+            tf.concat([[global_batch], self.image_shape], 0), rng.fold_in(base_seed, 2)
+        )
+        drop = rng.bits_to_unit(rng.uniform_bits([global_batch], rng.fold_in(base_seed, 3)))
+        rows = tf.range(replica * local_batch, (replica + 1) * local_batch)
+        return (tf.gather(v, rows) for v in (t, weights, noise, drop))
+
+    def _forward(
+        self, network, images, labels, t, noise, training
+    ) -> tuple[dict, tf.Tensor, tf.Tensor]:
+        x_t = self.diffusion.q_sample(images, t, noise)
+        output = call_network(network, x_t, t, labels, training=training)
+        terms = self.diffusion.losses_from_output(output, images, x_t, t, noise)
+        return terms, x_t, output
+
+    # -------------------------------------------------------------------------------- training
+    def train_step(self, data):
+        images, labels = self._unpack(data)
+        replica, replicas = self._replica()
+        seed = rng.fold_in(rng.as_seed(self.seed), tf.cast(self.step_counter, tf.int32))
+        t, weights, noise, drop = self._draw(
+            seed, tf.shape(images)[0], replica, replicas, self.timestep_sampler
+        )
+        if labels is not None:
+            labels = tf.where(drop < self.label_dropout, self.num_classes, labels)
+        with tf.GradientTape() as tape:
+            terms, _, _ = self._forward(self.network, images, labels, t, noise, training=True)
+            loss = tf.reduce_mean(terms["loss"] * weights)
+            scaled = loss / replicas
+            if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+                scaled = self.optimizer.scale_loss(scaled)
+        variables = self.network.trainable_variables
+        grads, grad_norm = self._reduce_and_clip(tape.gradient(scaled, variables), replicas)
+        self.optimizer.apply(grads, variables)
+        self._record_losses(t, terms["loss"], replicas)
+        self._update_ema()
+        self.step_counter.assign_add(1)
+        self.trackers["grad_norm"].update_state(grad_norm)
+        return self._report(terms, loss, ("grad_norm",))
+
+    def _loss_scale(self) -> tf.Tensor:
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            return tf.cast(self.optimizer.dynamic_scale, tf.float32)
+        return tf.constant(1.0)
+
+    def _reduce_and_clip(self, grads, replicas) -> tuple[list, tf.Tensor]:
+        """Global gradient (summed over replicas), clipped by its unscaled global norm.
+
+        Keras' optimizer sums the gradients of the replicas again, so each replica hands it 1/N of
+        the clipped global gradient. A non-finite gradient (fp16 overflow) stays non-finite, so the
+        LossScaleOptimizer still skips the step.
+        """
+        if replicas > 1:
+            grads = tf.distribute.get_replica_context().all_reduce(
+                tf.distribute.ReduceOp.SUM, grads
+            )
+        norm = tf.linalg.global_norm(grads) / self._loss_scale()
+        factor = 1.0 / replicas
+        if self.grad_clip_norm is not None:
+            factor = factor * tf.minimum(1.0, self.grad_clip_norm / tf.maximum(norm, 1e-12))
+        return [g * tf.cast(factor, g.dtype) for g in grads], norm
+
+    def _record_losses(self, t, losses, replicas) -> None:
+        if not self.timestep_sampler.learns_from_losses:
+            return
+        if replicas > 1:
+            ctx = tf.distribute.get_replica_context()
+            t, losses = ctx.all_gather(t, axis=0), ctx.all_gather(losses, axis=0)
+        self.timestep_sampler.update_with_losses(t, tf.stop_gradient(losses))
+
+    def ema_decay_now(self) -> tf.Tensor:
+        """The decay of the next EMA update (warm-up: (1 + n) / (10 + n) while below ema_decay)."""
+        if not self.ema_warmup:
+            return tf.constant(self.ema_decay, tf.float32)
+        n = tf.cast(self.step_counter, tf.float32)
+        return tf.minimum(self.ema_decay, (1.0 + n) / (10.0 + n))
+
+    def _update_ema(self) -> None:
+        decay = self.ema_decay_now()
+        pairs = [
+            (e.value, w.value)
+            for e, w in zip(self.ema_network.weights, self.network.weights, strict=True)
+        ]
+
+        if not tf.distribute.has_strategy():
+            for ema, weight in pairs:
+                ema.assign(decay * ema + (1.0 - decay) * tf.cast(weight, ema.dtype))
+            return
+
+        def update(strategy, decay):
+            for ema, weight in pairs:
+                strategy.extended.update(
+                    ema,
+                    lambda e, w, d: e.assign(d * e + (1.0 - d) * tf.cast(w, e.dtype)),
+                    args=(weight, tf.cast(decay, ema.dtype)),
+                    group=False,
+                )
+
+        tf.__internal__.distribute.interim.maybe_merge_call(
+            update, tf.distribute.get_strategy(), decay
+        )
+
+    def _report(self, terms: dict, loss: tf.Tensor, extra: tuple[str, ...]) -> dict:
+        """Updates the loss trackers; returns the results of those that apply to this step."""
+        self.trackers["loss"].update_state(loss)
+        names = ["loss"]
+        for name in ("mse", "vb"):
+            if name in terms:
+                self.trackers[name].update_state(tf.reduce_mean(terms[name]))
+                names.append(name)
+        return {name: self.trackers[name].result() for name in (*names, *extra)}
+
+    # ------------------------------------------------------------------------------- evaluation
+    def test_step(self, data):
+        """Loss and an unbiased single-sample estimate of the full bound, in bits/dim, with EMA weights.
+
+        For t uniform on [0, T), T * L_t + L_T has the bound as its expectation; its mean over the
+        evaluation set estimates the test bits/dim (use `calc_bpd_loop` for the exact per-image sum).
+        """
+        images, labels = self._unpack(data)
+        replica, replicas = self._replica()
+        seed = rng.fold_in(rng.as_seed(self.seed + 1), tf.cast(self.eval_counter, tf.int32))
+        uniform = TimestepSampler(self.diffusion.num_timesteps)
+        t, weights, noise, _ = self._draw(seed, tf.shape(images)[0], replica, replicas, uniform)
+        terms, x_t, output = self._forward(
+            self.ema_network, images, labels, t, noise, training=False
+        )
+        vb = self.diffusion.vb_terms_bpd(output, images, x_t, t)
+        bound = self.diffusion.num_timesteps * vb + self.diffusion.prior_bpd(images)
+        self.trackers["vlb_bpd"].update_state(tf.reduce_mean(bound))
+        self.eval_counter.assign_add(1)
+        return self._report(terms, tf.reduce_mean(terms["loss"] * weights), ("vlb_bpd",))
+
+    # --------------------------------------------------------------------------------- sampling
+    def sampler(
+        self,
+        sampler: str = "ancestral",
+        num_steps: int | str | None = None,
+        eta: float = 0.0,
+        clip_denoised: bool = True,
+        use_ema: bool = True,
+        jit_compile: bool = False,
+    ) -> Sampler:
+        """The compiled `Sampler` for these settings (built once, then reused)."""
+        key = (
+            sampler,
+            num_steps,
+            float(eta),
+            bool(clip_denoised),
+            bool(use_ema),
+            bool(jit_compile),
+        )
+        if key not in self._samplers:
+            network = self.ema_network if use_ema else self.network
+            self._samplers[key] = Sampler(
+                network,
+                self.diffusion,
+                self.image_shape,
+                sampler=sampler,
+                num_steps=num_steps,
+                eta=eta,
+                clip_denoised=clip_denoised,
+                jit_compile=jit_compile,
+            )
+        return self._samplers[key]
+
+    def generate(
+        self,
+        num_samples: int | None = None,
+        seed: rng.SeedLike = 0,
+        *,
+        labels=None,
+        guidance_scale: float = 1.0,
+        sampler: str = "ancestral",
+        num_steps: int | str | None = None,
+        eta: float = 0.0,
+        clip_denoised: bool = True,
+        use_ema: bool = True,
+        jit_compile: bool = False,
+    ) -> tf.Tensor:
+        """Samples float32 images [N, H, W, C] in [-1, 1] with the EMA weights.
+
+        `num_steps`: None for all T steps, an int or "ddimN" to respace. Class-conditional networks
+        take `labels` [N] (the null class num_classes gives unconditional samples) and a
+        `guidance_scale` (1: conditional, >1: classifier-free guidance).
+        """
+        fn = self.sampler(sampler, num_steps, eta, clip_denoised, use_ema, jit_compile)
+        if labels is not None:
+            labels = check_labels(labels, self.num_classes, allow_null=True)
+        return fn(num_samples if labels is None else labels.shape[0], seed, labels, guidance_scale)
+
+    def denoiser(self, labels=None, guidance_scale=None, use_ema: bool = True):
+        """A denoise_fn(x_t, t) over the (EMA) network, for `GaussianDiffusion`'s loops."""
+        network = self.ema_network if use_ema else self.network
+        return guided_denoiser(
+            network,
+            labels,
+            guidance_scale,
+            null_label=self.num_classes,
+            learns_variance=self.diffusion.learns_variance,
+        )
+
+    # ---------------------------------------------------------------------------- serialization
+    def get_config(self) -> dict:
+        sampler = self._sampler_name
+        if sampler is None:
+            sampler = (
+                "loss-second-moment" if self.timestep_sampler.learns_from_losses else "uniform"
+            )
+        return {
+            **super().get_config(),
+            "network": keras.saving.serialize_keras_object(self.network),
+            "diffusion": self.diffusion.get_config(),
+            "ema_decay": self.ema_decay,
+            "ema_warmup": self.ema_warmup,
+            "timestep_sampler": sampler,
+            "grad_clip_norm": self.grad_clip_norm,
+            "label_dropout": self.label_dropout,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> DiffusionModel:
+        config = dict(config)
+        config["network"] = keras.saving.deserialize_keras_object(config["network"])
+        return cls(**config)
