@@ -147,22 +147,8 @@ class DiffusionModel(keras.Model):
         self.ema_network = keras.models.clone_model(network)
         self.ema_network.set_weights(network.get_weights())
         self.ema_network.trainable = False
-        self.step_counter = self.add_weight(
-            shape=(),
-            dtype="int64",
-            initializer="zeros",
-            trainable=False,
-            name="step_counter",
-            aggregation=_REPLICATED,
-        )
-        self.eval_counter = self.add_weight(
-            shape=(),
-            dtype="int64",
-            initializer="zeros",
-            trainable=False,
-            name="eval_counter",
-            aggregation=_REPLICATED,
-        )
+        self.step_counter = self._counter("step_counter")
+        self.eval_counter = self._counter("eval_counter")
         self.trackers = {
             name: keras.metrics.Mean(name=name)
             for name in ("loss", "mse", "vb", "grad_norm", "vlb_bpd")
@@ -171,6 +157,17 @@ class DiffusionModel(keras.Model):
         self.built = True  # every weight exists: the network's shapes are fixed by its config
 
     # ---------------------------------------------------------------------------------- plumbing
+    def _counter(self, name: str) -> keras.Variable:
+        """A step counter that every replica advances in step (any replica's write will do)."""
+        return self.add_weight(
+            shape=(),
+            dtype="int64",
+            initializer="zeros",
+            trainable=False,
+            name=name,
+            aggregation=_REPLICATED,
+        )
+
     def _check_network_output(self) -> None:
         """One call on a dummy batch: the output must have C or 2C channels as the diffusion needs."""
         x = tf.zeros((1, *self.image_shape))

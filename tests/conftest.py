@@ -11,3 +11,15 @@ import pytest  # noqa: E402
 @pytest.fixture
 def np_rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def mixed_precision():
+    """The mixed_float16 global policy for one test, restored to float32 afterwards."""
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

@@ -23,15 +23,6 @@ def _seed() -> None:
     keras.utils.set_random_seed(0)
 
 
-@pytest.fixture
-def mixed_precision():
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-
-
 def perturb_weights(layer: keras.layers.Layer, scale: float = 0.1, seed: int = 1) -> None:
     """Add noise to every weight so zero-initialised kernels take part in the output."""
     rng = np.random.default_rng(seed)

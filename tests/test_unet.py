@@ -29,15 +29,6 @@ def _seed() -> None:
     keras.utils.set_random_seed(0)
 
 
-@pytest.fixture
-def mixed_precision():
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-
-
 def small_unet(**overrides: Any) -> UNet:
     return UNet(**{**SMALL, **overrides})
 
