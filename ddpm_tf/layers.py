@@ -308,6 +308,7 @@ class Upsample(keras.layers.Layer):
         )
 
     def build(self, input_shape: Shape) -> None:
+        self.resize.build(input_shape)  # weightless, but Keras checks that every layer is built
         if self.with_conv:
             self.conv = _conv(input_shape[-1], 3, self.dtype_policy, "conv")
             self.conv.build(self.compute_output_shape(input_shape))

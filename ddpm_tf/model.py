@@ -57,6 +57,20 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
         return {"learning_rate": self.learning_rate, "warmup_steps": self.warmup_steps}
 
 
+def _multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    """Whether `strategy` spans several workers (MultiWorkerMirroredStrategy in multi-worker mode)."""
+    return (
+        isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        and strategy.extended._in_multi_worker_mode()
+    )
+
+
+def _blend(ema: tf.Variable, weight: tf.Variable, decay) -> tf.Tensor:
+    """One EMA update: ema <- decay * ema + (1 - decay) * weight."""
+    decay = tf.cast(decay, ema.dtype)
+    return ema.assign(decay * ema + (1.0 - decay) * tf.cast(weight, ema.dtype))
+
+
 def default_optimizer(
     learning_rate: float = 2e-4, warmup_steps: int = 5000
 ) -> keras.optimizers.Optimizer:
@@ -319,17 +333,12 @@ class DiffusionModel(keras.Model):
 
         if not tf.distribute.has_strategy():
             for ema, weight in pairs:
-                ema.assign(decay * ema + (1.0 - decay) * tf.cast(weight, ema.dtype))
+                _blend(ema, weight, decay)
             return
 
         def update(strategy, decay):
             for ema, weight in pairs:
-                strategy.extended.update(
-                    ema,
-                    lambda e, w, d: e.assign(d * e + (1.0 - d) * tf.cast(w, e.dtype)),
-                    args=(weight, tf.cast(decay, ema.dtype)),
-                    group=False,
-                )
+                strategy.extended.update(ema, _blend, args=(weight, decay), group=False)
 
         tf.__internal__.distribute.interim.maybe_merge_call(
             update, tf.distribute.get_strategy(), decay
@@ -343,7 +352,12 @@ class DiffusionModel(keras.Model):
             if name in terms:
                 self.trackers[name].update_state(tf.reduce_mean(terms[name]))
                 names.append(name)
-        return {name: self.trackers[name].result() for name in (*names, *extra)}
+        results = {name: self.trackers[name].result() for name in (*names, *extra)}
+        if _multi_worker(self.distribute_strategy):
+            # Keras reduces multi-worker logs with strategy.reduce(MEAN, axis=0), which fails on
+            # scalars; a [1] vector reduces to the same scalar.
+            results = {name: tf.reshape(value, [1]) for name, value in results.items()}
+        return results
 
     # ------------------------------------------------------------------------------- evaluation
     def test_step(self, data):

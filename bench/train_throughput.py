@@ -1,0 +1,543 @@
+"""Training throughput and peak memory of `DiffusionModel`'s train step, graph and XLA.
+
+Configurations (each runs in its own subprocess, so the peak resident set size is its own):
+
+    cifar10-graph     ddpm_cifar10 U-Net (35.7M parameters, 32x32x3), batch 8, graph train step
+    cifar10-xla       the same with `compile(..., jit_compile=True)`
+    small28-graph     small_28 U-Net (1.1M parameters, 28x28x1), batch 32, graph train step
+    small28-xla       the same, XLA
+    cifar10-diffusers the same CIFAR-10 architecture as `diffusers.UNet2DModel` in PyTorch, batch 8,
+                      with the same step: random t, noise, x_t, MSE on eps, backward, clip 1.0, Adam
+                      2e-4 and an EMA update; run only when torch and diffusers are importable
+
+A step's time is the median of `--repeats` timed steps after `--warmup` steps (the first of which
+traces and compiles; its time is reported apart). Both frameworks use `--threads` intra-op threads.
+
+    python bench/train_throughput.py                        # everything
+    python bench/train_throughput.py --only small28-graph small28-xla --repeats 20
+    python bench/train_throughput.py --no-torch --json /tmp/train.json
+    python bench/train_throughput.py --only cifar10-graph cifar10-diffusers --breakdown
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, BENCH_DIR)
+
+RESULT_PREFIX = "TRAIN_THROUGHPUT_RESULT "
+T = 1000
+LEARNING_RATE = 2e-4
+EMA_DECAY = 0.9999
+
+
+@dataclass(frozen=True)
+class Config:
+    """One measured configuration."""
+
+    name: str
+    framework: str  # "tf" or "torch"
+    preset: str
+    batch: int
+    jit_compile: bool = False
+
+
+CONFIGS: dict[str, Config] = {
+    c.name: c
+    for c in (
+        Config("cifar10-graph", "tf", "ddpm_cifar10", 8),
+        Config("cifar10-xla", "tf", "ddpm_cifar10", 8, jit_compile=True),
+        Config("small28-graph", "tf", "small_28", 32),
+        Config("small28-xla", "tf", "small_28", 32, jit_compile=True),
+        Config("cifar10-diffusers", "torch", "ddpm_cifar10", 8),
+    )
+}
+
+# google/ddpm-cifar10-32 written out (no download): Ho et al.'s CIFAR-10 network in diffusers.
+DIFFUSERS_CIFAR10 = {
+    "sample_size": 32,
+    "in_channels": 3,
+    "out_channels": 3,
+    "layers_per_block": 2,
+    "block_out_channels": (128, 256, 256, 256),
+    "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+    "norm_num_groups": 32,
+    "norm_eps": 1e-6,
+    "act_fn": "silu",
+    "attention_head_dim": None,
+    "center_input_sample": False,
+    "downsample_padding": 0,
+    "flip_sin_to_cos": False,
+    "freq_shift": 1,
+    "time_embedding_type": "positional",
+    "resnet_time_scale_shift": "default",
+    "mid_block_scale_factor": 1,
+    "dropout": 0.1,
+}
+
+
+# ------------------------------------------------------------------------------------ helpers
+def rss_mib() -> float:
+    """Current resident set size of this process in MiB (Linux /proc; 0 if unavailable)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process in MiB (ru_maxrss is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def time_steps(step: Callable[[], None], repeats: int, warmup: int) -> dict[str, Any]:
+    """Times `step()`, which must block until its work is done: first call, warm-up, timed calls.
+
+    Besides wall time it records the process CPU time per step (CPU / wall is how many cores the
+    step kept busy) and the 1-minute load average, since other load on the machine slows a step.
+    """
+    start = time.perf_counter()
+    step()
+    first = time.perf_counter() - start
+    for _ in range(max(warmup - 1, 0)):
+        step()
+    times, cpu_times = [], []
+    load_before = os.getloadavg()[0]
+    for _ in range(repeats):
+        start, cpu_start = time.perf_counter(), time.process_time()
+        step()
+        times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
+    return {
+        "first_step_s": first,
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "max_s": max(times),
+        "times_s": times,
+        "cpu_s": statistics.median(cpu_times),
+        "load_avg_1min": [load_before, os.getloadavg()[0]],
+    }
+
+
+# ---------------------------------------------------------------------------------- TensorFlow
+def run_tf(config: Config, repeats: int, warmup: int, threads: int, breakdown: bool) -> dict:
+    """Times `DiffusionModel`'s train step (Keras' train function on a repeated in-memory batch)."""
+    import keras
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    from ddpm_tf import DiffusionModel, from_preset
+
+    keras.utils.set_random_seed(0)
+    network = from_preset(config.preset)
+    model = DiffusionModel(network)
+    model.compile(keras.optimizers.Adam(LEARNING_RATE), jit_compile=config.jit_compile)
+    shape = (config.batch, *model.image_shape)
+    images = tf.random.uniform(shape, -1.0, 1.0, seed=0)
+    iterator = iter(tf.data.Dataset.from_tensors(images).repeat())
+    model.make_train_function()  # Keras 3 sets `model.train_function` (and returns None)
+    train_function = model.train_function
+
+    def step() -> None:
+        logs = train_function(iterator)
+        for value in logs.values():
+            value.numpy()
+
+    setup_rss = rss_mib()
+    result = time_steps(step, repeats, warmup)
+    result["params"] = int(network.count_params())
+    result["setup_rss_mib"] = setup_rss
+    result["peak_rss_mib"] = peak_rss_mib()
+    result["threads"] = {
+        "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+        "inter_op": tf.config.threading.get_inter_op_parallelism_threads() or "default",
+    }
+    result["onednn"] = onednn_enabled()
+    try:
+        info = tf.config.experimental.get_memory_info("CPU:0")
+        result["tf_allocator_peak_mib"] = info["peak"] / 2**20
+    except (ValueError, RuntimeError) as err:
+        result["tf_allocator_peak_mib"] = None
+        result["tf_allocator_note"] = str(err)
+    if breakdown:
+        result["breakdown"] = tf_breakdown(model, images, repeats, warmup, config.jit_compile)
+    return result
+
+
+def onednn_enabled() -> bool | None:
+    """Whether TF runs its oneDNN kernels (TF_ENABLE_ONEDNN_OPTS; on by default only on some CPUs)."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):
+        return None
+
+
+def tf_breakdown(model, images, repeats: int, warmup: int, jit_compile: bool) -> dict[str, float]:
+    """Median seconds of the forward pass, forward + backward, and the update (Adam + EMA) alone."""
+    import tensorflow as tf
+
+    network, diffusion = model.network, model.diffusion
+    variables = network.trainable_variables
+    batch = images.shape[0]
+    t = tf.random.uniform([batch], 0, diffusion.num_timesteps, tf.int32, seed=1)
+    noise = tf.random.normal(images.shape, seed=2)
+    x_t = diffusion.q_sample(images, t, noise)
+
+    @tf.function(jit_compile=jit_compile, autograph=False)
+    def forward():
+        return tf.reduce_mean(tf.square(network([x_t, t], training=True) - noise))
+
+    @tf.function(jit_compile=jit_compile, autograph=False)
+    def forward_backward():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(network([x_t, t], training=True) - noise))
+        grads = tape.gradient(loss, variables)
+        return loss, tf.linalg.global_norm(grads)
+
+    grads = [tf.zeros_like(v) for v in variables]
+
+    @tf.function(jit_compile=jit_compile, autograph=False)
+    def update():
+        model.optimizer.apply(grads, variables)
+        model._update_ema()
+        return model.optimizer.iterations
+
+    out = {}
+    for name, fn in (
+        ("forward", forward),
+        ("forward+backward", forward_backward),
+        ("adam+ema", update),
+    ):
+        out[name] = time_steps(
+            lambda fn=fn: [v.numpy() for v in tf.nest.flatten(fn())], repeats, warmup
+        )["median_s"]
+    return out
+
+
+# ------------------------------------------------------------------------------------- PyTorch
+def torch_available() -> str | None:
+    """None when torch and diffusers import, else the reason they do not."""
+    try:
+        import diffusers  # noqa: F401
+        import torch  # noqa: F401
+    except Exception as err:  # ImportError, or a broken install
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def run_torch(config: Config, repeats: int, warmup: int, threads: int, breakdown: bool) -> dict:
+    """Times the same training step on `diffusers.UNet2DModel` with Ho et al.'s CIFAR-10 config."""
+    import diffusers
+    import torch
+    from diffusers import UNet2DModel
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = UNet2DModel(**DIFFUSERS_CIFAR10)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    ema = [p.detach().clone() for p in params]
+    optimizer = torch.optim.Adam(params, lr=LEARNING_RATE)
+    betas = torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
+    alphas_cumprod = torch.cumprod(1.0 - betas, 0)
+    sqrt_ab = alphas_cumprod.sqrt().float()
+    sqrt_1mab = (1.0 - alphas_cumprod).sqrt().float()
+    size, channels = DIFFUSERS_CIFAR10["sample_size"], DIFFUSERS_CIFAR10["in_channels"]
+    images = torch.rand(config.batch, channels, size, size) * 2.0 - 1.0
+    counter = [0]
+
+    def ema_update() -> None:
+        n = counter[0]
+        decay = min(EMA_DECAY, (1.0 + n) / (10.0 + n))
+        with torch.no_grad():
+            torch._foreach_mul_(ema, decay)
+            torch._foreach_add_(ema, params, alpha=1.0 - decay)
+
+    def step() -> None:
+        t = torch.randint(0, T, (config.batch,))
+        noise = torch.randn_like(images)
+        x_t = sqrt_ab[t].view(-1, 1, 1, 1) * images + sqrt_1mab[t].view(-1, 1, 1, 1) * noise
+        loss = torch.nn.functional.mse_loss(model(x_t, t).sample, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        ema_update()
+        counter[0] += 1
+        loss.item()
+
+    setup_rss = rss_mib()
+    result = time_steps(step, repeats, warmup)
+    result["params"] = sum(p.numel() for p in model.parameters())
+    result["setup_rss_mib"] = setup_rss
+    result["peak_rss_mib"] = peak_rss_mib()
+    result["threads"] = {
+        "intra_op": torch.get_num_threads(),
+        "inter_op": torch.get_num_interop_threads(),
+    }
+    result["versions"] = f"torch {torch.__version__}, diffusers {diffusers.__version__}"
+    result["attention_resolutions"] = attention_resolutions(model, images)
+    if breakdown:
+        result["breakdown"] = torch_breakdown(
+            model, params, optimizer, ema_update, images, repeats, warmup
+        )
+    return result
+
+
+def attention_resolutions(model, images) -> list[int]:
+    """Feature-map sizes at which the diffusers model applies self-attention (a config check)."""
+    import torch
+    from diffusers.models.attention_processor import Attention
+
+    sizes: set[int] = set()
+    hooks = [
+        m.register_forward_hook(lambda _m, args, _out: sizes.add(int(args[0].shape[-1])))
+        for m in model.modules()
+        if isinstance(m, Attention)
+    ]
+    with torch.no_grad():
+        model(images[:1], torch.zeros(1, dtype=torch.long))
+    for hook in hooks:
+        hook.remove()
+    return sorted(sizes)
+
+
+def torch_breakdown(
+    model, params, optimizer, ema_update, images, repeats: int, warmup: int
+) -> dict:
+    """Median seconds of the forward pass, forward + backward, and the update (clip + Adam + EMA)."""
+    import torch
+
+    t = torch.randint(0, T, (images.shape[0],))
+    noise = torch.randn_like(images)
+
+    def forward() -> None:
+        with torch.no_grad():
+            torch.nn.functional.mse_loss(model(images, t).sample, noise).item()
+
+    def forward_backward() -> None:
+        model.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.mse_loss(model(images, t).sample, noise)
+        loss.backward()
+        loss.item()
+
+    forward_backward()  # leaves gradients for the update
+
+    def update() -> None:
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        ema_update()
+
+    return {
+        name: time_steps(fn, repeats, warmup)["median_s"]
+        for name, fn in (
+            ("forward", forward),
+            ("forward+backward", forward_backward),
+            ("clip+adam+ema", update),
+        )
+    }
+
+
+# --------------------------------------------------------------------------------------- driver
+def run_one(name: str, args: argparse.Namespace) -> None:
+    """Child process: measures one configuration and prints its result as one JSON line."""
+    config = CONFIGS[name]
+    runner = run_tf if config.framework == "tf" else run_torch
+    result = runner(config, args.repeats, args.warmup, args.threads, args.breakdown)
+    result.update(
+        name=config.name,
+        framework=config.framework,
+        preset=config.preset,
+        batch=config.batch,
+        jit_compile=config.jit_compile,
+        images_per_s=config.batch / result["median_s"],
+    )
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+def run_child(name: str, args: argparse.Namespace) -> dict:
+    """Runs `--one name` in a fresh interpreter; returns its result or {"error": ...}."""
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--one",
+        name,
+        "--repeats",
+        str(args.repeats),
+        "--warmup",
+        str(args.warmup),
+        "--threads",
+        str(args.threads),
+    ]
+    if args.breakdown:
+        cmd.append("--breakdown")
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_PREFIX):
+            result = json.loads(line[len(RESULT_PREFIX) :])
+            result["wall_s"] = wall
+            return result
+    tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+    return {"name": name, "error": f"exit code {proc.returncode}\n{tail}", "wall_s": wall}
+
+
+def fmt_mib(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.0f}"
+
+
+def print_table(results: list[dict], machine_line: str) -> None:
+    """The results as a fixed-width table, then the diffusers comparison and any breakdowns."""
+    print()
+    print(f"machine: {machine_line}")
+    header = (
+        f"{'config':<18} {'params':>11} {'batch':>5} {'img/s':>7} {'ms/step':>8} "
+        f"{'min-max ms':>13} {'cores':>5} {'1st s':>6} {'setup RSS':>9} {'peak RSS':>8} "
+        f"{'TF alloc':>8} {'load':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        if "error" in r:
+            print(f"{r['name']:<18} FAILED: {r['error'].splitlines()[0]}")
+            continue
+        spread = f"{1e3 * r['min_s']:,.0f}-{1e3 * r['max_s']:,.0f}"
+        load = "-".join(f"{v:.1f}" for v in r["load_avg_1min"])
+        print(
+            f"{r['name']:<18} {r['params']:>11,} {r['batch']:>5} {r['images_per_s']:>7.2f} "
+            f"{1e3 * r['median_s']:>8,.0f} {spread:>13} {r['cpu_s'] / r['median_s']:>5.2f} "
+            f"{r['first_step_s']:>6.1f} {fmt_mib(r['setup_rss_mib']):>9} "
+            f"{fmt_mib(r['peak_rss_mib']):>8} {fmt_mib(r.get('tf_allocator_peak_mib')):>8} "
+            f"{load:>9}"
+        )
+    print(
+        "ms/step: median; cores: process CPU time / wall time per step; 1st s: the first step "
+        "(trace/compile); load: 1-min load average before-after the timed steps."
+    )
+    print("RSS in MiB per process (setup: after building model and optimizer; peak: ru_maxrss).")
+    notes = {r.get("tf_allocator_note") for r in results if r.get("tf_allocator_note")}
+    for note in notes:
+        print(f"TF allocator stats: {note}")
+    threads = {r["name"]: r["threads"] for r in results if "threads" in r}
+    if threads:
+        print(
+            "threads (intra/inter-op): "
+            + ", ".join(f"{k} {v['intra_op']}/{v['inter_op']}" for k, v in threads.items())
+        )
+
+    by_name = {r["name"]: r for r in results if "error" not in r}
+    for a, b in (("cifar10-graph", "cifar10-xla"), ("small28-graph", "small28-xla")):
+        if a in by_name and b in by_name:
+            ratio = by_name[b]["images_per_s"] / by_name[a]["images_per_s"]
+            print(f"XLA / graph throughput, {a.split('-')[0]}: {ratio:.2f}x")
+
+    torch_result = by_name.get("cifar10-diffusers")
+    if torch_result:
+        print()
+        print(
+            f"diffusers UNet2DModel ({torch_result['versions']}): {torch_result['params']:,} parameters, "
+            f"attention at {torch_result['attention_resolutions']}"
+        )
+        print(
+            f"{'ddpm-tf config':<16} {'ddpm-tf img/s':>13} {'diffusers img/s':>15} {'ours/diffusers':>14}"
+        )
+        for name in ("cifar10-graph", "cifar10-xla"):
+            if name in by_name:
+                ours = by_name[name]["images_per_s"]
+                theirs = torch_result["images_per_s"]
+                print(f"{name:<16} {ours:>13.2f} {theirs:>15.2f} {ours / theirs:>14.2f}")
+        print("ratio > 1: ddpm-tf trains faster on this machine.")
+
+    for r in results:
+        if "breakdown" in r:
+            parts = ", ".join(f"{k} {1e3 * v:,.0f} ms" for k, v in r["breakdown"].items())
+            print(f"breakdown {r['name']}: {parts} (full step {1e3 * r['median_s']:,.0f} ms)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeats", type=int, default=10, help="timed steps per configuration")
+    parser.add_argument(
+        "--warmup", type=int, default=3, help="untimed steps first (the first traces/compiles)"
+    )
+    parser.add_argument("--only", nargs="+", choices=sorted(CONFIGS), help="run only these")
+    parser.add_argument("--no-torch", action="store_true", help="skip the diffusers comparison")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="intra-op threads for TF and torch (default: all cores)",
+    )
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also time forward, forward+backward and the update alone",
+    )
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--one", choices=sorted(CONFIGS), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.warmup < 1:
+        parser.error("--repeats and --warmup must be >= 1 (the first warm-up step compiles)")
+
+    if args.one:
+        run_one(args.one, args)
+        return
+
+    names = args.only or list(CONFIGS)
+    if "cifar10-diffusers" in names:
+        reason = "--no-torch given" if args.no_torch else torch_available()
+        if reason:
+            print(f"Skipping cifar10-diffusers (PyTorch comparison): {reason}")
+            names = [n for n in names if n != "cifar10-diffusers"]
+
+    from common import machine
+
+    machine_line = machine()
+    print(f"machine: {machine_line}")
+    print(f"warm-up {args.warmup} steps, {args.repeats} timed steps, {args.threads} threads")
+    results = []
+    for name in names:
+        print(f"running {name} ...", flush=True)
+        result = run_child(name, args)
+        if "error" in result:
+            print(f"  {name} failed:\n{result['error']}", flush=True)
+        else:
+            print(
+                f"  {result['images_per_s']:.2f} img/s, {1e3 * result['median_s']:,.0f} ms/step, "
+                f"peak RSS {result['peak_rss_mib']:,.0f} MiB ({result['wall_s']:.0f} s)",
+                flush=True,
+            )
+        results.append(result)
+    print_table(results, machine_line)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(
+                {"machine": machine_line, "args": vars(args), "results": results}, f, indent=2
+            )
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
