@@ -10,8 +10,9 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from ddpm_tf.distribute import logical_cpus, make_strategy  # noqa: E402
+
+DEVICES = logical_cpus(2)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -66,7 +67,7 @@ def main(name):
     config = CONFIGS[name]
     conditional = "num_classes" in config["net"]
     single = build(config)
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = make_strategy("mirrored", devices=DEVICES)
     with strategy.scope():
         mirrored = build(config)
     mirrored.network.set_weights(single.network.get_weights())

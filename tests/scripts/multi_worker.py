@@ -12,7 +12,9 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
-strategy = tf.distribute.MultiWorkerMirroredStrategy()
+from ddpm_tf.distribute import make_strategy  # noqa: E402
+
+strategy = make_strategy("multi_worker")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
