@@ -9,13 +9,19 @@ Configurations (each runs in its own subprocess, so the peak resident set size i
     cifar10-diffusers the same CIFAR-10 architecture as `diffusers.UNet2DModel` in PyTorch, batch 8,
                       with the same step: random t, noise, x_t, MSE on eps, backward, clip 1.0, Adam
                       2e-4 and an EMA update; run only when torch and diffusers are importable
+    cifar10-graph-onednn  cifar10-graph with TF_ENABLE_ONEDNN_OPTS=1 (only with --only): TF turns
+                      its oneDNN kernels on by default only on some x86 CPUs, PyTorch always uses them
 
 A step's time is the median of `--repeats` timed steps after `--warmup` steps (the first of which
 traces and compiles; its time is reported apart). Both frameworks use `--threads` intra-op threads.
+A virtual machine's speed can drift by 20% over minutes; `--rounds N` runs the configurations N
+times, interleaved, and reports the median of the rounds, which makes comparisons steadier.
 
-    python bench/train_throughput.py                        # everything
+    python bench/train_throughput.py                        # the default configurations
     python bench/train_throughput.py --only small28-graph small28-xla --repeats 20
     python bench/train_throughput.py --no-torch --json /tmp/train.json
+    python bench/train_throughput.py --only cifar10-graph cifar10-xla cifar10-graph-onednn \
+        cifar10-diffusers --rounds 3
     python bench/train_throughput.py --only cifar10-graph cifar10-diffusers --breakdown
 """
 
@@ -52,6 +58,8 @@ class Config:
     preset: str
     batch: int
     jit_compile: bool = False
+    onednn: bool | None = None  # TF_ENABLE_ONEDNN_OPTS for the child; None: TF's default
+    in_default_run: bool = True
 
 
 CONFIGS: dict[str, Config] = {
@@ -62,6 +70,7 @@ CONFIGS: dict[str, Config] = {
         Config("small28-graph", "tf", "small_28", 32),
         Config("small28-xla", "tf", "small_28", 32, jit_compile=True),
         Config("cifar10-diffusers", "torch", "ddpm_cifar10", 8),
+        Config("cifar10-graph-onednn", "tf", "ddpm_cifar10", 8, onednn=True, in_default_run=False),
     )
 }
 
@@ -107,11 +116,22 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds all processes have spent busy since boot (Linux /proc/stat), or None."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def time_steps(step: Callable[[], None], repeats: int, warmup: int) -> dict[str, Any]:
     """Times `step()`, which must block until its work is done: first call, warm-up, timed calls.
 
     Besides wall time it records the process CPU time per step (CPU / wall is how many cores the
-    step kept busy) and the 1-minute load average, since other load on the machine slows a step.
+    step kept busy) and how many cores other processes kept busy meanwhile, which slows a step.
     """
     start = time.perf_counter()
     step()
@@ -119,12 +139,16 @@ def time_steps(step: Callable[[], None], repeats: int, warmup: int) -> dict[str,
     for _ in range(max(warmup - 1, 0)):
         step()
     times, cpu_times = [], []
-    load_before = os.getloadavg()[0]
+    busy_start, cpu_total_start = busy_cpu_seconds(), time.process_time()
+    wall_start = time.perf_counter()
     for _ in range(repeats):
         start, cpu_start = time.perf_counter(), time.process_time()
         step()
         times.append(time.perf_counter() - start)
         cpu_times.append(time.process_time() - cpu_start)
+    wall = time.perf_counter() - wall_start
+    busy_end, own = busy_cpu_seconds(), time.process_time() - cpu_total_start
+    other = None if busy_start is None else max(busy_end - busy_start - own, 0.0) / wall
     return {
         "first_step_s": first,
         "median_s": statistics.median(times),
@@ -132,7 +156,7 @@ def time_steps(step: Callable[[], None], repeats: int, warmup: int) -> dict[str,
         "max_s": max(times),
         "times_s": times,
         "cpu_s": statistics.median(cpu_times),
-        "load_avg_1min": [load_before, os.getloadavg()[0]],
+        "other_cores": other,
     }
 
 
@@ -144,6 +168,8 @@ def run_tf(config: Config, repeats: int, warmup: int, threads: int, breakdown: b
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     from ddpm_tf import DiffusionModel, from_preset
+
+    import_rss = rss_mib()
 
     keras.utils.set_random_seed(0)
     network = from_preset(config.preset)
@@ -163,6 +189,7 @@ def run_tf(config: Config, repeats: int, warmup: int, threads: int, breakdown: b
     setup_rss = rss_mib()
     result = time_steps(step, repeats, warmup)
     result["params"] = int(network.count_params())
+    result["import_rss_mib"] = import_rss
     result["setup_rss_mib"] = setup_rss
     result["peak_rss_mib"] = peak_rss_mib()
     result["threads"] = {
@@ -250,6 +277,7 @@ def run_torch(config: Config, repeats: int, warmup: int, threads: int, breakdown
     import torch
     from diffusers import UNet2DModel
 
+    import_rss = rss_mib()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = UNet2DModel(**DIFFUSERS_CIFAR10)
@@ -288,6 +316,7 @@ def run_torch(config: Config, repeats: int, warmup: int, threads: int, breakdown
     setup_rss = rss_mib()
     result = time_steps(step, repeats, warmup)
     result["params"] = sum(p.numel() for p in model.parameters())
+    result["import_rss_mib"] = import_rss
     result["setup_rss_mib"] = setup_rss
     result["peak_rss_mib"] = peak_rss_mib()
     result["threads"] = {
@@ -390,8 +419,12 @@ def run_child(name: str, args: argparse.Namespace) -> dict:
     ]
     if args.breakdown:
         cmd.append("--breakdown")
+    env = dict(os.environ)
+    onednn = CONFIGS[name].onednn
+    if onednn is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = "1" if onednn else "0"
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_PREFIX):
@@ -400,6 +433,33 @@ def run_child(name: str, args: argparse.Namespace) -> dict:
             return result
     tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
     return {"name": name, "error": f"exit code {proc.returncode}\n{tail}", "wall_s": wall}
+
+
+def combine_rounds(rounds: list[dict]) -> dict:
+    """One result from several rounds of a configuration: the median of the rounds' medians."""
+    ok = [r for r in rounds if "error" not in r]
+    if not ok:
+        return rounds[-1]
+    result = dict(ok[0])
+    medians = [r["median_s"] for r in ok]
+    result.update(
+        median_s=statistics.median(medians),
+        min_s=min(r["min_s"] for r in ok),
+        max_s=max(r["max_s"] for r in ok),
+        cpu_s=statistics.median(r["cpu_s"] for r in ok),
+        first_step_s=statistics.median(r["first_step_s"] for r in ok),
+        import_rss_mib=max(r["import_rss_mib"] for r in ok),
+        setup_rss_mib=max(r["setup_rss_mib"] for r in ok),
+        peak_rss_mib=max(r["peak_rss_mib"] for r in ok),
+        round_medians_s=medians,
+        failed_rounds=len(rounds) - len(ok),
+    )
+    if any(r["other_cores"] is not None for r in ok):
+        result["other_cores"] = max(r["other_cores"] or 0.0 for r in ok)
+    if any(r.get("tf_allocator_peak_mib") is not None for r in ok):
+        result["tf_allocator_peak_mib"] = max(r.get("tf_allocator_peak_mib") or 0.0 for r in ok)
+    result["images_per_s"] = result["batch"] / result["median_s"]
+    return result
 
 
 def fmt_mib(value: float | None) -> str:
@@ -411,30 +471,43 @@ def print_table(results: list[dict], machine_line: str) -> None:
     print()
     print(f"machine: {machine_line}")
     header = (
-        f"{'config':<18} {'params':>11} {'batch':>5} {'img/s':>7} {'ms/step':>8} "
-        f"{'min-max ms':>13} {'cores':>5} {'1st s':>6} {'setup RSS':>9} {'peak RSS':>8} "
-        f"{'TF alloc':>8} {'load':>9}"
+        f"{'config':<20} {'params':>11} {'batch':>5} {'img/s':>7} {'ms/step':>8} "
+        f"{'min-max ms':>13} {'cores':>5} {'1st s':>6} {'import RSS':>10} {'setup RSS':>9} "
+        f"{'peak RSS':>8} "
+        f"{'TF alloc':>8} {'other':>5} {'oneDNN':>6}"
     )
     print(header)
     print("-" * len(header))
     for r in results:
         if "error" in r:
-            print(f"{r['name']:<18} FAILED: {r['error'].splitlines()[0]}")
+            print(f"{r['name']:<20} FAILED: {r['error'].splitlines()[0]}")
             continue
         spread = f"{1e3 * r['min_s']:,.0f}-{1e3 * r['max_s']:,.0f}"
-        load = "-".join(f"{v:.1f}" for v in r["load_avg_1min"])
+        other = "n/a" if r["other_cores"] is None else f"{r['other_cores']:.2f}"
+        onednn = {True: "on", False: "off"}.get(
+            r.get("onednn"), "torch" if r["framework"] == "torch" else "?"
+        )
         print(
-            f"{r['name']:<18} {r['params']:>11,} {r['batch']:>5} {r['images_per_s']:>7.2f} "
+            f"{r['name']:<20} {r['params']:>11,} {r['batch']:>5} {r['images_per_s']:>7.2f} "
             f"{1e3 * r['median_s']:>8,.0f} {spread:>13} {r['cpu_s'] / r['median_s']:>5.2f} "
-            f"{r['first_step_s']:>6.1f} {fmt_mib(r['setup_rss_mib']):>9} "
+            f"{r['first_step_s']:>6.1f} {fmt_mib(r['import_rss_mib']):>10} "
+            f"{fmt_mib(r['setup_rss_mib']):>9} "
             f"{fmt_mib(r['peak_rss_mib']):>8} {fmt_mib(r.get('tf_allocator_peak_mib')):>8} "
-            f"{load:>9}"
+            f"{other:>5} {onednn:>6}"
         )
     print(
         "ms/step: median; cores: process CPU time / wall time per step; 1st s: the first step "
-        "(trace/compile); load: 1-min load average before-after the timed steps."
+        "(trace/compile); other: cores busy with other processes meanwhile (max over rounds); "
+        "oneDNN: TF's oneDNN kernels (TF_ENABLE_ONEDNN_OPTS; TF's default depends on the CPU)."
     )
-    print("RSS in MiB per process (setup: after building model and optimizer; peak: ru_maxrss).")
+    for r in results:
+        if len(r.get("round_medians_s", ())) > 1:
+            per_round = ", ".join(f"{1e3 * m:,.0f}" for m in r["round_medians_s"])
+            print(f"  {r['name']}: median ms/step of each round {per_round}")
+    print(
+        "RSS in MiB per process (import: after importing the framework; setup: after building "
+        "model, EMA copy and optimizer; peak: ru_maxrss)."
+    )
     notes = {r.get("tf_allocator_note") for r in results if r.get("tf_allocator_note")}
     for note in notes:
         print(f"TF allocator stats: {note}")
@@ -459,13 +532,18 @@ def print_table(results: list[dict], machine_line: str) -> None:
             f"attention at {torch_result['attention_resolutions']}"
         )
         print(
-            f"{'ddpm-tf config':<16} {'ddpm-tf img/s':>13} {'diffusers img/s':>15} {'ours/diffusers':>14}"
+            f"{'ddpm-tf config':<20} {'ddpm-tf img/s':>13} {'diffusers img/s':>15} {'ours/diffusers':>14}"
         )
-        for name in ("cifar10-graph", "cifar10-xla"):
+        ours_names = [
+            n for n in ("cifar10-graph", "cifar10-xla", "cifar10-graph-onednn") if n in by_name
+        ]
+        if not ours_names:
+            print("(no ddpm-tf cifar10 configuration in this run to compare with)")
+        for name in ours_names:
             if name in by_name:
                 ours = by_name[name]["images_per_s"]
                 theirs = torch_result["images_per_s"]
-                print(f"{name:<16} {ours:>13.2f} {theirs:>15.2f} {ours / theirs:>14.2f}")
+                print(f"{name:<20} {ours:>13.2f} {theirs:>15.2f} {ours / theirs:>14.2f}")
         print("ratio > 1: ddpm-tf trains faster on this machine.")
 
     for r in results:
@@ -495,17 +573,26 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="also time forward, forward+backward and the update alone",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every configuration this many times, interleaved, and take the median of the "
+        "rounds (steadier comparisons on a machine whose speed drifts)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--one", choices=sorted(CONFIGS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.warmup < 1:
-        parser.error("--repeats and --warmup must be >= 1 (the first warm-up step compiles)")
+    if args.repeats < 1 or args.warmup < 1 or args.rounds < 1:
+        parser.error(
+            "--repeats, --warmup and --rounds must be >= 1 (the first warm-up step compiles)"
+        )
 
     if args.one:
         run_one(args.one, args)
         return
 
-    names = args.only or list(CONFIGS)
+    names = args.only or [c.name for c in CONFIGS.values() if c.in_default_run]
     if "cifar10-diffusers" in names:
         reason = "--no-torch given" if args.no_torch else torch_available()
         if reason:
@@ -516,25 +603,34 @@ def main(argv: list[str] | None = None) -> None:
 
     machine_line = machine()
     print(f"machine: {machine_line}")
-    print(f"warm-up {args.warmup} steps, {args.repeats} timed steps, {args.threads} threads")
-    results = []
-    for name in names:
-        print(f"running {name} ...", flush=True)
-        result = run_child(name, args)
-        if "error" in result:
-            print(f"  {name} failed:\n{result['error']}", flush=True)
-        else:
-            print(
-                f"  {result['images_per_s']:.2f} img/s, {1e3 * result['median_s']:,.0f} ms/step, "
-                f"peak RSS {result['peak_rss_mib']:,.0f} MiB ({result['wall_s']:.0f} s)",
-                flush=True,
-            )
-        results.append(result)
+    print(
+        f"warm-up {args.warmup} steps, {args.repeats} timed steps, {args.threads} threads, "
+        f"{args.rounds} round(s)"
+    )
+    rounds: dict[str, list[dict]] = {name: [] for name in names}
+    for index in range(args.rounds):
+        order = names if index % 2 == 0 else names[::-1]  # alternate to spread any drift evenly
+        for name in order:
+            label = f"{name} (round {index + 1}/{args.rounds})" if args.rounds > 1 else name
+            print(f"running {label} ...", flush=True)
+            result = run_child(name, args)
+            if "error" in result:
+                print(f"  {name} failed:\n{result['error']}", flush=True)
+            else:
+                print(
+                    f"  {result['images_per_s']:.2f} img/s, {1e3 * result['median_s']:,.0f} ms/step, "
+                    f"peak RSS {result['peak_rss_mib']:,.0f} MiB ({result['wall_s']:.0f} s)",
+                    flush=True,
+                )
+            rounds[name].append(result)
+    results = [combine_rounds(rounds[name]) for name in names]
     print_table(results, machine_line)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
-                {"machine": machine_line, "args": vars(args), "results": results}, f, indent=2
+                {"machine": machine_line, "args": vars(args), "results": results, "rounds": rounds},
+                f,
+                indent=2,
             )
         print(f"wrote {args.json}")
 

@@ -420,20 +420,16 @@ class DiffusionModel(keras.Model):
         *,
         labels=None,
         guidance_scale: float = 1.0,
-        sampler: str = "ancestral",
-        num_steps: int | str | None = None,
-        eta: float = 0.0,
-        clip_denoised: bool = True,
-        use_ema: bool = True,
-        jit_compile: bool = False,
+        **sampler_options: Any,
     ) -> tf.Tensor:
         """Samples float32 images [N, H, W, C] in [-1, 1] with the EMA weights.
 
-        `num_steps`: None for all T steps, an int or "ddimN" to respace. Class-conditional networks
-        take `labels` [N] (the null class num_classes gives unconditional samples) and a
-        `guidance_scale` (1: conditional, >1: classifier-free guidance).
+        `sampler_options` are those of `sampler()`: sampler ("ancestral" | "ddim"), num_steps (None
+        for all T steps, an int or "ddimN" to respace), eta, clip_denoised, use_ema, jit_compile.
+        Class-conditional networks take `labels` [N] (the null class num_classes gives unconditional
+        samples) and a `guidance_scale` (1: conditional, >1: classifier-free guidance).
         """
-        fn = self.sampler(sampler, num_steps, eta, clip_denoised, use_ema, jit_compile)
+        fn = self.sampler(**sampler_options)
         if labels is not None:
             labels = check_labels(labels, self.num_classes, allow_null=True)
         return fn(num_samples if labels is None else labels.shape[0], seed, labels, guidance_scale)
