@@ -12,6 +12,7 @@ import difflib
 import os
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -19,7 +20,9 @@ __all__ = [
     "RESIZE_METHODS",
     "DatasetNotPreparedError",
     "distribute",
+    "load_arrays",
     "load_images",
+    "step_batches",
     "num_classes",
     "scale_to_unit",
     "unit_to_uint8",
@@ -108,6 +111,8 @@ def _get_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
     Raises:
         ValueError: if tfds knows no dataset ``name`` (neither registered nor in ``data_dir``).
     """
+    import ddpm_tf.datasets  # noqa: F401  (registers the embedded datasets with tfds)
+
     try:
         return tfds.builder(name, data_dir=data_dir)
     except tfds.core.DatasetNotFoundError as err:
@@ -184,6 +189,148 @@ def _resize(image: tf.Tensor, image_size: int, method: str, center_crop: bool) -
     return tf.cast(tf.round(tf.clip_by_value(resized, 0.0, 255.0)), tf.uint8)
 
 
+def _prepared_builder(name: str, data_dir: str | None, download: bool) -> tfds.core.DatasetBuilder:
+    """The builder of a dataset that is on disk: prepared now if allowed, else checked.
+
+    Builders marked ``OFFLINE_PREPARE`` (the embedded datasets of :mod:`ddpm_tf.datasets`) read
+    files installed with Python packages, so they are always prepared on first use.
+    """
+    builder = _get_builder(name, data_dir)
+    if download or getattr(builder, "OFFLINE_PREPARE", False):
+        builder.download_and_prepare()
+    else:
+        _require_prepared(builder, name)
+    return builder
+
+
+def _examples(
+    name: str,
+    split: str,
+    data_dir: str | None,
+    download: bool,
+    image_key: str,
+    label_key: str | None,
+    image_size: int | None,
+    resize_method: str,
+    center_crop: bool,
+) -> tf.data.Dataset:
+    """(uint8 image [H, W, C], int32 label) pairs of a split, in the dataset's fixed order."""
+    builder = _prepared_builder(name, data_dir, download)
+    ds = builder.as_dataset(split=split, shuffle_files=False)
+    _check_features(ds.element_spec, image_key, label_key, image_size)
+
+    def select(example: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+        image = example[image_key]
+        if image_size is not None:
+            image = _resize(image, image_size, resize_method, center_crop)
+        label = tf.zeros((), tf.int32) if label_key is None else example[label_key]
+        return image, tf.cast(label, tf.int32)
+
+    return ds.map(select, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def load_arrays(
+    name: str,
+    split: str = "train",
+    *,
+    data_dir: str | None = None,
+    download: bool = False,
+    image_key: str = "image",
+    label_key: str | None = "label",
+    image_size: int | None = None,
+    resize_method: str = "area",
+    center_crop: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A whole split in memory: uint8 images [N, H, W, C] and int32 labels [N] (or None).
+
+    For datasets that fit in RAM (digits, MNIST, CIFAR-10: up to ~150 MB); the training program
+    draws its batches from these arrays by index (:func:`step_batches`), which makes the data
+    stream a pure function of the step and resuming exact.
+    """
+    _validate_args(name, split, 1, image_size, resize_method, 0, 0)
+    ds = _examples(
+        name,
+        split,
+        data_dir,
+        download,
+        image_key,
+        label_key,
+        image_size,
+        resize_method,
+        center_crop,
+    )
+    images, labels = [], []
+    for image, label in ds.batch(4096).as_numpy_iterator():
+        images.append(image)
+        labels.append(label)
+    if not images:
+        raise ValueError(f"split={split!r} of dataset {name!r} is empty.")
+    return np.concatenate(images), None if label_key is None else np.concatenate(labels)
+
+
+def step_batches(
+    images: np.ndarray,
+    labels: np.ndarray | None = None,
+    *,
+    batch_size: int,
+    seed: int = 0,
+    start_step: int = 0,
+    random_flip: bool = False,
+) -> tf.data.Dataset:
+    """An endless stream of global batches in [-1, 1] whose batch s depends only on (seed, s).
+
+    Example number i = s * batch_size + k of the stream is item `perm_e(i mod N)` of the arrays,
+    where e = i // N is the epoch and perm_e a seeded permutation (`index_shuffle`, computed per
+    index, never materialised). Flips are drawn from a stateless seed of (seed, s). Starting at
+    `start_step` therefore gives exactly the batches an uninterrupted run sees from that step on,
+    at no cost for skipping.
+
+    Yields float32 images [B, H, W, C] (or (images, int32 labels [B])).
+    """
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(
+            f"`images` must be uint8 [N, H, W, C], got {images.dtype} with shape {images.shape}."
+        )
+    count = images.shape[0]
+    _check_positive_int(batch_size, "batch_size")
+    if batch_size > count:
+        raise ValueError(
+            f"`batch_size`={batch_size} is larger than the dataset ({count} images); "
+            "use a batch size of at most the dataset size."
+        )
+    if labels is not None and len(labels) != count:
+        raise ValueError(f"`labels` has {len(labels)} entries for {count} images.")
+    if not _is_int(start_step) or start_step < 0:
+        raise ValueError(f"`start_step` must be an int >= 0, got {start_step!r}.")
+    pixels = tf.constant(images)
+    classes = None if labels is None else tf.constant(np.asarray(labels, np.int32))
+    n = tf.constant(count, tf.int64)
+
+    def batch(step: tf.Tensor):
+        index = step * batch_size + tf.range(batch_size, dtype=tf.int64)
+        epoch = index // n
+        first = epoch[0]
+        position = index % n
+
+        def permuted(e):
+            key = tf.stack([tf.constant(seed, tf.int64), e])
+            return tf.random.experimental.index_shuffle(position, key, n - 1)
+
+        # batch_size <= N, so a batch spans at most two epochs.
+        rows = tf.where(epoch == first, permuted(first), permuted(first + 1))
+        x = tf.gather(pixels, rows)
+        if random_flip:
+            flip_seed = tf.stack([tf.constant(seed, tf.int64) + 1, step])
+            flip = tf.random.stateless_uniform([batch_size], flip_seed, alg="philox") < 0.5
+            x = tf.where(flip[:, None, None, None], tf.reverse(x, axis=[2]), x)
+        x = scale_to_unit(x)
+        return x if classes is None else (x, tf.gather(classes, rows))
+
+    steps = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)
+    return steps.map(batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
 def load_images(
     name: str,
     split: str = "train",
@@ -239,23 +386,17 @@ def load_images(
         DatasetNotPreparedError: the dataset is not on disk and ``download`` is False.
     """
     _validate_args(name, split, batch_size, image_size, resize_method, shuffle_buffer, seed)
-    builder = _get_builder(name, data_dir)
-    if download:
-        builder.download_and_prepare()
-    else:
-        _require_prepared(builder, name)
-
-    ds = builder.as_dataset(split=split, shuffle_files=False)
-    _check_features(ds.element_spec, image_key, label_key, image_size)
-
-    def select(example: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
-        image = example[image_key]
-        if image_size is not None:
-            image = _resize(image, image_size, resize_method, center_crop)
-        label = tf.zeros((), tf.int32) if label_key is None else example[label_key]
-        return image, tf.cast(label, tf.int32)
-
-    ds = ds.map(select, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = _examples(
+        name,
+        split,
+        data_dir,
+        download,
+        image_key,
+        label_key,
+        image_size,
+        resize_method,
+        center_crop,
+    )
     if cache:
         ds = ds.cache() if cache is True else ds.cache(cache)
     if shuffle_buffer > 0:

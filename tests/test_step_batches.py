@@ -1,0 +1,75 @@
+"""The step-indexed data stream of the training program: epochs are permutations, resume is free."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ddpm_tf.data import load_arrays, step_batches
+
+IMAGES = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1) * 20
+
+
+def _labels(ds, steps):
+    return np.concatenate([y.numpy() for (_, y), _ in zip(ds, range(steps), strict=False)])
+
+
+def test_every_epoch_is_a_permutation_and_epochs_differ():
+    stream = _labels(step_batches(IMAGES, np.arange(10), batch_size=4, seed=3), 10)  # 4 epochs
+    epochs = stream.reshape(4, 10)
+    for epoch in epochs:
+        assert sorted(epoch) == list(range(10))
+    assert len({tuple(e) for e in epochs}) > 1
+
+
+def test_starting_at_a_step_continues_the_same_stream():
+    full = _labels(step_batches(IMAGES, np.arange(10), batch_size=4, seed=3), 9)
+    later = _labels(step_batches(IMAGES, np.arange(10), batch_size=4, seed=3, start_step=5), 4)
+    np.testing.assert_array_equal(later, full[20:])
+    other = _labels(step_batches(IMAGES, np.arange(10), batch_size=4, seed=4), 9)
+    assert not np.array_equal(other, full)
+
+
+def test_images_match_labels_and_are_scaled():
+    for images, labels in step_batches(IMAGES, np.arange(10), batch_size=5).take(2):
+        np.testing.assert_allclose(
+            images.numpy()[:, 0, 0, 0], labels.numpy() * 20 / 127.5 - 1, rtol=1e-6
+        )
+
+
+def test_flips_are_seeded_by_step():
+    images = np.zeros((4, 2, 2, 1), np.uint8)
+    images[:, 0, 0, 0] = 255  # left column bright
+    ds = step_batches(images, batch_size=4, seed=0, random_flip=True)
+    batches = [x.numpy() for x, _ in zip(ds, range(20), strict=False)]
+    flipped = np.concatenate([b[:, 0, 1, 0] > 0 for b in batches])
+    assert 0.25 < flipped.mean() < 0.75
+    again = step_batches(images, batch_size=4, seed=0, random_flip=True, start_step=7)
+    np.testing.assert_array_equal(next(iter(again)).numpy(), batches[7])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(images=IMAGES.astype(np.float32)), "uint8"),
+        (dict(batch_size=11), "larger than the dataset"),
+        (dict(start_step=-1), "start_step"),
+        (dict(labels=np.arange(3)), "3 entries for 10 images"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs, message):
+    args = dict(images=IMAGES, labels=None, batch_size=4)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        step_batches(args.pop("images"), args.pop("labels"), **args)
+
+
+def test_load_arrays_reads_an_embedded_split(tmp_path):
+    images, labels = load_arrays("sklearn_digits", "test", data_dir=str(tmp_path))
+    assert images.dtype == np.uint8 and images.shape[1:] == (8, 8, 1)
+    assert labels.shape == (images.shape[0],) and set(np.unique(labels)) <= set(range(10))
+    resized, none = load_arrays(
+        "sklearn_digits", "test", data_dir=str(tmp_path), image_size=4, label_key=None
+    )
+    assert resized.shape == (images.shape[0], 4, 4, 1) and none is None
+    expected = tf.image.resize(images[:3], (4, 4), method="area", antialias=True)
+    np.testing.assert_array_equal(resized[:3], np.round(expected.numpy()).astype(np.uint8))
