@@ -1,0 +1,104 @@
+"""Image grids: tile a batch of uint8 images [N, H, W, C] into one picture and save it as PNG.
+
+Small images (8x8 digits) are upscaled by an integer factor with nearest-neighbour repetition,
+so every source pixel becomes a sharp ``scale x scale`` block and no values are invented.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ddpm_tf.checks import check_int
+
+__all__ = ["auto_scale", "make_grid", "save_grid"]
+
+MIN_CELL_PIXELS = 64
+"""With ``scale=None`` images are upscaled until their longer side is at least this many pixels."""
+
+
+def auto_scale(height: int, width: int, min_pixels: int = MIN_CELL_PIXELS) -> int:
+    """The smallest integer factor >= 1 that makes ``max(height, width) * factor >= min_pixels``."""
+    return max(1, math.ceil(min_pixels / max(height, width)))
+
+
+def make_grid(
+    images: np.ndarray,
+    ncols: int | None = None,
+    scale: int | None = None,
+    pad: int = 1,
+    pad_value: int = 0,
+) -> np.ndarray:
+    """Tiles uint8 images [N, H, W, C] (C in 1, 3, 4) into one uint8 array [Hg, Wg, C].
+
+    Args:
+        images: uint8 [N, H, W, C]; floats from a model go through ``data.unit_to_uint8`` first.
+        ncols: images per row; default ``ceil(sqrt(N))``. Rows are ``ceil(N / ncols)``; unused
+            cells of the last row are filled with ``pad_value``.
+        scale: integer nearest-neighbour upscaling factor; default :func:`auto_scale`.
+        pad: pixels of ``pad_value`` between cells and around the border (after scaling).
+        pad_value: the padding's grey level in [0, 255].
+
+    Returns:
+        uint8 [rows * (H * scale) + (rows + 1) * pad, ncols * (W * scale) + (ncols + 1) * pad, C].
+    """
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise TypeError(
+            f"images must be uint8 in [0, 255], got dtype {images.dtype}; convert model outputs "
+            "in [-1, 1] with ddpm_tf.data.unit_to_uint8"
+        )
+    if images.ndim != 4 or images.shape[0] == 0 or images.shape[-1] not in (1, 3, 4):
+        raise ValueError(
+            f"images must have shape [N, H, W, C] with N >= 1 and C in (1, 3, 4), got "
+            f"{images.shape}"
+        )
+    n, height, width, channels = images.shape
+    ncols = math.ceil(math.sqrt(n)) if ncols is None else check_int(ncols, "ncols", 1)
+    scale = auto_scale(height, width) if scale is None else check_int(scale, "scale", 1)
+    pad = check_int(pad, "pad", 0)
+    pad_value = check_int(pad_value, "pad_value", 0)
+    if pad_value > 255:
+        raise ValueError(f"pad_value must be in [0, 255], got {pad_value}")
+    ncols = min(ncols, n)
+    nrows = math.ceil(n / ncols)
+
+    cells = images.repeat(scale, axis=1).repeat(scale, axis=2)
+    cell_h, cell_w = height * scale, width * scale
+    grid = np.full(
+        (nrows * cell_h + (nrows + 1) * pad, ncols * cell_w + (ncols + 1) * pad, channels),
+        pad_value,
+        dtype=np.uint8,
+    )
+    for index, cell in enumerate(cells):
+        row, col = divmod(index, ncols)
+        top, left = pad + row * (cell_h + pad), pad + col * (cell_w + pad)
+        grid[top : top + cell_h, left : left + cell_w] = cell
+    return grid
+
+
+def save_grid(
+    images: np.ndarray,
+    path: str | os.PathLike,
+    ncols: int | None = None,
+    scale: int | None = None,
+    pad: int = 1,
+    pad_value: int = 0,
+) -> Path:
+    """Writes :func:`make_grid` of uint8 ``images`` [N, H, W, C] to ``path`` as a PNG.
+
+    Grayscale images give an 8-bit grey PNG, 3 channels RGB, 4 channels RGBA. The parent
+    directory is created if missing. Returns the path written.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"path must end with .png, got {str(path)!r}")
+    grid = make_grid(images, ncols=ncols, scale=scale, pad=pad, pad_value=pad_value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    picture = grid[..., 0] if grid.shape[-1] == 1 else grid
+    Image.fromarray(picture).save(path, format="PNG")
+    return path

@@ -1,0 +1,212 @@
+"""Run directories: the resolved config, atomic checkpoints, exact resume, and loading for inference.
+
+A run directory holds
+
+    config.json        the resolved training config (a run with a different config is refused)
+    model.json         the Keras config of the `DiffusionModel` (network, diffusion, EMA settings)
+    checkpoints/       `tf.train.Checkpoint`s of the model and optimizer, the newest `keep`
+
+A checkpoint holds every variable that decides the rest of the run: the network, its EMA copy,
+the optimizer (moments, iteration count, loss scale), the model's step counter (the training noise,
+timesteps and label drops are stateless draws seeded by (seed, step), and the data stream of
+`ddpm_tf.data.step_batches` is a function of (seed, step)), and the timestep sampler's loss history.
+Restoring it and continuing therefore gives the same weights as a run that was never stopped.
+
+Saving is atomic: TensorFlow writes the checkpoint files first and then replaces the small
+`checkpoint` index file in one rename, so a run killed mid-save resumes from the previous one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from ddpm_tf.model import DiffusionModel
+
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.json"
+CHECKPOINT_DIR = "checkpoints"
+
+__all__ = ["CheckpointError", "RunConfigError", "RunDirectory", "config_diff", "load_model"]
+
+
+class RunConfigError(ValueError):
+    """The run directory belongs to a run with another config."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint exists but cannot be restored (truncated, corrupt or from another model)."""
+
+
+def _flatten(config: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def config_diff(old: dict, new: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+    """Dotted keys whose values differ between two nested configs ("a.b: old -> new")."""
+    a, b = _flatten(old), _flatten(new)
+    changed = []
+    for key in sorted(set(a) | set(b)):
+        if any(key == p or key.startswith(f"{p}.") for p in ignore):
+            continue
+        if a.get(key, "<unset>") != b.get(key, "<unset>"):
+            changed.append(f"{key}: {a.get(key, '<unset>')!r} -> {b.get(key, '<unset>')!r}")
+    return changed
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _json_roundtrip(config: dict) -> dict:
+    """The config as it reads back from JSON (tuples become lists), for comparisons."""
+    return json.loads(json.dumps(config))
+
+
+class RunDirectory:
+    """One training run on disk.
+
+    Args:
+        path: the directory (created on `open`).
+        keep: how many checkpoints to keep (the newest).
+    """
+
+    def __init__(self, path: str | os.PathLike, keep: int = 3):
+        if not isinstance(keep, int) or keep < 1:
+            raise ValueError(f"`keep` must be an int >= 1, got {keep!r}.")
+        self.path = Path(path)
+        self.keep = keep
+        self.checkpoint_dir = self.path / CHECKPOINT_DIR
+        self._manager: tf.train.CheckpointManager | None = None
+
+    # ---------------------------------------------------------------------------------- config
+    def saved_config(self) -> dict | None:
+        file = self.path / CONFIG_FILE
+        if not file.exists():
+            return None
+        try:
+            return json.loads(file.read_text())
+        except json.JSONDecodeError as err:
+            raise RunConfigError(f"{file} is not valid JSON ({err}); fix or remove it.") from err
+
+    def check_config(self, config: dict, may_change: tuple[str, ...] = ()) -> bool:
+        """Raises `RunConfigError` if the directory holds a run with another config.
+
+        Keys listed in `may_change` (dotted prefixes, e.g. "train.steps") may differ: a finished run
+        can be extended. Returns True if the directory already holds this run. Writes nothing.
+        """
+        if self.path.exists() and not self.path.is_dir():
+            raise RunConfigError(f"run directory {self.path} exists and is not a directory.")
+        saved = self.saved_config()
+        if saved is None:
+            if self.path.is_dir() and any(self.path.iterdir()):
+                raise RunConfigError(
+                    f"{self.path} is not empty and holds no {CONFIG_FILE}: it is not a run "
+                    "directory. Choose another --run-dir."
+                )
+            return False
+        changes = config_diff(saved, _json_roundtrip(config), ignore=may_change)
+        if changes:
+            listing = "\n  ".join(changes)
+            raise RunConfigError(
+                f"{self.path} holds a run with a different config; refusing to overwrite it. "
+                f"Differences (saved -> requested):\n  {listing}\n"
+                "Use another --run-dir for a new run, or the saved values to resume this one."
+            )
+        return True
+
+    def open(self, config: dict, model: DiffusionModel) -> None:
+        """Creates the directory and writes the config and the model's Keras config."""
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        _write_json_atomic(self.path / CONFIG_FILE, _json_roundtrip(config))
+        _write_json_atomic(self.path / MODEL_FILE, keras.saving.serialize_keras_object(model))
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def _manager_for(self, model: DiffusionModel) -> tf.train.CheckpointManager:
+        if self._manager is None:
+            checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+            self._manager = tf.train.CheckpointManager(
+                checkpoint, self.checkpoint_dir, max_to_keep=self.keep, checkpoint_name="ckpt"
+            )
+        return self._manager
+
+    def latest_checkpoint(self) -> str | None:
+        return tf.train.latest_checkpoint(self.checkpoint_dir)
+
+    def save(self, model: DiffusionModel) -> str:
+        """Writes a checkpoint numbered by the model's step counter; returns its path prefix."""
+        step = int(model.step_counter.numpy())
+        return self._manager_for(model).save(checkpoint_number=step)
+
+    def restore(self, model: DiffusionModel) -> int:
+        """Restores the newest checkpoint into a compiled `model`; returns its step (0 if none)."""
+        manager = self._manager_for(model)
+        latest = manager.latest_checkpoint
+        if latest is None:
+            return 0
+        try:
+            status = manager.checkpoint.restore(latest)
+            status.assert_existing_objects_matched()
+        except (tf.errors.OpError, ValueError, AssertionError) as err:
+            older = [p for p in manager.checkpoints if p != latest]
+            hint = (
+                f" Older checkpoints: {older}; delete {latest}.* to resume from the newest of them,"
+                if older
+                else ""
+            )
+            raise CheckpointError(
+                f"checkpoint {latest} cannot be restored into this model "
+                f"({type(err).__name__}: {str(err).splitlines()[0]}).{hint} or start a new "
+                "--run-dir."
+            ) from err
+        return int(model.step_counter.numpy())
+
+
+def load_model(path: str | os.PathLike, compile: bool = False) -> DiffusionModel:
+    """A `DiffusionModel` from a `.keras` file or from a run directory's newest checkpoint.
+
+    For inference (sampling, evaluation, export): the optimizer is not restored.
+    """
+    path = Path(path)
+    if path.suffix == ".keras":
+        if not path.is_file():
+            raise FileNotFoundError(f"model file {path} does not exist.")
+        model = keras.models.load_model(path, compile=compile)
+    elif path.is_dir():
+        spec = path / MODEL_FILE
+        if not spec.is_file():
+            raise FileNotFoundError(
+                f"{path} is not a run directory (no {MODEL_FILE}); pass a run directory written "
+                "by ddpm-train or a .keras file."
+            )
+        model = keras.saving.deserialize_keras_object(json.loads(spec.read_text()))
+        latest = tf.train.latest_checkpoint(path / CHECKPOINT_DIR)
+        if latest is None:
+            raise FileNotFoundError(f"run directory {path} holds no checkpoint yet.")
+        try:
+            status = tf.train.Checkpoint(model=model).restore(latest)
+            status.assert_existing_objects_matched().expect_partial()  # optimizer not needed
+        except (tf.errors.OpError, ValueError, AssertionError) as err:
+            raise CheckpointError(
+                f"checkpoint {latest} cannot be restored into the model of {spec} "
+                f"({type(err).__name__}: {str(err).splitlines()[0]})."
+            ) from err
+    else:
+        raise FileNotFoundError(f"{path} is neither a .keras file nor a run directory.")
+    if not isinstance(model, DiffusionModel):
+        raise ValueError(f"{path} holds a {type(model).__name__}, not a DiffusionModel.")
+    return model

@@ -1,0 +1,210 @@
+"""The training program: configs, run directories, exact resume, the NaN guard and the CLIs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ddpm_tf.runs import RunConfigError, RunDirectory, load_model
+from training import config as cfg
+from training.train import main as train_main
+
+# A small, fast run on the embedded digits: a narrow U-Net and a short schedule.
+SMALL = [
+    "model.ch=16",
+    "diffusion.timesteps=50",
+    "train.batch_size=16",
+    "train.warmup=2",
+    "run.log_every=4",
+    "run.checkpoint_every=4",
+    "run.sample_every=1000",
+    "run.eval_every=8",
+    "run.eval_batches=1",
+    "run.num_samples=4",
+    "run.sample_steps=5",
+]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+def _train(run_dir, data_dir, *overrides: str) -> int:
+    return train_main(["--run-dir", str(run_dir), "--data-dir", data_dir, *SMALL, *overrides])
+
+
+def _checkpoint_values(run_dir: Path) -> dict[str, np.ndarray]:
+    """Every variable of the newest checkpoint (model, EMA, optimizer, counters, sampler state)."""
+    latest = tf.train.latest_checkpoint(run_dir / "checkpoints")
+    reader = tf.train.load_checkpoint(latest)
+    names = [n for n, _ in tf.train.list_variables(latest) if n != "_CHECKPOINTABLE_OBJECT_GRAPH"]
+    return {n: reader.get_tensor(n) for n in names if "save_counter" not in n}
+
+
+def _assert_same_checkpoints(a: Path, b: Path) -> None:
+    left, right = _checkpoint_values(a), _checkpoint_values(b)
+    assert left.keys() == right.keys()
+    differing = [n for n in left if not np.array_equal(left[n], right[n])]
+    assert not differing, f"{len(differing)} variables differ, e.g. {differing[:3]}"
+
+
+# ------------------------------------------------------------------------------------ configs
+def test_every_preset_resolves():
+    assert {"digits", "mnist", "fashion_mnist", "cifar10", "celebahq256"} <= set(cfg.preset_names())
+    for name in cfg.preset_names():
+        _, config = cfg.resolve(name)
+        assert config.keys() == cfg.DEFAULTS.keys()
+    assert cfg.resolve("cifar10")[1]["model"]["preset"] == "ddpm_cifar10"
+
+
+def test_overrides_are_typed():
+    _, config = cfg.resolve(
+        "digits", ["train.lr=1e-3", "model.ch_mult=[1, 2]", "data.dataset=mnist", "train.steps=7"]
+    )
+    assert config["train"]["lr"] == 1e-3 and config["train"]["steps"] == 7
+    assert config["model"]["ch_mult"] == [1, 2] and config["data"]["dataset"] == "mnist"
+    assert cfg.resolve("digits", ["train.lr=1"])[1]["train"]["lr"] == 1.0  # int where float
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.stepz=3", "Did you mean"),
+        ("nosection=3", "section.name"),
+        ("train.steps=many", "must be a int"),
+        ("train.mixed_precision=1", "true or false"),
+        ("train.steps=0", "train.steps must be >= 1"),
+        ("run.sampler=euler", "run.sampler"),
+    ],
+)
+def test_bad_overrides_are_named(override, message):
+    with pytest.raises(cfg.ConfigError, match=message):
+        cfg.resolve("digits", [override])
+
+
+def test_unknown_preset_lists_the_presets():
+    with pytest.raises(cfg.ConfigError, match="digits"):
+        cfg.resolve("imagenet")
+
+
+# --------------------------------------------------------------------------------- run dirs
+def test_run_directory_refuses_another_config(tmp_path):
+    _, config = cfg.resolve("digits")
+    run = RunDirectory(tmp_path / "run")
+    assert run.check_config(config) is False
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps(config))
+    assert run.check_config(config) is True
+    longer = cfg.resolve("digits", ["train.steps=9000", "run.log_every=5"])[1]
+    assert run.check_config(longer, may_change=cfg.MAY_CHANGE) is True
+    other = cfg.resolve("digits", ["train.lr=1e-3"])[1]
+    with pytest.raises(RunConfigError, match=r"train\.lr: 0\.0005 -> 0\.001"):
+        run.check_config(other, may_change=cfg.MAY_CHANGE)
+
+
+def test_a_foreign_directory_is_not_taken_over(tmp_path, data_dir, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert _train(tmp_path, data_dir, "train.steps=2") == 2
+    assert "not a run directory" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_missing_dataset_fails_before_writing(tmp_path, capsys):
+    code = train_main(
+        ["--run-dir", str(tmp_path / "run"), "--data-dir", str(tmp_path / "empty")]
+        + ["data.dataset=mnist"]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "'mnist' is not prepared" in err and "download" in err
+    assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------------------- resume
+def test_extending_a_run_equals_one_long_run(tmp_path, data_dir):
+    """Train 8 steps, then continue the same run to 16: the same state as 16 steps at once."""
+    assert _train(tmp_path / "a", data_dir, "train.steps=8") == 0
+    assert _train(tmp_path / "a", data_dir, "train.steps=16") == 0
+    assert _train(tmp_path / "b", data_dir, "train.steps=16") == 0
+    _assert_same_checkpoints(tmp_path / "a", tmp_path / "b")
+    checkpoints = sorted(p.name for p in (tmp_path / "b" / "checkpoints").glob("*.index"))
+    assert checkpoints == ["ckpt-12.index", "ckpt-16.index", "ckpt-8.index"]  # keep=3
+    assert (tmp_path / "b" / "samples" / "step_00000016.png").is_file()
+    assert list((tmp_path / "b" / "logs").iterdir())  # TensorBoard events
+    model = load_model(tmp_path / "b")
+    assert int(model.step_counter.numpy()) == 16
+    assert model.generate(2, seed=0, sampler="ddim", num_steps=3).shape == (2, 8, 8, 1)
+
+
+def _cli(run_dir: Path, data_dir: str, steps: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "training",
+        "--run-dir",
+        str(run_dir),
+        "--data-dir",
+        data_dir,
+        *SMALL,
+        f"train.steps={steps}",
+    ]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_weights(tmp_path, data_dir):
+    """SIGKILL a run after its second checkpoint; the same command then finishes it exactly."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    killed = tmp_path / "killed"
+    command = _cli(killed, data_dir, steps=24)
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 240
+    while not (killed / "checkpoints" / "ckpt-8.index").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read().decode()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    steps_done = max(int(p.name[5:-6]) for p in (killed / "checkpoints").glob("ckpt-*.index"))
+    assert steps_done < 24, "the run finished before it could be killed"
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"resuming at step {steps_done}" in resumed.stdout
+    fresh = subprocess.run(
+        _cli(tmp_path / "fresh", data_dir, steps=24),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert fresh.returncode == 0, fresh.stdout + fresh.stderr
+    _assert_same_checkpoints(killed, tmp_path / "fresh")
+
+
+def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir, capsys):
+    code = _train(
+        tmp_path,
+        data_dir,
+        "train.steps=40",
+        "train.lr=1e30",
+        "train.warmup=0",
+        "train.grad_clip=0.0",
+        "run.checkpoint_every=1",
+    )
+    assert code == 3
+    err = capsys.readouterr().err
+    assert "loss became NaN or infinite at step" in err
+    failed = int(err.split("at step ")[1].split(".")[0])
+    latest = tf.train.latest_checkpoint(tmp_path / "checkpoints")
+    assert latest is None or int(latest.rsplit("-", 1)[1]) < failed
+    if latest is not None:
+        values = _checkpoint_values(tmp_path)
+        assert all(np.all(np.isfinite(v)) for v in values.values() if v.dtype.kind == "f")

@@ -1,0 +1,175 @@
+"""Keras callbacks of the training program: progress, logs, samples, evaluation, checkpoints, NaN guard.
+
+All of them key on the model's step counter (the number of finished training steps), which is
+restored with a checkpoint, so a resumed run logs, samples and saves at the same steps as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ddpm_tf.data import unit_to_uint8
+from ddpm_tf.images import make_grid, save_grid
+from ddpm_tf.runs import RunDirectory
+
+
+def model_step(model: keras.Model) -> int:
+    return int(model.step_counter.numpy())
+
+
+def _fmt_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+class NanGuard(keras.callbacks.Callback):
+    """Stops training at the first non-finite loss; `failed_step` tells where (None if never)."""
+
+    def __init__(self):
+        super().__init__()
+        self.failed_step: int | None = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = float((logs or {}).get("loss", 0.0))
+        if not math.isfinite(loss):
+            self.failed_step = model_step(self.model)
+            self.model.stop_training = True
+
+
+class Checkpointer(keras.callbacks.Callback):
+    """Saves a checkpoint every `every` steps, never after a non-finite loss."""
+
+    def __init__(self, run: RunDirectory, every: int, guard: NanGuard):
+        super().__init__()
+        self.run, self.every, self.guard = run, every, guard
+        self.last_saved: int | None = None
+
+    def save(self) -> None:
+        step = model_step(self.model)
+        if self.guard.failed_step is None and step != self.last_saved:
+            self.run.save(self.model)
+            self.last_saved = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if model_step(self.model) % self.every == 0:
+            self.save()
+
+
+class Progress(keras.callbacks.Callback):
+    """A progress line every `every` steps: step, share done, windowed losses, rate and ETA.
+
+    Also writes the window means and the learning rate to TensorBoard, then resets the model's
+    metrics so the next window starts afresh.
+    """
+
+    def __init__(
+        self,
+        total_steps: int,
+        every: int,
+        writer: tf.summary.SummaryWriter,
+        stream: TextIO = sys.stdout,
+    ):
+        super().__init__()
+        self.total, self.every, self.writer, self.stream = total_steps, every, writer, stream
+        self._t0: float | None = None
+        self._step0 = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = model_step(self.model)
+        if self._t0 is None:  # the first step traces the graph: time from its end
+            self._t0, self._step0 = time.perf_counter(), step
+        if step % self.every and step != self.total:
+            return
+        logs = {k: float(np.mean(v)) for k, v in (logs or {}).items()}
+        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        with self.writer.as_default(step=step):
+            for name, value in logs.items():
+                tf.summary.scalar(f"train/{name}", value)
+            tf.summary.scalar("train/lr", lr)
+        elapsed = time.perf_counter() - self._t0
+        rate = (step - self._step0) / elapsed if elapsed > 0 and step > self._step0 else math.nan
+        eta = (self.total - step) / rate if rate > 0 else math.nan
+        losses = " ".join(f"{k} {v:.4g}" for k, v in logs.items())
+        print(
+            f"step {step}/{self.total} {100 * step / self.total:3.0f}% | {losses} | lr {lr:.2e} | "
+            f"{rate:.2f} steps/s | ETA {_fmt_duration(eta)}",
+            file=self.stream,
+            flush=True,
+        )
+        self.model.reset_metrics()
+
+
+class Samples(keras.callbacks.Callback):
+    """Every `every` steps: a PNG grid of EMA samples (fixed seed) and the same grid in TensorBoard."""
+
+    def __init__(
+        self,
+        directory: Path,
+        every: int,
+        writer: tf.summary.SummaryWriter,
+        num_samples: int,
+        seed: int,
+        **sampler_options,
+    ):
+        super().__init__()
+        self.directory, self.every, self.writer = directory, every, writer
+        self.num_samples, self.seed, self.options = num_samples, seed, sampler_options
+
+    def write(self) -> Path:
+        step = model_step(self.model)
+        images = unit_to_uint8(
+            self.model.generate(self.num_samples, seed=self.seed, **self.options)
+        ).numpy()
+        path = save_grid(images, self.directory / f"step_{step:08d}.png")
+        with self.writer.as_default(step=step):
+            tf.summary.image("samples", make_grid(images)[None], step=step)
+        return path
+
+    def on_train_batch_end(self, batch, logs=None):
+        if model_step(self.model) % self.every == 0:
+            self.write()
+
+
+class Evaluation(keras.callbacks.Callback):
+    """Every `every` steps: loss and the VLB estimate (bits/dim) on test batches, EMA weights."""
+
+    def __init__(
+        self,
+        dataset: tf.data.Dataset,
+        batches: int,
+        every: int,
+        writer: tf.summary.SummaryWriter,
+        stream: TextIO = sys.stdout,
+    ):
+        super().__init__()
+        self.dataset, self.batches, self.every = dataset, batches, every
+        self.writer, self.stream = writer, stream
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = model_step(self.model)
+        if step % self.every:
+            return
+        results = self.model.evaluate(self.dataset, steps=self.batches, verbose=0, return_dict=True)
+        results = {k: float(np.mean(v)) for k, v in results.items()}
+        with self.writer.as_default(step=step):
+            for name, value in results.items():
+                tf.summary.scalar(f"eval/{name}", value)
+        print(
+            f"eval at step {step}: "
+            + " ".join(f"{k} {v:.4g}" for k, v in results.items() if k in ("loss", "vlb_bpd")),
+            file=self.stream,
+            flush=True,
+        )
+        self.model.reset_metrics()

@@ -1,0 +1,173 @@
+"""Training configs: defaults, named presets (TOML files in `configs/`) and command-line overrides.
+
+A config is a nested dict with the sections below; a preset file overrides some keys, and each
+`section.key=value` on the command line overrides one more (values in TOML syntax: `1e-4`,
+`[1, 2, 2]`, `true`; a bare word is a string). The resolved config is saved in the run directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "data": {
+        "dataset": "sklearn_digits",  # a tfds name (embedded: sklearn_digits, mnist5k)
+        "train_split": "train",
+        "test_split": "test",
+        "image_size": 0,  # 0: the dataset's own size
+        "random_flip": False,
+        "class_conditional": False,  # train with labels (classifier-free guidance)
+    },
+    "model": {
+        "preset": "tiny_8",  # a ddpm_tf.unet preset; the keys below override it
+        "ch": None,
+        "ch_mult": None,
+        "num_res_blocks": None,
+        "attn_resolutions": None,
+        "dropout": None,
+        "num_heads": None,
+        "num_groups": None,
+        "use_scale_shift_norm": None,
+    },
+    "diffusion": {
+        "schedule": "linear",
+        "timesteps": 1000,
+        "mean_type": "epsilon",
+        "var_type": "fixed_large",
+        "loss_type": "mse",
+    },
+    "train": {
+        "steps": 6000,
+        "batch_size": 64,
+        "lr": 2e-4,
+        "warmup": 500,
+        "ema_decay": 0.999,
+        "grad_clip": 1.0,
+        "timestep_sampler": "uniform",
+        "label_dropout": 0.1,
+        "seed": 0,
+        "mixed_precision": False,
+        "jit_compile": False,
+        "strategy": "default",  # default | mirrored | multi_worker | tpu
+    },
+    "run": {
+        "checkpoint_every": 500,
+        "keep": 3,
+        "log_every": 100,
+        "sample_every": 2000,
+        "eval_every": 2000,
+        "eval_batches": 4,
+        "num_samples": 64,
+        "sampler": "ddim",
+        "sample_steps": 100,
+    },
+}
+
+# Keys a run may change when it is resumed: its length and its bookkeeping.
+MAY_CHANGE = ("train.steps", "run")
+
+PRESETS_PACKAGE = "training.configs"
+
+
+class ConfigError(ValueError):
+    """A preset, a file or an override is not valid."""
+
+
+def preset_names() -> list[str]:
+    files = resources.files(PRESETS_PACKAGE).iterdir()
+    return sorted(f.name.removesuffix(".toml") for f in files if f.name.endswith(".toml"))
+
+
+def _read_preset(name_or_path: str) -> tuple[str, dict]:
+    """(name, overrides) of a named preset or of a TOML file."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml":
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist.")
+        text, name = path.read_text(), path.stem
+    else:
+        if name_or_path not in preset_names():
+            raise ConfigError(
+                f"unknown config preset {name_or_path!r}; choose one of {preset_names()} or pass "
+                "a .toml file."
+            )
+        text = resources.files(PRESETS_PACKAGE).joinpath(f"{name_or_path}.toml").read_text()
+        name = name_or_path
+    try:
+        return name, tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"config {name_or_path} is not valid TOML: {err}") from err
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare word: a string
+
+
+def _check_type(key: str, default: Any, value: Any) -> Any:
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool) or isinstance(value, bool):
+        if not isinstance(value, bool) or not isinstance(default, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}.")
+        return value
+    if isinstance(default, float) and isinstance(value, int):
+        return float(value)
+    if not isinstance(value, type(default)):
+        raise ConfigError(
+            f"{key} must be a {type(default).__name__} (like {default!r}), got {value!r}."
+        )
+    return value
+
+
+def _set(config: dict, key: str, value: Any) -> None:
+    section, _, name = key.partition(".")
+    if section not in config or not name:
+        raise ConfigError(
+            f"unknown config key {key!r}: keys are section.name with sections {sorted(config)}."
+        )
+    if name not in config[section]:
+        close = difflib.get_close_matches(name, config[section], n=3)
+        hint = f" Did you mean {[f'{section}.{c}' for c in close]}?" if close else ""
+        raise ConfigError(f"unknown config key {key!r}.{hint}")
+    config[section][name] = _check_type(key, DEFAULTS[section][name], value)
+
+
+def resolve(preset: str = "digits", overrides: list[str] = ()) -> tuple[str, dict]:
+    """(name, config): DEFAULTS updated by the preset, then by `KEY=VALUE` overrides."""
+    name, file_values = _read_preset(preset)
+    config = copy.deepcopy(DEFAULTS)
+    for section, values in file_values.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"config {preset}: {section!r} must be a [section] table.")
+        for key, value in values.items():
+            _set(config, f"{section}.{key}", value)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} must look like section.key=value.")
+        _set(config, key.strip(), _parse_value(text.strip()))
+    validate(config)
+    return name, config
+
+
+def validate(config: dict) -> None:
+    """Range checks the library would otherwise raise later, after data loading."""
+    train, run = config["train"], config["run"]
+    for key in ("steps", "batch_size"):
+        if train[key] < 1:
+            raise ConfigError(f"train.{key} must be >= 1, got {train[key]}.")
+    for key in ("checkpoint_every", "keep", "log_every", "sample_every", "eval_every"):
+        if run[key] < 1:
+            raise ConfigError(f"run.{key} must be >= 1, got {run[key]}.")
+    if not train["lr"] > 0:
+        raise ConfigError(f"train.lr must be > 0, got {train['lr']}.")
+    if run["sampler"] not in ("ancestral", "ddim"):
+        raise ConfigError(f"run.sampler must be 'ancestral' or 'ddim', got {run['sampler']!r}.")
