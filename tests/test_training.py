@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,8 +15,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ddpm_tf.runs import RunConfigError, RunDirectory, load_model
+from ddpm_tf.data import load_arrays, scale_to_unit, unit_to_uint8
+from ddpm_tf.runs import CheckpointError, RunConfigError, RunDirectory, load_model
 from training import config as cfg
+from training.classifier import main as classifier_main
+from training.evaluate import main as eval_main
+from training.sample import main as sample_main
 from training.train import main as train_main
 
 # A small, fast run on the embedded digits: a narrow U-Net and a short schedule.
@@ -131,17 +136,24 @@ def test_missing_dataset_fails_before_writing(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------- resume
-def test_extending_a_run_equals_one_long_run(tmp_path, data_dir):
+@pytest.fixture(scope="module")
+def long_run(tmp_path_factory, data_dir) -> Path:
+    """16 steps in one go."""
+    run = tmp_path_factory.mktemp("long")
+    assert _train(run, data_dir, "train.steps=16") == 0
+    return run
+
+
+def test_extending_a_run_equals_one_long_run(tmp_path, data_dir, long_run):
     """Train 8 steps, then continue the same run to 16: the same state as 16 steps at once."""
-    assert _train(tmp_path / "a", data_dir, "train.steps=8") == 0
-    assert _train(tmp_path / "a", data_dir, "train.steps=16") == 0
-    assert _train(tmp_path / "b", data_dir, "train.steps=16") == 0
-    _assert_same_checkpoints(tmp_path / "a", tmp_path / "b")
-    checkpoints = sorted(p.name for p in (tmp_path / "b" / "checkpoints").glob("*.index"))
+    assert _train(tmp_path, data_dir, "train.steps=8") == 0
+    assert _train(tmp_path, data_dir, "train.steps=16") == 0
+    _assert_same_checkpoints(tmp_path, long_run)
+    checkpoints = sorted(p.name for p in (long_run / "checkpoints").glob("*.index"))
     assert checkpoints == ["ckpt-12.index", "ckpt-16.index", "ckpt-8.index"]  # keep=3
-    assert (tmp_path / "b" / "samples" / "step_00000016.png").is_file()
-    assert list((tmp_path / "b" / "logs").iterdir())  # TensorBoard events
-    model = load_model(tmp_path / "b")
+    assert (long_run / "samples" / "step_00000016.png").is_file()
+    assert list((long_run / "logs").iterdir())  # TensorBoard events
+    model = load_model(long_run)
     assert int(model.step_counter.numpy()) == 16
     assert model.generate(2, seed=0, sampler="ddim", num_steps=3).shape == (2, 8, 8, 1)
 
@@ -208,3 +220,66 @@ def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir, 
     if latest is not None:
         values = _checkpoint_values(tmp_path)
         assert all(np.all(np.isfinite(v)) for v in values.values() if v.dtype.kind == "f")
+
+
+def test_sample_cli_writes_a_grid_and_arrays(long_run, tmp_path, capsys):
+    out = tmp_path / "samples"
+    args = [str(long_run), "--num", "3", "--sampler", "ddim", "--steps", "4", "--seed", "5"]
+    assert sample_main([*args, "--out", str(out)]) == 0
+    saved = np.load(out / "samples.npz")
+    assert saved["images"].shape == (3, 8, 8, 1) and saved["images"].dtype == np.uint8
+    assert json.loads(str(saved["settings"]))["num_steps"] == 4
+    assert (out / "samples.png").is_file()
+    model = load_model(long_run)
+    expected = model.generate(3, seed=(5, 0), sampler="ddim", num_steps=4)
+    np.testing.assert_array_equal(saved["images"], unit_to_uint8(expected).numpy())
+    assert sample_main([*args, "--out", str(out)]) == 2  # refuses to overwrite
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_sample_cli_names_a_missing_model(tmp_path, capsys):
+    assert sample_main([str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
+    assert "neither a .keras file nor a run directory" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_corrupt_checkpoint_is_reported_not_trained_over(long_run, tmp_path, data_dir, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(long_run, run)
+    data = next((run / "checkpoints").glob("ckpt-16.data-*"))
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert _train(run, data_dir, "train.steps=20") == 2
+    err = capsys.readouterr().err
+    assert "ckpt-16 cannot be restored" in err and "ckpt-12" in err
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
+    with pytest.raises(CheckpointError, match="ckpt-16"):
+        load_model(run)
+
+
+def test_eval_cli_reports_bits_per_dim_and_fid(long_run, tmp_path, data_dir):
+    classifier = tmp_path / "classifier.keras"
+    args = ["--dataset", "sklearn_digits", "--data-dir", data_dir, "--epochs", "2"]
+    assert classifier_main([*args, "--out", str(classifier)]) == 0
+    out = tmp_path / "eval"
+    code = eval_main(
+        [str(long_run), "--data-dir", data_dir, "--classifier", str(classifier)]
+        + ["--bpd-examples", "8", "--bpd-batch", "4", "--samples", "40"]
+        + ["--sampler", "ddim", "--steps", "5", "--out", str(out)]
+    )
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["step"] == 16 and report["dataset"] == "sklearn_digits"
+    # The same bound computed directly, batch by batch.
+    model = load_model(long_run)
+    test, _ = load_arrays("sklearn_digits", "test", data_dir=data_dir, label_key=None)
+    denoise = model.denoiser()
+    direct = [
+        model.diffusion.calc_bpd_loop(denoise, scale_to_unit(test[i : i + 4]))["total_bpd"]
+        for i in (0, 4)
+    ]
+    assert report["likelihood"]["bpd"] == pytest.approx(float(np.mean(direct)), rel=1e-6)
+    assert report["likelihood"]["num_examples"] == 8
+    quality = report["sample_quality"]
+    assert quality["num_fake"] == 40 and quality["fid"] > quality["fid_floor"] > 0
+    assert (out / "samples.png").is_file()
