@@ -107,7 +107,9 @@ class GaussianDiffusion:
 
     def _gather(self, table: np.ndarray, t: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
         """table[t] as [B, 1, 1, ...] in the dtype of `like`, ready to broadcast against it."""
-        values = tf.cast(tf.gather(tf.constant(table, tf.float64), t), like.dtype)
+        # Casting the float64 table before gathering gives the same values as casting after (a
+        # cast is elementwise), and keeps float64 out of the gather: TFLite has no float64 gather.
+        values = tf.gather(tf.cast(tf.constant(table, tf.float64), like.dtype), t)
         ones = tf.ones([tf.rank(like) - 1], tf.int32)
         return tf.reshape(values, tf.concat([tf.shape(t), ones], axis=0))
 
@@ -450,43 +452,73 @@ class GaussianDiffusion:
             )
         return self._compiled[key]
 
-    def _sample_loop(
-        self, step: StepFn, denoise_fn: DenoiseFn, shape, seed, noise, every: int
-    ) -> dict:
-        """Runs `step` from t = T-1 down to 0 in a tf.while_loop; records x_0 predictions every `every`."""
+    def _initial_and_step_noise(self, seed, noise_source: str) -> tuple[Callable, Callable]:
+        """(x_T noise of a shape, step noise of a shape at step t) for a noise source.
+
+        "philox": TF's stateless Philox with seeds split and folded in by step. "portable": the
+        builtin-op generator of `rng.portable_normal`, stream 0 for x_T and t + 1 for step t.
+        """
+        if rng.check_noise_source(noise_source) == "portable":
+            return (
+                lambda shape: rng.portable_normal(shape, seed, 0, self.dtype),
+                lambda shape, t: rng.portable_normal(shape, seed, t + 1, self.dtype),
+            )
         init_seed, step_seed = rng.split(seed)
-        x = (
-            rng.normal(shape, init_seed, self.dtype)
-            if noise is None
-            else tf.cast(noise, self.dtype)
+        return (
+            lambda shape: rng.normal(shape, init_seed, self.dtype),
+            lambda shape, t: rng.normal(shape, rng.fold_in(step_seed, t), self.dtype),
         )
+
+    def _sample_loop(
+        self,
+        step: StepFn,
+        denoise_fn: DenoiseFn,
+        shape,
+        seed,
+        noise,
+        every: int,
+        noise_source: str = "philox",
+    ) -> dict:
+        """Runs `step` from t = T-1 down to 0 in a tf.while_loop; records x_0 predictions every `every`.
+
+        With `every` = 0 the loop carries only (i, x): no TensorArray, so converters that lack
+        TensorList ops (TFLite builtins, ONNX) take the loop as it is.
+        """
+        initial_noise, step_noise_fn = self._initial_and_step_noise(seed, noise_source)
+        x = initial_noise(shape) if noise is None else tf.cast(noise, self.dtype)
         batch = tf.shape(x)[:1]
         num_records = len(range(0, self.num_timesteps, every)) if every else 0
-        records = tf.TensorArray(self.dtype, size=max(num_records, 1), element_shape=x.shape)
 
-        def body(i, x, records):
+        def advance(i, x):
             t_scalar = self.num_timesteps - 1 - i
             t = tf.fill(batch, t_scalar)
-            step_noise = rng.normal(tf.shape(x), rng.fold_in(step_seed, t_scalar), self.dtype)
-            x_next, pred_xstart = step(denoise_fn, x, t, step_noise)
-            if num_records:
+            x_next, pred_xstart = step(denoise_fn, x, t, step_noise_fn(tf.shape(x), t_scalar))
+            return tf.ensure_shape(x_next, x.shape), pred_xstart, t_scalar
+
+        def body(i, x, *records):
+            x_next, pred_xstart, t_scalar = advance(i, x)
+            if records:
                 slot = num_records - 1 - t_scalar // every
                 records = tf.cond(
                     tf.equal(t_scalar % every, 0),
-                    lambda: records.write(slot, pred_xstart),
-                    lambda: records,
+                    lambda: records[0].write(slot, pred_xstart),
+                    lambda: records[0],
                 )
-            return i + 1, tf.ensure_shape(x_next, x.shape), records
+                return i + 1, x_next, records
+            return i + 1, x_next
 
-        _, x, records = tf.while_loop(
+        state = (tf.constant(0), x)
+        if num_records:
+            state += (tf.TensorArray(self.dtype, size=num_records, element_shape=x.shape),)
+        _, x, *records = tf.while_loop(
             lambda i, *_: i < self.num_timesteps,
             body,
-            (tf.constant(0), x, records),
+            state,
             maximum_iterations=self.num_timesteps,
         )
         result = {"sample": x}
         if num_records:
-            result["pred_xstart"] = records.stack()
+            result["pred_xstart"] = records[0].stack()
         return result
 
     def sample_loop_graph(
@@ -500,18 +532,22 @@ class GaussianDiffusion:
         clip_denoised: bool = True,
         noise=None,
         every: int = 0,
+        noise_source: str = "philox",
     ) -> dict:
         """The sampling loop as graph-building code, for use inside a caller's own `tf.function`.
 
         `shape` may hold tensors (a batch size chosen at run time) and `denoise_fn` may close over
         tensors of that function (labels, a guidance scale): this is how exported samplers are built.
-        `sampler` is "ancestral" or "ddim". Returns dict(sample[, pred_xstart]).
+        `sampler` is "ancestral" or "ddim"; `noise` is x_T (None: drawn from the seed);
+        `noise_source` is "philox" (TF's stateless RNG) or "portable" (builtin ops only, the same
+        noise in TFLite and ONNX; see `rng.portable_normal`). Returns dict(sample[, pred_xstart]).
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"Unknown sampler {sampler!r}; choose one of {SAMPLERS}.")
+        rng.check_noise_source(noise_source)
         clip = bool(clip_denoised)
         step = self._ancestral_step(clip) if sampler == "ancestral" else self._ddim_step(eta, clip)
-        return self._sample_loop(step, denoise_fn, shape, seed, noise, every)
+        return self._sample_loop(step, denoise_fn, shape, seed, noise, every, noise_source)
 
     def _check_shape(self, shape) -> tuple:
         shape = tuple(int(s) for s in shape)

@@ -389,8 +389,12 @@ class DiffusionModel(keras.Model):
         clip_denoised: bool = True,
         use_ema: bool = True,
         jit_compile: bool = False,
+        noise: str = "philox",
     ) -> Sampler:
-        """The compiled `Sampler` for these settings (built once, then reused)."""
+        """The compiled `Sampler` for these settings (built once, then reused).
+
+        `noise` is "philox" (TF's stateless RNG) or "portable" (the noise of the exported samplers).
+        """
         key = (
             sampler,
             num_steps,
@@ -398,6 +402,7 @@ class DiffusionModel(keras.Model):
             bool(clip_denoised),
             bool(use_ema),
             bool(jit_compile),
+            noise,
         )
         if key not in self._samplers:
             network = self.ema_network if use_ema else self.network
@@ -410,6 +415,7 @@ class DiffusionModel(keras.Model):
                 eta=eta,
                 clip_denoised=clip_denoised,
                 jit_compile=jit_compile,
+                noise=noise,
             )
         return self._samplers[key]
 
@@ -425,7 +431,8 @@ class DiffusionModel(keras.Model):
         """Samples float32 images [N, H, W, C] in [-1, 1] with the EMA weights.
 
         `sampler_options` are those of `sampler()`: sampler ("ancestral" | "ddim"), num_steps (None
-        for all T steps, an int or "ddimN" to respace), eta, clip_denoised, use_ema, jit_compile.
+        for all T steps, an int or "ddimN" to respace), eta, clip_denoised, use_ema, jit_compile,
+        noise ("philox" | "portable").
         Class-conditional networks take `labels` [N] (the null class num_classes gives unconditional
         samples) and a `guidance_scale` (1: conditional, >1: classifier-free guidance).
         """

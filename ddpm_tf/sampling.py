@@ -85,6 +85,8 @@ class Sampler(tf.Module):
 
     `sample(num_samples, seed)` for unconditional networks and `sample_conditional(labels, seed,
     guidance_scale)` for class-conditional ones return float32 images [N, H, W, C] in [-1, 1].
+    `noise` is the noise source: "philox" (TF's stateless RNG) or "portable" (builtin ops only:
+    the same noise in the TFLite and ONNX exports, see `rng.portable_normal`).
     """
 
     def __init__(
@@ -98,9 +100,11 @@ class Sampler(tf.Module):
         eta: float = 0.0,
         clip_denoised: bool = True,
         jit_compile: bool = False,
+        noise: str = "philox",
         name: str | None = None,
     ):
         super().__init__(name=name)
+        self.noise = rng.check_noise_source(noise)
         if sampler not in SAMPLERS:
             raise ValueError(f"Unknown `sampler` {sampler!r}; choose one of {SAMPLERS}.")
         if not 0.0 <= eta <= 1.0:
@@ -137,6 +141,7 @@ class Sampler(tf.Module):
             sampler=self.sampler,
             eta=self.eta,
             clip_denoised=self.clip_denoised,
+            noise_source=self.noise,
         )
         return tf.ensure_shape(out["sample"], (None, *self.image_shape))
 

@@ -1,0 +1,32 @@
+"""Exports of a trained `DiffusionModel` as SavedModel (TF Serving), TFLite and ONNX samplers.
+
+Every export draws its noise with the portable generator, runs each artifact in its own runtime on
+fixed inputs, compares with TensorFlow and writes `manifest.json`; see `export_model`.
+"""
+
+from ddpm_tf.exporting.options import FORMATS, QUANTIZATIONS, ExportOptions, parse_steps
+from ddpm_tf.exporting.pipeline import (
+    MANIFEST,
+    build_sampler,
+    export_model,
+    verify_export,
+)
+from ddpm_tf.exporting.runtime import Runner, open_function
+from ddpm_tf.exporting.verify import ExportVerificationError, Tolerance
+from ddpm_tf.runs import load_model  # a .keras file or a run directory
+
+__all__ = [
+    "FORMATS",
+    "MANIFEST",
+    "QUANTIZATIONS",
+    "ExportOptions",
+    "ExportVerificationError",
+    "Runner",
+    "Tolerance",
+    "build_sampler",
+    "export_model",
+    "load_model",
+    "open_function",
+    "parse_steps",
+    "verify_export",
+]

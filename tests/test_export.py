@@ -1,0 +1,447 @@
+"""Exports: the portable noise source, and SavedModel / TFLite / ONNX samplers that reproduce TF.
+
+The portable generator is checked against an independent integer implementation written here with
+NumPy bit operations, then for bit-identity of its integers in TensorFlow (graph and XLA), LiteRT
+and onnxruntime. The exports of a tiny trained model are run in fresh processes, and through
+`saved_model_cli run`, and compared with the in-memory `Sampler(..., noise="portable")`.
+"""
+
+import json
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import onnx
+import pytest
+import tensorflow as tf
+from scipy import stats
+
+from ddpm_tf import GaussianDiffusion, Sampler, get_beta_schedule, rng, unet
+from ddpm_tf.data import unit_to_uint8
+from ddpm_tf.exporting import (
+    ExportOptions,
+    ExportVerificationError,
+    export_model,
+    open_function,
+    verify_export,
+)
+from ddpm_tf.exporting.graphs import ExportedFunction
+from ddpm_tf.exporting.onnx import write_onnx
+from ddpm_tf.exporting.tflite import operator_names, write_tflite
+from ddpm_tf.model import DiffusionModel
+from export.cli import main
+
+T = 50
+SEED = (11, -3)
+N = 3
+STEPS = "6"
+
+# --------------------------------------------------------------------------- portable generator
+MULTIPLIERS = (3365, 3289)
+WEYL = (2531, 2999, 1453, 3637)
+
+
+def reference_words(count: int, seed, stream: int) -> np.ndarray:
+    """The portable generator's words from its definition, with integer bit operations."""
+    u0, u1 = (int(s) & 0xFFFFFFFF for s in seed)
+    key = [
+        u1 & 0xFFF,
+        (u1 >> 12) & 0xFFF,
+        ((u1 >> 24) & 0xFF) | ((u0 & 0xF) << 8),
+        (u0 >> 4) & 0xFFF,
+    ]
+    i = np.arange(count, dtype=np.int64)
+    c = [
+        i & 0xFFF,
+        (i >> 12) & 0xFFF,
+        np.full_like(i, stream & 0xFFF),
+        np.full_like(i, stream >> 12),
+    ]
+    for _ in range(10):
+        p0, p1 = MULTIPLIERS[0] * c[0], MULTIPLIERS[1] * c[2]
+        c = [
+            ((p1 >> 12) + c[1] + key[0]) & 0xFFF,
+            ((p1 & 0xFFF) + key[2]) & 0xFFF,
+            ((p0 >> 12) + c[3] + key[1]) & 0xFFF,
+            ((p0 & 0xFFF) + key[3]) & 0xFFF,
+        ]
+        key = [(k + w) & 0xFFF for k, w in zip(key, WEYL, strict=True)]
+    return np.stack(c)
+
+
+SEEDS = [(0, 5, 3), (-(2**31), -1, 0), (2**31 - 1, 12345678, 2**24 - 1), (-7, -123456, 77)]
+
+
+@pytest.mark.parametrize("seed0, seed1, stream", SEEDS)
+def test_portable_words_match_an_integer_implementation(seed0, seed1, stream):
+    words = rng.portable_words(5000, [seed0, seed1], stream).numpy()
+    np.testing.assert_array_equal(
+        words.astype(np.int64), reference_words(5000, (seed0, seed1), stream)
+    )
+
+
+def test_portable_normals_are_standard_normal_and_independent():
+    n = 100_000
+    z = rng.portable_normal([n], [3, 1], 5).numpy()
+    assert abs(z.mean()) < 5 / np.sqrt(n) and abs(z.std() - 1) < 5 / np.sqrt(2 * n)
+    assert stats.kstest(z, "norm").pvalue > 1e-3
+    assert abs(stats.skew(z)) < 0.03 and abs(stats.kurtosis(z)) < 0.06
+    others = [
+        rng.portable_normal([n], [3, 2], 5),  # next seed
+        rng.portable_normal([n], [4, 1], 5),  # seed[0] changes the key too
+        rng.portable_normal([n], [3, 1], 6),  # next stream
+    ]
+    for other in others:
+        assert abs(np.corrcoef(z, other.numpy())[0, 1]) < 5 / np.sqrt(n)
+    assert abs(np.corrcoef(z[:-1], z[1:])[0, 1]) < 5 / np.sqrt(n)
+    words = rng.portable_words(n, [3, 1], 5).numpy().astype(int)
+    for row in words:  # every 12-bit word uniform
+        assert stats.chisquare(np.bincount(row, minlength=4096)).pvalue > 1e-4
+
+
+def _rng_function() -> ExportedFunction:
+    def draw(seed, stream):
+        return {
+            "words": tf.cast(rng.portable_words(4096, seed, stream), tf.int32),
+            "normal": rng.portable_normal([4096], seed, stream),
+        }
+
+    signature = [
+        tf.TensorSpec([2], tf.int32, name="seed"),
+        tf.TensorSpec([], tf.int32, name="stream"),
+    ]
+    return ExportedFunction("draw", tf.function(draw, input_signature=signature), signature, {})
+
+
+def test_portable_words_are_bit_identical_in_xla_tflite_and_onnx(tmp_path):
+    function = _rng_function()
+    xla = tf.function(function.fn.python_function, jit_compile=True)
+    write_tflite(tmp_path / "rng.tflite", function)
+    write_onnx(tmp_path / "rng.onnx", function, 18)
+    runners = {
+        "tflite": open_function("tflite", tmp_path / "rng.tflite", "draw"),
+        "onnx": open_function("onnx", tmp_path / "rng.onnx", "draw"),
+    }
+    for seed0, seed1, stream in SEEDS:
+        feeds = {"seed": np.array([seed0, seed1], np.int32), "stream": np.array(stream, np.int32)}
+        expected = {k: v.numpy() for k, v in function.fn(**feeds).items()}
+        outputs = {name: run(feeds) for name, run in runners.items()}
+        outputs["xla"] = {k: v.numpy() for k, v in xla(**feeds).items()}
+        for name, out in outputs.items():
+            np.testing.assert_array_equal(out["words"], expected["words"], err_msg=name)
+            # log/sqrt/cos are rounded differently by each runtime's kernels
+            np.testing.assert_allclose(out["normal"], expected["normal"], atol=2e-5, err_msg=name)
+
+
+def test_noise_source_is_validated_and_portable_sampling_is_seeded():
+    net = unet.from_preset("tiny_8", ch=16, num_groups=4)
+    diffusion = GaussianDiffusion(get_beta_schedule("linear", T))
+    with pytest.raises(ValueError, match="noise"):
+        Sampler(net, diffusion, (8, 8, 1), noise="numpy")
+    sampler = Sampler(net, diffusion, (8, 8, 1), sampler="ddim", num_steps=4, noise="portable")
+    a, b = sampler(2, seed=(1, 2)).numpy(), sampler(2, seed=(1, 2)).numpy()
+    c = sampler(2, seed=(1, 3)).numpy()
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).max() > 0.1
+    # a zero network makes DDIM deterministic given x_T: the output is a fixed scaling of x_T
+    x_T = rng.portable_normal([2, 8, 8, 1], (1, 2), 0).numpy()
+    d = sampler.diffusion
+    ab = d.alphas_cumprod
+    eps_path = x_T.copy()
+    for t in reversed(range(d.num_timesteps)):  # x0 = (x - sqrt(1-ab) eps)/sqrt(ab), eps = 0
+        x0 = np.clip(eps_path / np.sqrt(ab[t]), -1, 1)
+        eps = (eps_path / np.sqrt(ab[t]) - x0) / np.sqrt(1 / ab[t] - 1)
+        ab_prev = ab[t - 1] if t else 1.0
+        eps_path = np.sqrt(ab_prev) * x0 + np.sqrt(1 - ab_prev) * eps
+    np.testing.assert_allclose(a, eps_path, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------- exports
+def _train(num_classes=None) -> DiffusionModel:
+    keras.utils.set_random_seed(0)
+    net = unet.from_preset("tiny_8", ch=16, num_groups=4, num_classes=num_classes)
+    model = DiffusionModel(net, GaussianDiffusion(get_beta_schedule("linear", T)), ema_decay=0.5)
+    model.compile(keras.optimizers.Adam(1e-3))
+    x = np.random.default_rng(0).uniform(-1, 1, (16, 8, 8, 1)).astype("float32")
+    y = None if num_classes is None else (np.arange(16) % num_classes).astype(np.int32)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    model = _train()
+    path = tmp_path_factory.mktemp("model") / "tiny.keras"
+    model.save(path)
+    return model, path
+
+
+def _in_memory_images(model, num_samples=N) -> np.ndarray:
+    """The in-memory sampler's images for the exported settings (DDIM, STEPS steps, EMA weights)."""
+    images = model.generate(
+        num_samples, SEED, sampler="ddim", num_steps=int(STEPS), noise="portable"
+    )
+    return unit_to_uint8(images).numpy()
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    """All three formats written by the command line from the .keras file."""
+    _, path = trained
+    out = tmp_path_factory.mktemp("export") / "out"
+    argv = [str(path), "--format", "saved_model", "tflite", "onnx", "--out", str(out)]
+    argv += ["--steps", STEPS, "--num-samples", str(N), "--seed", *map(str, SEED)]
+    assert main(argv) == 0
+    return out
+
+
+def _assert_images_close(got: np.ndarray, expected: np.ndarray) -> None:
+    assert got.shape == expected.shape and got.dtype == np.uint8
+    diff = np.abs(got.astype(int) - expected.astype(int))
+    assert diff.max() <= 2 and np.mean(diff > 0) <= 0.01, (diff.max(), np.mean(diff > 0))
+
+
+FRESH_PROCESS = """
+import json, sys
+import numpy as np
+from ddpm_tf.exporting import open_function
+out, feeds_path, result_path = sys.argv[1:]
+feeds = dict(np.load(feeds_path))
+results = {}
+for a in json.loads(open(out + "/manifest.json").read())["artifacts"]:
+    runner = open_function(a["format"], out + "/" + a["path"], a["key"])
+    for name, value in runner({k: feeds[k] for k in runner.inputs}).items():
+        results[a["format"] + "/" + a["function"] + "/" + name] = value
+np.savez(result_path, **results)
+"""
+
+
+@pytest.mark.slow
+def test_every_format_reproduces_the_in_memory_sampler_in_a_fresh_process(
+    trained, exported, tmp_path
+):
+    model, _ = trained
+    manifest = json.loads((exported / "manifest.json").read_text())
+    assert manifest["passed"] and manifest["sampler"]["noise"] == "portable"
+    assert (
+        manifest["sampler"]["num_steps"] == int(STEPS) and manifest["sampler"]["sampler"] == "ddim"
+    )
+    found = {(a["format"], a["function"]) for a in manifest["artifacts"]}
+    assert found == {
+        (f, g) for f in ("saved_model", "tflite", "onnx") for g in ("sample", "denoise")
+    }
+    for artifact in manifest["artifacts"]:
+        v = artifact["verification"]
+        assert v["passed"] and v["tolerance"]["atol"] == 1e-4
+        if artifact["function"] == "denoise":
+            assert v["outputs"]["output"]["max_abs_error"] <= 1e-4
+    serving = next(a for a in manifest["artifacts"] if a["key"] == "serving_default")
+    assert serving["signature"]["inputs"] == {
+        "num_samples": {"shape": [], "dtype": "int32"},
+        "seed": {"shape": [2], "dtype": "int32"},
+    }
+    assert serving["signature"]["outputs"]["images"] == {"shape": [None, 8, 8, 1], "dtype": "uint8"}
+
+    x_t = np.random.default_rng(5).normal(size=(N, 8, 8, 1)).astype(np.float32)
+    t = np.array([0, 17, T - 1], np.int32)
+    feeds = {
+        "seed": np.array(SEED, np.int32),
+        "num_samples": np.array(N, np.int32),
+        "x_t": x_t,
+        "t": t,
+    }
+    np.savez(tmp_path / "feeds.npz", **feeds)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            FRESH_PROCESS,
+            str(exported),
+            str(tmp_path / "feeds.npz"),
+            str(tmp_path / "out.npz"),
+        ],
+        check=True,
+        timeout=300,
+    )
+    results = np.load(tmp_path / "out.npz")
+    expected = _in_memory_images(model)
+    expected_output = model.ema_network([x_t, t]).numpy()
+    for fmt in ("saved_model", "tflite", "onnx"):
+        _assert_images_close(results[f"{fmt}/sample/images"], expected)
+        np.testing.assert_allclose(results[f"{fmt}/denoise/output"], expected_output, atol=1e-4)
+    assert len(np.unique(expected)) > 2  # the comparison is not between blank images
+
+
+@pytest.mark.slow
+def test_saved_model_runs_under_saved_model_cli(trained, exported, tmp_path):
+    model, _ = trained
+    subprocess.run(
+        [
+            str(__import__("pathlib").Path(sys.executable).with_name("saved_model_cli")),
+            "run",
+            "--dir",
+            str(exported / "saved_model"),
+            "--tag_set",
+            "serve",
+            "--signature_def",
+            "serving_default",
+            "--input_exprs",
+            f"num_samples=2;seed=[{SEED[0]},{SEED[1]}]",
+            "--outdir",
+            str(tmp_path),
+        ],
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
+    images = np.load(tmp_path / "images.npy")
+    _assert_images_close(images, _in_memory_images(model, 2))
+
+
+@pytest.mark.slow
+def test_artifacts_use_builtin_and_standard_ops_only(exported):
+    for name in ("sampler", "denoiser"):
+        ops = operator_names((exported / "tflite" / f"{name}.tflite").read_bytes())
+        assert not [op for op in ops if op.startswith("CUSTOM")], ops
+        assert name == "denoiser" or "WHILE" in ops  # the whole loop is one model
+        graph = onnx.load(str(exported / "onnx" / f"{name}.onnx")).graph
+        domains = {n.domain for n in graph.node}
+        assert domains <= {"", "ai.onnx"}, domains
+        assert name == "denoiser" or "Loop" in {n.op_type for n in graph.node}
+        assert not {"RandomStandardNormal", "RandomUniform", "RandomNormal"} & {
+            n.op_type for n in graph.node
+        }
+
+
+@pytest.mark.slow
+def test_a_tampered_artifact_fails_verification(exported, tmp_path):
+    verify_export(exported)  # the untouched export passes
+    tampered = tmp_path / "tampered"
+    __import__("shutil").copytree(exported, tampered)
+    path = tampered / "onnx" / "denoiser.onnx"
+    model = onnx.load(str(path))
+    for weights in model.graph.initializer:  # every weight matrix 1% larger
+        array = onnx.numpy_helper.to_array(weights)
+        if array.dtype == np.float32 and array.size >= 256:
+            weights.CopyFrom(onnx.numpy_helper.from_array(array * 1.01, weights.name))
+    onnx.save(model, str(path))
+    with pytest.raises(ExportVerificationError, match="onnx denoise"):
+        verify_export(tampered)
+
+
+def test_command_line_refuses_bad_arguments_before_any_work(trained, tmp_path, capsys):
+    _, path = trained
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("mine")
+    cases = [
+        ([str(path), "--out", str(busy)], "not empty"),
+        ([str(path), "--out", str(tmp_path / "a"), "--steps", "fifty"], "steps"),
+        ([str(path), "--out", str(tmp_path / "a"), "--eta", "2"], "eta"),
+        ([str(path), "--out", str(tmp_path / "a"), "--num-samples", "0"], "num_samples"),
+        ([str(tmp_path / "none.keras"), "--out", str(tmp_path / "a")], "does not exist"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+    assert (busy / "keep.txt").read_text() == "mine" and not (tmp_path / "a").exists()
+
+
+def test_a_mismatch_fails_the_export_and_the_command(trained, tmp_path, monkeypatch, capsys):
+    """An artifact that disagrees with TF (simulated by shifting TF's reference) exits 1."""
+    _, path = trained
+    original = ExportedFunction.reference
+
+    def shifted(self):
+        out = original(self)
+        return {k: v + 1e-3 if v.dtype == np.float32 else v for k, v in out.items()}
+
+    monkeypatch.setattr(ExportedFunction, "reference", shifted)
+    out = tmp_path / "out"
+    argv = [str(path), "--format", "saved_model", "--out", str(out), "--steps", "2"]
+    assert main(argv) == 1
+    assert "saved_model denoise" in capsys.readouterr().err
+    assert not out.exists()
+    manifest = json.loads((tmp_path / "out.partial" / "manifest.json").read_text())
+    assert not manifest["passed"]
+
+
+@pytest.mark.slow
+def test_class_conditional_export_with_guidance(tmp_path):
+    model = _train(num_classes=3)
+    options = ExportOptions(
+        formats=("tflite", "onnx"), sampler="ancestral", steps=5, num_samples=4, guidance_scale=3.0
+    )
+    manifest = export_model(model, tmp_path / "out", options)
+    sampler = next(
+        a for a in manifest["artifacts"] if a["format"] == "onnx" and a["function"] == "sample"
+    )
+    assert set(sampler["signature"]["inputs"]) == {"labels", "seed", "guidance_scale"}
+    from ddpm_tf.exporting import build_sampler
+
+    reference = build_sampler(model, options)
+    labels = np.array([0, 1, 2, 3], np.int32)  # 3 is the null class
+    for scale in (1.0, 3.0):
+        expected = unit_to_uint8(
+            reference.sample_conditional(labels, rng.as_seed(SEED), tf.constant(scale))
+        ).numpy()
+        feeds = {
+            "labels": labels,
+            "seed": np.array(SEED, np.int32),
+            "guidance_scale": np.array(scale, np.float32),
+        }
+        for fmt, file in (("tflite", "sampler.tflite"), ("onnx", "sampler.onnx")):
+            got = open_function(fmt, tmp_path / "out" / fmt / file, "sample")(feeds)["images"]
+            _assert_images_close(got, expected)
+
+
+def test_quantized_tflite_denoisers_are_quantized_and_within_their_tolerance(trained, tmp_path):
+    from ddpm_tf.exporting.graphs import denoiser_function
+    from ddpm_tf.exporting.pipeline import tflite_quantization
+    from ddpm_tf.exporting.verify import TOLERANCES
+
+    model, _ = trained
+    options = ExportOptions(tflite_quantization="float16")
+    assert tflite_quantization("sample", options) == "none"  # float16 would change the noise
+    assert tflite_quantization("denoise", options) == "float16"
+    function = denoiser_function(model.sampler(noise="portable"), None, 4, SEED)
+    expected = function.reference()["output"]
+    sizes = {}
+    for quantization in ("none", "float16", "dynamic"):
+        path = tmp_path / f"{quantization}.tflite"
+        write_tflite(path, function, quantization)
+        sizes[quantization] = path.stat().st_size
+        got = open_function("tflite", path, "denoise")(function.feeds)["output"]
+        error = np.abs(got - expected).max()
+        assert error <= TOLERANCES[quantization].atol, (quantization, error)
+        assert quantization == "none" or error > 1e-6  # the weights really changed
+    assert sizes["dynamic"] < sizes["float16"] < 0.7 * sizes["none"]
+
+
+def test_portable_generator_refuses_counts_and_streams_beyond_its_counter():
+    with pytest.raises(ValueError, match="count"):
+        rng.portable_words(2**24 + 1, [0, 1])
+    with pytest.raises(ValueError, match="stream"):
+        rng.portable_words(4, [0, 1], stream=2**24)
+    with pytest.raises(ValueError, match="stream"):
+        rng.portable_normal([4], [0, 1], stream=-1)
+
+
+def test_conversions_refuse_tf_random_ops(tmp_path):
+    """tf2onnx only logs unsupported ops; the converter must raise, and TFLite must not use Flex."""
+
+    def philox(seed):
+        return {"noise": tf.random.stateless_normal([4], seed)}
+
+    signature = [tf.TensorSpec([2], tf.int32, name="seed")]
+    function = ExportedFunction(
+        "philox", tf.function(philox, input_signature=signature), signature, {}
+    )
+    with pytest.raises(RuntimeError, match="could not convert"):
+        write_onnx(tmp_path / "philox.onnx", function, 17)
+    with pytest.raises(Exception, match="(?i)flex|not supported|select"):
+        write_tflite(tmp_path / "philox.tflite", function)
+    assert not (tmp_path / "philox.onnx").exists() and not (tmp_path / "philox.tflite").exists()
