@@ -278,7 +278,10 @@ def test_eval_cli_reports_bits_per_dim_and_fid(long_run, tmp_path, data_dir):
         model.diffusion.calc_bpd_loop(denoise, scale_to_unit(test[i : i + 4]))["total_bpd"]
         for i in (0, 4)
     ]
-    assert report["likelihood"]["bpd"] == pytest.approx(float(np.mean(direct)), rel=1e-6)
+    # float32 sums of T terms, some of them huge for a barely trained model: oneDNN's kernel choice
+    # moves them by ~1e-4 relative between graphs; a plumbing error (wrong images, padding counted)
+    # moves them by far more.
+    assert report["likelihood"]["bpd"] == pytest.approx(float(np.mean(direct)), rel=2e-3)
     assert report["likelihood"]["num_examples"] == 8
     quality = report["sample_quality"]
     assert quality["num_fake"] == 40 and quality["fid"] > quality["fid_floor"] > 0
