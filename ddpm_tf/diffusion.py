@@ -544,7 +544,6 @@ class GaussianDiffusion:
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"Unknown sampler {sampler!r}; choose one of {SAMPLERS}.")
-        rng.check_noise_source(noise_source)
         clip = bool(clip_denoised)
         step = self._ancestral_step(clip) if sampler == "ancestral" else self._ddim_step(eta, clip)
         return self._sample_loop(step, denoise_fn, shape, seed, noise, every, noise_source)

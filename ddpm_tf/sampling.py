@@ -12,6 +12,7 @@ only the mean part is guided; the variance comes from the conditional output.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import keras
@@ -71,6 +72,22 @@ def guided_denoiser(
         return uncond + scale * (cond - uncond)
 
     return denoise
+
+
+def parse_steps(steps: int | str | None) -> int | str | None:
+    """The respacing of a steps option (a command-line string or an int): None, a count or "ddimN"."""
+    if steps is None or isinstance(steps, int) and not isinstance(steps, bool):
+        if steps is not None and steps < 1:
+            raise ValueError(f"`steps` must be a positive int or 'ddimN', got {steps}.")
+        return steps
+    text = str(steps).strip()
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    if re.fullmatch(r"ddim[1-9][0-9]*", text):
+        return text
+    raise ValueError(
+        f"`steps` must be a positive int (e.g. 50) or 'ddimN' (e.g. ddim50), got {steps!r}."
+    )
 
 
 def respaced(diffusion: GaussianDiffusion, num_steps: int | str | None) -> GaussianDiffusion:

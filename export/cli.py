@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from ddpm_tf.diffusion import SAMPLERS
 from ddpm_tf.exporting.options import FORMATS, ONNX_OPSETS, QUANTIZATIONS
@@ -102,8 +101,6 @@ def main(argv: list[str] | None = None) -> int:
             verify_seed=tuple(args.seed),
         )
         check_output_dir(args.out, args.overwrite)
-        if not Path(args.model).exists():
-            raise FileNotFoundError(f"RUN_DIR_OR_MODEL {args.model!r} does not exist.")
         model = load_model(args.model)
     except (ValueError, TypeError, FileExistsError, FileNotFoundError) as error:
         parser.error(str(error))  # exits with status 2

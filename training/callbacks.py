@@ -126,15 +126,21 @@ class Samples(keras.callbacks.Callback):
         super().__init__()
         self.directory, self.every, self.writer = directory, every, writer
         self.num_samples, self.seed, self.options = num_samples, seed, sampler_options
+        self.last_written: int | None = None
 
     def write(self) -> Path:
+        """The grid of the current step, sampled once however often it is asked for."""
         step = model_step(self.model)
+        path = self.directory / f"step_{step:08d}.png"
+        if step == self.last_written:
+            return path
         images = unit_to_uint8(
             self.model.generate(self.num_samples, seed=self.seed, **self.options)
         ).numpy()
-        path = save_grid(images, self.directory / f"step_{step:08d}.png")
+        save_grid(images, path)
         with self.writer.as_default(step=step):
             tf.summary.image("samples", make_grid(images)[None], step=step)
+        self.last_written = step
         return path
 
     def on_train_batch_end(self, batch, logs=None):

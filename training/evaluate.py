@@ -30,7 +30,7 @@ from ddpm_tf.data import DatasetNotPreparedError, load_arrays, scale_to_unit  # 
 from ddpm_tf.evaluation import sample_quality  # noqa: E402
 from ddpm_tf.features import ClassifierFeatures, InceptionFeatures  # noqa: E402
 from ddpm_tf.images import save_grid  # noqa: E402
-from ddpm_tf.runs import CONFIG_FILE, CheckpointError, load_model  # noqa: E402
+from ddpm_tf.runs import CheckpointError, RunDirectory, load_model  # noqa: E402
 from training.sample import add_sampler_arguments, generate_uint8, sampler_options  # noqa: E402
 
 
@@ -55,11 +55,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report")
     add_sampler_arguments(parser)
     return parser.parse_args(argv)
-
-
-def _run_data_config(model_path: str) -> dict:
-    file = Path(model_path) / CONFIG_FILE
-    return json.loads(file.read_text())["data"] if file.is_file() else {}
 
 
 def bits_per_dim(model, images: np.ndarray, batch: int) -> dict:
@@ -91,7 +86,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     if (out / "report.json").exists() and not args.overwrite:
         raise ValueError(f"{out / 'report.json'} exists; pass --overwrite or another --out.")
-    data_cfg = _run_data_config(args.model)
+    data_cfg = (RunDirectory(args.model).saved_config() or {}).get("data", {})
     dataset = args.dataset or data_cfg.get("dataset")
     if dataset is None:
         raise ValueError("--dataset is needed when the model is not a run directory.")

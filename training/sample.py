@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 from ddpm_tf.data import unit_to_uint8  # noqa: E402
 from ddpm_tf.images import save_grid  # noqa: E402
 from ddpm_tf.runs import CheckpointError, load_model  # noqa: E402
+from ddpm_tf.sampling import parse_steps  # noqa: E402
 
 
 def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,10 +40,12 @@ def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def sampler_options(args: argparse.Namespace) -> dict:
-    steps = args.steps
-    if steps is not None and steps.isdigit():
-        steps = int(steps)
-    return dict(sampler=args.sampler, num_steps=steps, eta=args.eta, use_ema=not args.raw_weights)
+    return dict(
+        sampler=args.sampler,
+        num_steps=parse_steps(args.steps),
+        eta=args.eta,
+        use_ema=not args.raw_weights,
+    )
 
 
 def generate_uint8(

@@ -86,9 +86,11 @@ def load_data(config: dict, data_dir: str | None, download: bool):
 
 def build_model(config: dict, image_shape: tuple[int, int, int], num_classes: int | None):
     """The DiffusionModel of `config` for images of `image_shape`, compiled with its optimizer."""
-    model_cfg = {k: v for k, v in config["model"].items() if k != "preset" and v is not None}
-    if "ch_mult" in model_cfg or "attn_resolutions" in model_cfg:
-        model_cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in model_cfg.items()}
+    model_cfg = {
+        k: tuple(v) if isinstance(v, list) else v  # TOML lists -> the tuples UNet's config holds
+        for k, v in config["model"].items()
+        if k != "preset" and v is not None
+    }
     diff = config["diffusion"]
     train = config["train"]
     if image_shape[0] != image_shape[1]:

@@ -3,29 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 
 from ddpm_tf.diffusion import SAMPLERS
+from ddpm_tf.sampling import parse_steps
 
 FORMATS = ("saved_model", "tflite", "onnx")
 QUANTIZATIONS = ("none", "float16", "dynamic")
 ONNX_OPSETS = (17, 18)
-
-
-def parse_steps(steps: int | str | None) -> int | str | None:
-    """The respacing of a `--steps` value: None (all T steps), an int count, or "ddimN"."""
-    if steps is None or isinstance(steps, int) and not isinstance(steps, bool):
-        if steps is not None and steps < 1:
-            raise ValueError(f"`steps` must be a positive int or 'ddimN', got {steps}.")
-        return steps
-    text = str(steps).strip()
-    if text.isdigit() and int(text) > 0:
-        return int(text)
-    if re.fullmatch(r"ddim[1-9][0-9]*", text):
-        return text
-    raise ValueError(
-        f"`steps` must be a positive int (e.g. 50) or 'ddimN' (e.g. ddim50), got {steps!r}."
-    )
 
 
 @dataclasses.dataclass(frozen=True)
