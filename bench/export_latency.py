@@ -6,7 +6,7 @@ TensorFlow graph mode, TensorFlow with XLA, the SavedModel loaded back, LiteRT (
 onnxruntime. Untrained weights (random output head): the cost does not depend on their values.
 
     python bench/export_latency.py                         # tiny_8, DDIM 50 steps, batch 4
-    python bench/export_latency.py --steps 1000 --sampler ancestral --repeats 1
+    python bench/export_latency.py --steps 1000 --method ancestral --repeats 1
     python bench/export_latency.py --preset small_28 --num-samples 8
 """
 
@@ -25,13 +25,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from common import machine, median_seconds  # noqa: E402
 
-from ddpm_tf import DiffusionModel, GaussianDiffusion, get_beta_schedule, unet  # noqa: E402
-from ddpm_tf.exporting import (  # noqa: E402
-    ExportOptions,
-    build_sampler,
-    export_model,
-    open_function,
-)
+from ddpm_tf import METHODS, DiffusionModel, GaussianDiffusion, get_beta_schedule, unet  # noqa: E402
+from ddpm_tf.exporting import EXPORT_SPEC, ExportOptions, export_model, open_function  # noqa: E402
 
 
 def time_formats(
@@ -42,7 +37,7 @@ def time_formats(
     rows = []
     count = tf.constant(n, tf.int32)
     for jit, name in ((False, "TF graph"), (True, "TF XLA")):
-        sampler = build_sampler(model, options, jit_compile=jit)
+        sampler = model.sampler(options.spec, jit_compile=jit)
         rows.append((name, median_seconds(lambda s=sampler: s.sample(count, seed), repeats)))
     runtimes = [
         ("SavedModel", "saved_model", "saved_model", "serving_default"),
@@ -66,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", default="tiny_8")
     parser.add_argument("--timesteps", type=int, default=1000, help="T of the linear schedule")
     parser.add_argument("--steps", default="ddim50", help="sampling steps: a count or ddimN")
-    parser.add_argument("--sampler", default="ddim", choices=("ancestral", "ddim"))
+    parser.add_argument("--method", default="ddim", choices=METHODS)
     parser.add_argument("--num-samples", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -84,18 +79,17 @@ def main(argv: list[str] | None = None) -> None:
     model.ema_network.conv_out.kernel.assign(head.astype(np.float32))
     options = ExportOptions(
         formats=tuple(args.formats),
-        sampler=args.sampler,
-        steps=args.steps,
+        spec=EXPORT_SPEC.replace(method=args.method, steps=args.steps),
         num_samples=args.num_samples,
     )
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "export"
         manifest = export_model(model, out, options)
         rows = time_formats(model, options, out, args.repeats, args.threads)
-    steps = manifest["sampler"]["num_steps"]
+    steps = manifest["sampling"]["num_steps"]
     print(f"machine: {machine()}")
     print(
-        f"preset {args.preset} {model.image_shape}, {args.sampler} {steps} steps of T="
+        f"preset {args.preset} {model.image_shape}, {args.method} {steps} steps of T="
         f"{args.timesteps}, batch {args.num_samples}, {args.threads} threads, median of "
         f"{args.repeats} after 1 warm-up; all artifacts verified against TF"
     )

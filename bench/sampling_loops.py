@@ -1,8 +1,9 @@
 """Per-step cost of the compiled timestep loops, against the cost of one network call.
 
-The loops (`p_sample_loop`, `ddim_sample_loop`, `calc_bpd_loop`) run with a trivial denoiser, so their
+The loops (ancestral and DDIM sampling, the bits/dim bound) run with a trivial denoiser, so their
 per-step time is the loop's own overhead: the coefficient gathers, the noise, the posterior and VLB
-math. That is compared with one call of a real network (a U-Net preset) at the same batch, which is
+math. Each loop is compiled once (`sample_loop_graph`, `bpd_loop_graph` in a `tf.function`, as the
+`Sampler` and `bits_per_dim` do) and timed after a warm-up call. That is compared with one call of a real network (a U-Net preset) at the same batch, which is
 what a step costs in practice.
 
     python bench/sampling_loops.py                      # batch 16 of 32x32x3, preset ddpm_cifar10
@@ -21,13 +22,31 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tensorflow as tf  # noqa: E402
 from common import machine, median_seconds  # noqa: E402
 
-from ddpm_tf import GaussianDiffusion, get_beta_schedule, space_timesteps  # noqa: E402
+from ddpm_tf import GaussianDiffusion, SamplingSpec, get_beta_schedule  # noqa: E402
+from ddpm_tf.rng import as_seed  # noqa: E402
 
 
 def trivial(x_t, t):
     """A denoiser that costs almost nothing: the loop's overhead is all that is left."""
     del t
     return 0.1 * x_t
+
+
+def sampling_loop(diffusion: GaussianDiffusion, shape, spec: SamplingSpec, jit: bool):
+    """A compiled sampling loop of `spec` with the trivial denoiser, called with a fixed seed."""
+    loop = tf.function(
+        lambda seed: diffusion.sample_loop_graph(trivial, shape, seed, spec)["sample"],
+        jit_compile=jit,
+    )
+    seed = as_seed(0)
+    return lambda: loop(seed)
+
+
+def bpd_loop(diffusion: GaussianDiffusion, x_start, jit: bool):
+    """The compiled bits/dim loop with the trivial denoiser."""
+    loop = tf.function(lambda x, seed: diffusion.bpd_loop_graph(trivial, x, seed), jit_compile=jit)
+    seed = as_seed(0)
+    return lambda: loop(x_start, seed)
 
 
 def network_call_seconds(preset: str, shape, repeats: int) -> float:
@@ -57,7 +76,6 @@ def main(argv=None) -> None:
 
     shape = (args.batch, args.image_size, args.image_size, args.channels)
     diffusion = GaussianDiffusion(get_beta_schedule("linear", args.steps))
-    ddim = diffusion.respace(space_timesteps(args.steps, args.ddim_steps))
     x_start = tf.clip_by_value(tf.random.normal(shape), -1.0, 1.0)
 
     print(f"machine: {machine()}")
@@ -66,18 +84,12 @@ def main(argv=None) -> None:
     for jit in (False, True):
         mode = "XLA" if jit else "graph"
         loops = {
-            "p_sample_loop": (
-                args.steps,
-                lambda jit=jit: diffusion.p_sample_loop(trivial, shape, 0, jit_compile=jit),
-            ),
-            "ddim_sample_loop": (
+            "ancestral": (args.steps, sampling_loop(diffusion, shape, SamplingSpec(), jit)),
+            "ddim": (
                 args.ddim_steps,
-                lambda jit=jit: ddim.ddim_sample_loop(trivial, shape, 0, jit_compile=jit),
+                sampling_loop(diffusion, shape, SamplingSpec("ddim", args.ddim_steps), jit),
             ),
-            "calc_bpd_loop": (
-                args.steps,
-                lambda jit=jit: diffusion.calc_bpd_loop(trivial, x_start, jit_compile=jit),
-            ),
+            "bits/dim": (args.steps, bpd_loop(diffusion, x_start, jit)),
         }
         for name, (steps, fn) in loops.items():
             per_step = median_seconds(fn, args.repeats) / steps

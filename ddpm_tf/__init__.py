@@ -2,48 +2,71 @@
 
 The mathematics (`GaussianDiffusion`, schedules, timestep samplers) is pure TensorFlow and
 tensorflow-probability; the Keras side is the `UNet` (`ddpm_tf.unet`, layers in `ddpm_tf.layers`),
-the trainable `DiffusionModel` (`ddpm_tf.model`) and the compiled samplers (`ddpm_tf.sampling`).
+the trainable `DiffusionModel` (`ddpm_tf.model`) and the compiled samplers (`ddpm_tf.sampling`),
+each configured by one `SamplingSpec`. The programs (ddpm-train, ddpm-export, ...) live in
+`ddpm_tf.training` and `ddpm_tf.export`; docs/ARCHITECTURE.md maps every module.
 """
 
-from ddpm_tf.diffusion import (
+from ddpm_tf import _startup
+
+_startup.quiet_tensorflow_for_programs()  # before anything below imports TensorFlow
+
+from ddpm_tf.diffusion import (  # noqa: E402
     LOSS_TYPES,
     MODEL_MEAN_TYPES,
     MODEL_VAR_TYPES,
     GaussianDiffusion,
 )
-from ddpm_tf.model import DiffusionModel, WarmupSchedule, default_optimizer
-from ddpm_tf.sampling import Sampler, guided_denoiser, sample_per_replica
-from ddpm_tf.schedules import SCHEDULES, get_beta_schedule, respaced_betas, space_timesteps
-from ddpm_tf.timesteps import (
+from ddpm_tf.model import DiffusionModel, WarmupSchedule, default_optimizer  # noqa: E402
+from ddpm_tf.sampling import (  # noqa: E402
+    Sampler,
+    generate_uint8,
+    guided_denoiser,
+    sample_per_replica,
+)
+from ddpm_tf.sampling_spec import METHODS, NOISE_SOURCES, SamplingSpec  # noqa: E402
+from ddpm_tf.schedules import (  # noqa: E402
+    SCHEDULES,
+    get_beta_schedule,
+    respaced_betas,
+    space_timesteps,
+)
+from ddpm_tf.timesteps import (  # noqa: E402
+    TIMESTEP_SAMPLERS,
     LossSecondMomentResampler,
     TimestepSampler,
     UniformSampler,
-    create_named_sampler,
+    create_timestep_sampler,
 )
-from ddpm_tf.unet import PRESETS, UNet, from_preset
+from ddpm_tf.unet import PRESETS, UNet, from_preset  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "LOSS_TYPES",
+    "METHODS",
     "MODEL_MEAN_TYPES",
     "MODEL_VAR_TYPES",
-    "SCHEDULES",
+    "NOISE_SOURCES",
     "PRESETS",
+    "SCHEDULES",
+    "TIMESTEP_SAMPLERS",
     "DiffusionModel",
     "GaussianDiffusion",
     "LossSecondMomentResampler",
-    "TimestepSampler",
     "Sampler",
+    "SamplingSpec",
+    "TimestepSampler",
     "UNet",
     "UniformSampler",
     "WarmupSchedule",
+    "create_timestep_sampler",
     "default_optimizer",
     "from_preset",
-    "guided_denoiser",
-    "sample_per_replica",
-    "create_named_sampler",
+    "generate_uint8",
     "get_beta_schedule",
+    "guided_denoiser",
     "respaced_betas",
+    "sample_per_replica",
     "space_timesteps",
 ]

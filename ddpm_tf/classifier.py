@@ -1,6 +1,6 @@
 """A small CNN image classifier whose penultimate activations serve as features for FID and KID.
 
-``ImageClassifier`` maps images [B, H, W, C] in [-1, 1] (``data.scale_to_unit`` of uint8 pixels,
+``ImageClassifier`` maps images [B, H, W, C] in [-1, 1] (``pixels.scale_to_unit`` of uint8 pixels,
 the range the diffusion model works in) to class logits [B, num_classes]; ``features(x)`` gives
 the activations of the penultimate layer ``"features"`` [B, feature_dim]. The number of
 stride-2 stages adapts to the image size: 8x8 (sklearn digits) -> 1, 28x28 (MNIST) -> 2,
@@ -17,7 +17,7 @@ import keras
 import numpy as np
 
 from ddpm_tf.checks import check_int
-from ddpm_tf.data import scale_to_unit
+from ddpm_tf.pixels import scale_to_unit
 
 __all__ = ["FEATURE_LAYER", "ImageClassifier", "train_classifier"]
 

@@ -16,6 +16,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from ddpm_tf.checks import check_int
+from ddpm_tf.pixels import scale_to_unit
+
 __all__ = [
     "RESIZE_METHODS",
     "DatasetNotPreparedError",
@@ -24,8 +27,6 @@ __all__ = [
     "load_images",
     "step_batches",
     "num_classes",
-    "scale_to_unit",
-    "unit_to_uint8",
 ]
 
 RESIZE_METHODS = ("area", "bilinear", "bicubic", "nearest", "lanczos3", "lanczos5", "mitchellcubic")
@@ -33,37 +34,6 @@ RESIZE_METHODS = ("area", "bilinear", "bicubic", "nearest", "lanczos3", "lanczos
 
 class DatasetNotPreparedError(FileNotFoundError):
     """A tfds dataset is not prepared in the data directory and downloading was not allowed."""
-
-
-def scale_to_unit(images: tf.Tensor) -> tf.Tensor:
-    """Maps uint8 pixels in [0, 255] to float32 in [-1, 1] as ``x / 127.5 - 1``.
-
-    Raises:
-        TypeError: if ``images`` is not uint8 (already-scaled floats would be silently wrong).
-    """
-    images = tf.convert_to_tensor(images)
-    if images.dtype != tf.uint8:
-        raise TypeError(f"scale_to_unit expects uint8 pixels in [0, 255], got {images.dtype.name}")
-    return tf.cast(images, tf.float32) / 127.5 - 1.0
-
-
-def unit_to_uint8(images: tf.Tensor) -> tf.Tensor:
-    """Inverse of :func:`scale_to_unit`: clips to [-1, 1] and rounds ``(x + 1) * 127.5`` to uint8.
-
-    Used to turn model samples back into displayable/exportable images. Exact on the 256 values
-    produced by :func:`scale_to_unit`.
-    """
-    images = tf.clip_by_value(tf.cast(images, tf.float32), -1.0, 1.0)
-    return tf.cast(tf.round((images + 1.0) * 127.5), tf.uint8)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_positive_int(value: object, arg: str) -> None:
-    if not _is_int(value) or value <= 0:
-        raise ValueError(f"{arg} must be a positive int, got {value!r}")
 
 
 def _check_nonempty_str(value: object, arg: str) -> None:
@@ -82,15 +52,14 @@ def _validate_args(
 ) -> None:
     _check_nonempty_str(name, "name")
     _check_nonempty_str(split, "split")
-    _check_positive_int(batch_size, "batch_size")
+    check_int(batch_size, "batch_size")
     if image_size is not None:
-        _check_positive_int(image_size, "image_size")
+        check_int(image_size, "image_size")
     if resize_method not in RESIZE_METHODS:
         raise ValueError(f"resize_method must be one of {RESIZE_METHODS}, got {resize_method!r}")
-    if not _is_int(shuffle_buffer) or shuffle_buffer < 0:
-        raise ValueError(f"shuffle_buffer must be an int >= 0, got {shuffle_buffer!r}")
-    if seed is not None and not _is_int(seed):
-        raise ValueError(f"seed must be an int or None, got {seed!r}")
+    check_int(shuffle_buffer, "shuffle_buffer", 0)
+    if seed is not None:
+        check_int(seed, "seed", -(2**63))
 
 
 def _data_root(builder: tfds.core.DatasetBuilder) -> Path:
@@ -293,7 +262,7 @@ def step_batches(
             f"`images` must be uint8 [N, H, W, C], got {images.dtype} with shape {images.shape}."
         )
     count = images.shape[0]
-    _check_positive_int(batch_size, "batch_size")
+    check_int(batch_size, "batch_size")
     if batch_size > count:
         raise ValueError(
             f"`batch_size`={batch_size} is larger than the dataset ({count} images); "
@@ -301,8 +270,7 @@ def step_batches(
         )
     if labels is not None and len(labels) != count:
         raise ValueError(f"`labels` has {len(labels)} entries for {count} images.")
-    if not _is_int(start_step) or start_step < 0:
-        raise ValueError(f"`start_step` must be an int >= 0, got {start_step!r}.")
+    check_int(start_step, "start_step", 0)
     pixels = tf.constant(images)
     classes = None if labels is None else tf.constant(np.asarray(labels, np.int32))
     n = tf.constant(count, tf.int64)

@@ -17,28 +17,27 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Literal, get_args
 
 import numpy as np
 import tensorflow as tf
 
 from ddpm_tf import losses, rng
-from ddpm_tf.schedules import respaced_betas, validate_betas
+from ddpm_tf.checks import check_choice, check_int
+from ddpm_tf.sampling_spec import SamplingSpec
+from ddpm_tf.schedules import respaced_betas, space_timesteps, validate_betas
 
-MODEL_MEAN_TYPES = ("epsilon", "x_start", "v")
-MODEL_VAR_TYPES = ("fixed_small", "fixed_large", "learned", "learned_range")
-LOSS_TYPES = ("mse", "rescaled_mse", "kl", "rescaled_kl")
-SAMPLERS = ("ancestral", "ddim")
+ModelMeanType = Literal["epsilon", "x_start", "v"]
+ModelVarType = Literal["fixed_small", "fixed_large", "learned", "learned_range"]
+LossType = Literal["mse", "rescaled_mse", "kl", "rescaled_kl"]
+MODEL_MEAN_TYPES: tuple[str, ...] = get_args(ModelMeanType)
+MODEL_VAR_TYPES: tuple[str, ...] = get_args(ModelVarType)
+LOSS_TYPES: tuple[str, ...] = get_args(LossType)
 
 DenoiseFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 StepFn = Callable[[DenoiseFn, tf.Tensor, tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
 
 _LN2 = math.log(2.0)
-
-
-def _check_choice(value: str, allowed: Sequence[str], name: str) -> str:
-    if value not in allowed:
-        raise ValueError(f"Unknown {name} {value!r}; choose one of {tuple(allowed)}.")
-    return value
 
 
 def _is_concrete(x: tf.Tensor) -> bool:
@@ -51,24 +50,23 @@ class GaussianDiffusion:
     def __init__(
         self,
         betas: Sequence[float] | np.ndarray,
-        model_mean_type: str = "epsilon",
-        model_var_type: str = "fixed_large",
-        loss_type: str = "mse",
+        model_mean_type: ModelMeanType = "epsilon",
+        model_var_type: ModelVarType = "fixed_large",
+        loss_type: LossType = "mse",
         *,
         timestep_map: Sequence[int] | np.ndarray | None = None,
         dtype: str | tf.DType = "float32",
     ):
         self.betas = validate_betas(betas)
-        self.model_mean_type = _check_choice(model_mean_type, MODEL_MEAN_TYPES, "model_mean_type")
-        self.model_var_type = _check_choice(model_var_type, MODEL_VAR_TYPES, "model_var_type")
-        self.loss_type = _check_choice(loss_type, LOSS_TYPES, "loss_type")
+        self.model_mean_type = check_choice(model_mean_type, MODEL_MEAN_TYPES, "model_mean_type")
+        self.model_var_type = check_choice(model_var_type, MODEL_VAR_TYPES, "model_var_type")
+        self.loss_type = check_choice(loss_type, LOSS_TYPES, "loss_type")
         self.dtype = tf.as_dtype(dtype)
         if not self.dtype.is_floating:
             raise ValueError(f"`dtype` must be a float dtype, got {self.dtype.name}.")
         self.num_timesteps = int(self.betas.size)
         self.timestep_map = self._check_timestep_map(timestep_map)
         self._build_tables()
-        self._compiled: dict[tuple, Callable] = {}
 
     # ----------------------------------------------------------------------------------- tables
     def _check_timestep_map(self, timestep_map) -> np.ndarray:
@@ -123,7 +121,7 @@ class GaussianDiffusion:
         if not x.dtype.is_floating:
             raise ValueError(
                 f"`{name}` must be a float tensor scaled to [-1, 1], got dtype {x.dtype.name}; "
-                "convert uint8 images with ddpm_tf.data.scale_to_unit."
+                "convert uint8 images with ddpm_tf.pixels.scale_to_unit."
             )
         if x.shape.rank is not None and x.shape.rank != 4:
             raise ValueError(
@@ -444,21 +442,13 @@ class GaussianDiffusion:
         return step
 
     # ------------------------------------------------------------------------------- compiled loops
-    def _compiled_fn(self, key: tuple, python_fn: Callable, jit_compile: bool) -> Callable:
-        key = (*key, bool(jit_compile))
-        if key not in self._compiled:
-            self._compiled[key] = tf.function(
-                python_fn, jit_compile=bool(jit_compile), autograph=False
-            )
-        return self._compiled[key]
-
     def _initial_and_step_noise(self, seed, noise_source: str) -> tuple[Callable, Callable]:
         """(x_T noise of a shape, step noise of a shape at step t) for a noise source.
 
         "philox": TF's stateless Philox with seeds split and folded in by step. "portable": the
         builtin-op generator of `rng.portable_normal`, stream 0 for x_T and t + 1 for step t.
         """
-        if rng.check_noise_source(noise_source) == "portable":
+        if noise_source == "portable":
             return (
                 lambda shape: rng.portable_normal(shape, seed, 0, self.dtype),
                 lambda shape, t: rng.portable_normal(shape, seed, t + 1, self.dtype),
@@ -477,7 +467,7 @@ class GaussianDiffusion:
         seed,
         noise,
         every: int,
-        noise_source: str = "philox",
+        noise_source: str,
     ) -> dict:
         """Runs `step` from t = T-1 down to 0 in a tf.while_loop; records x_0 predictions every `every`.
 
@@ -526,27 +516,33 @@ class GaussianDiffusion:
         denoise_fn: DenoiseFn,
         shape,
         seed,
+        spec: SamplingSpec,
         *,
-        sampler: str = "ancestral",
-        eta=0.0,
-        clip_denoised: bool = True,
         noise=None,
         every: int = 0,
-        noise_source: str = "philox",
     ) -> dict:
-        """The sampling loop as graph-building code, for use inside a caller's own `tf.function`.
+        """The sampling loop of `spec` as graph-building code, inside a caller's own `tf.function`.
 
+        Applies the spec's method, steps (respacing this process), eta, clipping and noise source;
+        its `use_ema` and `jit_compile` are for the caller (which network, how to compile).
         `shape` may hold tensors (a batch size chosen at run time) and `denoise_fn` may close over
-        tensors of that function (labels, a guidance scale): this is how exported samplers are built.
-        `sampler` is "ancestral" or "ddim"; `noise` is x_T (None: drawn from the seed);
-        `noise_source` is "philox" (TF's stateless RNG) or "portable" (builtin ops only, the same
-        noise in TFLite and ONNX; see `rng.portable_normal`). Returns dict(sample[, pred_xstart]).
+        tensors of that function (labels, a guidance scale): this is how the compiled and exported
+        samplers are built. `noise` is x_T (None: drawn from the seed). Returns
+        dict(sample[, pred_xstart]).
         """
-        if sampler not in SAMPLERS:
-            raise ValueError(f"Unknown sampler {sampler!r}; choose one of {SAMPLERS}.")
-        clip = bool(clip_denoised)
-        step = self._ancestral_step(clip) if sampler == "ancestral" else self._ddim_step(eta, clip)
-        return self._sample_loop(step, denoise_fn, shape, seed, noise, every, noise_source)
+        process = self.respaced(spec.steps)
+        clip = spec.clip_denoised
+        if spec.method == "ancestral":
+            step = process._ancestral_step(clip)
+        else:
+            step = process._ddim_step(spec.eta, clip)
+        return process._sample_loop(step, denoise_fn, shape, seed, noise, every, spec.noise_source)
+
+    def respaced(self, steps: int | str | Sequence[int] | None) -> GaussianDiffusion:
+        """This process, or the one on `space_timesteps(T, steps)` (None: all T steps)."""
+        if steps is None or steps == self.num_timesteps:
+            return self
+        return self.respace(space_timesteps(self.num_timesteps, steps))
 
     def _check_shape(self, shape) -> tuple:
         shape = tuple(int(s) for s in shape)
@@ -568,9 +564,8 @@ class GaussianDiffusion:
 
         Returns dict(sample [B,H,W,C], pred_xstart [K,B,H,W,C]) in sampling order (last is t=0).
         """
-        return self._sampler(
-            "ancestral", denoise_fn, shape, seed, clip_denoised, None, every, noise, jit_compile
-        )
+        spec = SamplingSpec("ancestral", clip_denoised=clip_denoised, jit_compile=jit_compile)
+        return self._run_loop(spec, denoise_fn, shape, seed, noise, every)
 
     def p_sample_loop(
         self,
@@ -582,9 +577,8 @@ class GaussianDiffusion:
         jit_compile: bool = False,
     ) -> tf.Tensor:
         """Ancestral sampling x_T ~ N(0, I) -> x_0 in one compiled loop; x_T is `noise` if given."""
-        return self._sampler(
-            "ancestral", denoise_fn, shape, seed, clip_denoised, None, 0, noise, jit_compile
-        )["sample"]
+        spec = SamplingSpec("ancestral", clip_denoised=clip_denoised, jit_compile=jit_compile)
+        return self._run_loop(spec, denoise_fn, shape, seed, noise, 0)["sample"]
 
     def ddim_sample_loop_progressive(
         self,
@@ -598,9 +592,8 @@ class GaussianDiffusion:
         jit_compile: bool = False,
     ) -> dict:
         """DDIM sampling that also returns the x_0 predictions (see `p_sample_loop_progressive`)."""
-        return self._sampler(
-            "ddim", denoise_fn, shape, seed, clip_denoised, eta, every, noise, jit_compile
-        )
+        spec = SamplingSpec("ddim", eta=eta, clip_denoised=clip_denoised, jit_compile=jit_compile)
+        return self._run_loop(spec, denoise_fn, shape, seed, noise, every)
 
     def ddim_sample_loop(
         self,
@@ -613,40 +606,28 @@ class GaussianDiffusion:
         jit_compile: bool = False,
     ) -> tf.Tensor:
         """DDIM sampling over this process's steps (respace first for fewer steps)."""
-        return self._sampler(
-            "ddim", denoise_fn, shape, seed, clip_denoised, eta, 0, noise, jit_compile
-        )["sample"]
+        spec = SamplingSpec("ddim", eta=eta, clip_denoised=clip_denoised, jit_compile=jit_compile)
+        return self._run_loop(spec, denoise_fn, shape, seed, noise, 0)["sample"]
 
-    def _sampler(
-        self, kind, denoise_fn, shape, seed, clip_denoised, eta, every, noise, jit_compile
-    ) -> dict:
+    def _run_loop(self, spec: SamplingSpec, denoise_fn, shape, seed, noise, every) -> dict:
+        """One call of a sampling loop, compiled for this call only.
+
+        Nothing is cached here: a loop called again is traced again (a second or so for a small
+        network). Repeated sampling goes through `ddpm_tf.sampling.Sampler`, the one layer that
+        compiles and keeps samplers.
+        """
         shape = self._check_shape(shape)
         if noise is not None:
             noise = self._images(noise, "noise")
             if tuple(noise.shape) != shape:
                 raise ValueError(f"`noise` (x_T) has shape {tuple(noise.shape)}, expected {shape}.")
-        if not isinstance(every, int) or every < 0:
-            raise ValueError(f"`every` must be an int >= 0, got {every!r}.")
-        if eta is not None and not 0.0 <= float(eta) <= 1.0:
-            raise ValueError(f"`eta` must be in [0, 1], got {eta}.")
-        clip = bool(clip_denoised)
+        every = check_int(every, "every", 0)
 
-        def run(seed, noise, eta):
-            return self.sample_loop_graph(
-                denoise_fn,
-                shape,
-                seed,
-                sampler=kind,
-                eta=eta,
-                clip_denoised=clip,
-                noise=noise,
-                every=every,
-            )
+        def run(seed, noise):
+            return self.sample_loop_graph(denoise_fn, shape, seed, spec, noise=noise, every=every)
 
-        key = (kind, denoise_fn, shape, clip, every, noise is None)
-        fn = self._compiled_fn(key, run, jit_compile)
-        eta_tensor = tf.constant(0.0 if eta is None else float(eta), self.dtype)
-        return fn(rng.as_seed(seed), noise, eta_tensor)
+        compiled = tf.function(run, jit_compile=spec.jit_compile, autograph=False)
+        return compiled(rng.as_seed(seed), noise)
 
     # ------------------------------------------------------------------------------------ bits/dim
     def calc_bpd_loop(
@@ -669,13 +650,19 @@ class GaussianDiffusion:
                 raise ValueError(
                     f"`x_start` must be images scaled to [-1, 1] for bits/dim, got values in [{low}, {high}]."
                 )
-        key = ("bpd", denoise_fn, tuple(x_start.shape), bool(clip_denoised))
-        fn = self._compiled_fn(
-            key, lambda x, s: self._bpd_loop(denoise_fn, x, s, bool(clip_denoised)), jit_compile
+        clip = bool(clip_denoised)
+        compiled = tf.function(
+            lambda x, s: self.bpd_loop_graph(denoise_fn, x, s, clip),
+            jit_compile=bool(jit_compile),
+            autograph=False,
         )
-        return fn(x_start, rng.as_seed(seed))
+        return compiled(x_start, rng.as_seed(seed))
 
-    def _bpd_loop(self, denoise_fn, x_start, seed, clip_denoised) -> dict:
+    def bpd_loop_graph(
+        self, denoise_fn: DenoiseFn, x_start, seed, clip_denoised: bool = True
+    ) -> dict:
+        """The loop of `calc_bpd_loop` as graph-building code, inside a caller's own `tf.function`
+        (compiled once, it serves every batch of a dataset: see `ddpm_tf.likelihood`)."""
         batch = tf.shape(x_start)[:1]
         arrays = [tf.TensorArray(self.dtype, size=self.num_timesteps) for _ in range(3)]
 

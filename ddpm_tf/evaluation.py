@@ -18,12 +18,8 @@ import numpy as np
 import scipy.linalg
 
 from ddpm_tf.checks import check_int
-from ddpm_tf.features import (
-    ClassifierFeatures,
-    FeatureExtractor,
-    InceptionFeatures,
-    to_unit_range,
-)
+from ddpm_tf.features import ClassifierFeatures, FeatureExtractor, InceptionFeatures
+from ddpm_tf.pixels import to_unit_range
 
 __all__ = [
     "ClassifierFeatures",

@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from ddpm_tf.checks import check_int
 from ddpm_tf.classifier import FEATURE_LAYER, ImageClassifier
+from ddpm_tf.pixels import to_unit_range
 
 __all__ = [
     "INCEPTION_SIZE",
@@ -28,7 +29,6 @@ __all__ = [
     "ClassifierFeatures",
     "FeatureExtractor",
     "InceptionFeatures",
-    "to_unit_range",
 ]
 
 INCEPTION_SIZE = 299
@@ -39,36 +39,6 @@ INCEPTION_WEIGHTS_URL = (
     "https://storage.googleapis.com/tensorflow/keras-applications/inception_v3/"
     + INCEPTION_WEIGHTS_FILE
 )
-
-FLOAT_TOLERANCE = 0.05
-"""Float images may stray this far outside [-1, 1] (sampler round-off) before they are rejected."""
-
-
-def to_unit_range(images: object, arg: str = "images") -> np.ndarray:
-    """Checks images [N, H, W, C] (C in 1, 3) and returns them as float32 in [-1, 1].
-
-    uint8 pixels map as ``x / 127.5 - 1`` (like ``data.scale_to_unit``); floats must already be
-    in [-1, 1] (up to ``FLOAT_TOLERANCE``, then clipped), so pixels in [0, 255] or [0, 1] stored
-    as floats are rejected rather than silently mis-scaled.
-    """
-    x = np.asarray(images)
-    if x.ndim != 4 or x.shape[0] == 0 or x.shape[-1] not in (1, 3):
-        raise ValueError(
-            f"{arg} must have shape [N, H, W, C] with N >= 1 and C in (1, 3), got shape {x.shape}"
-        )
-    if x.dtype == np.uint8:
-        return x.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
-    if not np.issubdtype(x.dtype, np.floating):
-        raise TypeError(f"{arg} must be uint8 in [0, 255] or floats in [-1, 1], got {x.dtype}")
-    if not np.all(np.isfinite(x)):
-        raise ValueError(f"{arg} contains NaN or infinite values")
-    lo, hi = float(x.min()), float(x.max())
-    if lo < -1 - FLOAT_TOLERANCE or hi > 1 + FLOAT_TOLERANCE:
-        raise ValueError(
-            f"float {arg} must be in [-1, 1], got values in [{lo:.4g}, {hi:.4g}]; pass uint8 "
-            "pixels instead, or map model outputs with ddpm_tf.data.unit_to_uint8"
-        )
-    return np.clip(x, -1.0, 1.0).astype(np.float32)
 
 
 class FeatureExtractor(abc.ABC):

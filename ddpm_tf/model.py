@@ -20,7 +20,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from ddpm_tf import rng
+from ddpm_tf import compat, rng
 from ddpm_tf.diffusion import GaussianDiffusion
 from ddpm_tf.sampling import (
     Sampler,
@@ -29,8 +29,9 @@ from ddpm_tf.sampling import (
     guided_denoiser,
     network_num_classes,
 )
+from ddpm_tf.sampling_spec import SamplingSpec, resolve_spec
 from ddpm_tf.schedules import get_beta_schedule
-from ddpm_tf.timesteps import TimestepSampler, create_named_sampler
+from ddpm_tf.timesteps import TimestepSampler, TimestepSamplerName, create_timestep_sampler
 
 _REPLICATED = "only_first_replica"
 
@@ -55,14 +56,6 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     def get_config(self) -> dict:
         return {"learning_rate": self.learning_rate, "warmup_steps": self.warmup_steps}
-
-
-def _multi_worker(strategy: tf.distribute.Strategy) -> bool:
-    """Whether `strategy` spans several workers (MultiWorkerMirroredStrategy in multi-worker mode)."""
-    return (
-        isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-        and strategy.extended._in_multi_worker_mode()
-    )
 
 
 def _blend(ema: tf.Variable, weight: tf.Variable, decay) -> tf.Tensor:
@@ -108,7 +101,8 @@ class DiffusionModel(keras.Model):
         diffusion: a `GaussianDiffusion` (or its config dict); default Ho et al.'s.
         ema_decay: EMA decay of the weights; with `ema_warmup` the decay at update n is
             min(ema_decay, (1 + n) / (10 + n)) so early averages are not dominated by the init.
-        timestep_sampler: "uniform", "loss-second-moment", or a `TimestepSampler`.
+        timestep_sampler: how training timesteps are drawn: "uniform", "loss-second-moment"
+            (importance sampling on the loss history), or a `TimestepSampler`.
         grad_clip_norm: clip the global gradient norm to this (None: no clipping).
         label_dropout: probability of replacing a label by the null class while training a
             class-conditional network (classifier-free guidance).
@@ -122,7 +116,7 @@ class DiffusionModel(keras.Model):
         *,
         ema_decay: float = 0.9999,
         ema_warmup: bool = True,
-        timestep_sampler: str | TimestepSampler = "uniform",
+        timestep_sampler: TimestepSamplerName | TimestepSampler = "uniform",
         grad_clip_norm: float | None = 1.0,
         label_dropout: float = 0.1,
         seed: int = 0,
@@ -147,10 +141,12 @@ class DiffusionModel(keras.Model):
         self.label_dropout = float(label_dropout)
         self.seed = int(seed)
         if isinstance(timestep_sampler, str):
-            self._sampler_name = timestep_sampler
-            timestep_sampler = create_named_sampler(timestep_sampler, self.diffusion.num_timesteps)
+            self._timestep_sampler_name = timestep_sampler
+            timestep_sampler = create_timestep_sampler(
+                timestep_sampler, self.diffusion.num_timesteps
+            )
         else:
-            self._sampler_name = None
+            self._timestep_sampler_name = None
         if timestep_sampler.num_timesteps != self.diffusion.num_timesteps:
             raise ValueError(
                 f"`timestep_sampler` covers {timestep_sampler.num_timesteps} steps but the diffusion "
@@ -167,8 +163,32 @@ class DiffusionModel(keras.Model):
             name: keras.metrics.Mean(name=name)
             for name in ("loss", "mse", "vb", "grad_norm", "vlb_bpd")
         }
-        self._samplers: dict[tuple, Sampler] = {}
+        self._samplers: dict[SamplingSpec, Sampler] = {}
         self.built = True  # every weight exists: the network's shapes are fixed by its config
+
+    # ------------------------------------------------------------------------------------ state
+    @property
+    def step(self) -> int:
+        """The number of finished training steps (restored with a checkpoint)."""
+        return int(self.step_counter.numpy())
+
+    def checkpoint_variables(self) -> list[tf.Variable]:
+        """Every variable a checkpoint must hold to resume training exactly, in a fixed order.
+
+        The network, its EMA copy, the step and evaluation counters and the timestep sampler's
+        state, listed explicitly (Keras 3 keeps sublayers in containers that the object graph of
+        `tf.train.Checkpoint` does not reach), then any other weight the model tracks: a subclass
+        that adds state with `add_weight` has it saved and restored with no further code.
+        """
+        listed = [
+            *self.network.weights,
+            *self.ema_network.weights,
+            self.step_counter,
+            self.eval_counter,
+            *self.timestep_sampler.variables,
+        ]
+        seen = {id(v) for v in listed}
+        return listed + [v for v in self.weights if id(v) not in seen]
 
     # ---------------------------------------------------------------------------------- plumbing
     def _counter(self, name: str) -> keras.Variable:
@@ -220,7 +240,7 @@ class DiffusionModel(keras.Model):
         if not images.dtype.is_floating:
             raise ValueError(
                 f"DiffusionModel expects float images in [-1, 1], got dtype {images.dtype.name}; "
-                "scale uint8 images with ddpm_tf.data.scale_to_unit."
+                "scale uint8 images with ddpm_tf.pixels.scale_to_unit."
             )
         if images.shape.rank != 4 or tuple(images.shape[1:]) != self.image_shape:
             raise ValueError(
@@ -243,10 +263,10 @@ class DiffusionModel(keras.Model):
             return 0, 1
         return ctx.replica_id_in_sync_group, ctx.num_replicas_in_sync
 
-    def _draw(self, base_seed, local_batch, replica, replicas, sampler: TimestepSampler):
+    def _draw(self, base_seed, local_batch, replica, replicas, timestep_sampler: TimestepSampler):
         """t, weights, noise and a label-drop mask for this replica's rows of the global batch."""
         global_batch = local_batch * replicas
-        t, weights = sampler.sample(global_batch, rng.fold_in(base_seed, 1))
+        t, weights = timestep_sampler.sample(global_batch, rng.fold_in(base_seed, 1))
         noise = rng.normal(
             tf.concat([[global_batch], self.image_shape], 0), rng.fold_in(base_seed, 2)
         )
@@ -340,9 +360,7 @@ class DiffusionModel(keras.Model):
             for ema, weight in pairs:
                 strategy.extended.update(ema, _blend, args=(weight, decay), group=False)
 
-        tf.__internal__.distribute.interim.maybe_merge_call(
-            update, tf.distribute.get_strategy(), decay
-        )
+        compat.merge_call(update, tf.distribute.get_strategy(), decay)
 
     def _report(self, terms: dict, loss: tf.Tensor, extra: tuple[str, ...]) -> dict:
         """Updates the loss trackers; returns the results of those that apply to this step."""
@@ -353,7 +371,7 @@ class DiffusionModel(keras.Model):
                 self.trackers[name].update_state(tf.reduce_mean(terms[name]))
                 names.append(name)
         results = {name: self.trackers[name].result() for name in (*names, *extra)}
-        if _multi_worker(self.distribute_strategy):
+        if compat.in_multi_worker_mode(self.distribute_strategy):
             # Keras reduces multi-worker logs with strategy.reduce(MEAN, axis=0), which fails on
             # scalars; a [1] vector reduces to the same scalar.
             results = {name: tf.reshape(value, [1]) for name, value in results.items()}
@@ -381,43 +399,18 @@ class DiffusionModel(keras.Model):
         return self._report(terms, tf.reduce_mean(terms["loss"] * weights), ("vlb_bpd",))
 
     # --------------------------------------------------------------------------------- sampling
-    def sampler(
-        self,
-        sampler: str = "ancestral",
-        num_steps: int | str | None = None,
-        eta: float = 0.0,
-        clip_denoised: bool = True,
-        use_ema: bool = True,
-        jit_compile: bool = False,
-        noise: str = "philox",
-    ) -> Sampler:
-        """The compiled `Sampler` for these settings (built once, then reused).
+    def sampler(self, spec: SamplingSpec | None = None, **settings: Any) -> Sampler:
+        """The compiled `Sampler` for a `SamplingSpec` (built once per spec, then reused).
 
-        `noise` is "philox" (TF's stateless RNG) or "portable" (the noise of the exported samplers).
+        `settings` are `SamplingSpec` fields applied over `spec` (default `SamplingSpec()`):
+        method ("ancestral" | "ddim"), steps, eta, clip_denoised, use_ema, noise_source
+        ("philox" | "portable"), jit_compile.
         """
-        key = (
-            sampler,
-            num_steps,
-            float(eta),
-            bool(clip_denoised),
-            bool(use_ema),
-            bool(jit_compile),
-            noise,
-        )
-        if key not in self._samplers:
-            network = self.ema_network if use_ema else self.network
-            self._samplers[key] = Sampler(
-                network,
-                self.diffusion,
-                self.image_shape,
-                sampler=sampler,
-                num_steps=num_steps,
-                eta=eta,
-                clip_denoised=clip_denoised,
-                jit_compile=jit_compile,
-                noise=noise,
-            )
-        return self._samplers[key]
+        spec = resolve_spec(spec, settings)
+        if spec not in self._samplers:
+            network = self.ema_network if spec.use_ema else self.network
+            self._samplers[spec] = Sampler(network, self.diffusion, self.image_shape, spec)
+        return self._samplers[spec]
 
     def generate(
         self,
@@ -426,17 +419,17 @@ class DiffusionModel(keras.Model):
         *,
         labels=None,
         guidance_scale: float = 1.0,
-        **sampler_options: Any,
+        spec: SamplingSpec | None = None,
+        **settings: Any,
     ) -> tf.Tensor:
-        """Samples float32 images [N, H, W, C] in [-1, 1] with the EMA weights.
+        """Samples float32 images [N, H, W, C] in [-1, 1], by default with the EMA weights.
 
-        `sampler_options` are those of `sampler()`: sampler ("ancestral" | "ddim"), num_steps (None
-        for all T steps, an int or "ddimN" to respace), eta, clip_denoised, use_ema, jit_compile,
-        noise ("philox" | "portable").
-        Class-conditional networks take `labels` [N] (the null class num_classes gives unconditional
-        samples) and a `guidance_scale` (1: conditional, >1: classifier-free guidance).
+        `spec` and `settings` choose the sampler as in `sampler()`, e.g. `method="ddim",
+        steps=50`. Class-conditional networks take `labels` [N] (the null class num_classes gives
+        unconditional samples) and a `guidance_scale` (1: conditional, >1: classifier-free
+        guidance).
         """
-        fn = self.sampler(**sampler_options)
+        fn = self.sampler(spec, **settings)
         if labels is not None:
             labels = check_labels(labels, self.num_classes, allow_null=True)
         return fn(num_samples if labels is None else labels.shape[0], seed, labels, guidance_scale)
@@ -454,9 +447,9 @@ class DiffusionModel(keras.Model):
 
     # ---------------------------------------------------------------------------- serialization
     def get_config(self) -> dict:
-        sampler = self._sampler_name
-        if sampler is None:
-            sampler = (
+        timestep_sampler = self._timestep_sampler_name
+        if timestep_sampler is None:
+            timestep_sampler = (
                 "loss-second-moment" if self.timestep_sampler.learns_from_losses else "uniform"
             )
         return {
@@ -465,7 +458,7 @@ class DiffusionModel(keras.Model):
             "diffusion": self.diffusion.get_config(),
             "ema_decay": self.ema_decay,
             "ema_warmup": self.ema_warmup,
-            "timestep_sampler": sampler,
+            "timestep_sampler": timestep_sampler,
             "grad_clip_norm": self.grad_clip_norm,
             "label_dropout": self.label_dropout,
             "seed": self.seed,

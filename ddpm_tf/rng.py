@@ -90,7 +90,6 @@ def split(seed: SeedLike, num: int = 2) -> list[tf.Tensor]:
 # outputs are bit-identical across runtimes; the normals differ only by the rounding of log, sqrt
 # and cos in each runtime (measured: up to 4e-6 with LiteRT's XNNPACK kernels, 0 in onnxruntime).
 
-NOISE_SOURCES = ("philox", "portable")
 PORTABLE_ROUNDS = 10
 PORTABLE_LIMIT = 1 << 24  # element indices and stream ids must fit in two 12-bit words
 
@@ -98,13 +97,6 @@ _WORD = 4096.0  # 2^12
 _INV_WORD = 1.0 / 4096.0  # exact: a power of two
 _MULTIPLIERS = (3365.0, 3289.0)  # top 12 bits of Philox's 0xD2511F53 and 0xCD9E8D57
 _WEYL = (2531.0, 2999.0, 1453.0, 3637.0)  # odd 12-bit key increments
-
-
-def check_noise_source(noise: str) -> str:
-    """Validates a noise source name ("philox" or "portable")."""
-    if noise not in NOISE_SOURCES:
-        raise ValueError(f"Unknown noise source `noise`={noise!r}; choose one of {NOISE_SOURCES}.")
-    return noise
 
 
 def _split_word(value: tf.Tensor, shift: int, width: int = 4096) -> tf.Tensor:

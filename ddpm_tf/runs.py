@@ -26,6 +26,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from ddpm_tf.checks import check_int
 from ddpm_tf.model import DiffusionModel
 
 CONFIG_FILE = "config.json"
@@ -38,31 +39,14 @@ __all__ = [
     "RunDirectory",
     "config_diff",
     "load_model",
-    "model_variables",
     "training_checkpoint",
 ]
-
-
-def model_variables(model: DiffusionModel) -> list[tf.Variable]:
-    """Every variable of `model` that a checkpoint must hold, in a fixed order.
-
-    Listed explicitly (network, EMA network, counters, timestep-sampler state) rather than through
-    the Keras object graph: Keras 3 keeps sublayers in its own containers, which
-    `tf.train.Checkpoint`'s graph walk does not reach, so nested weights would be skipped.
-    """
-    return [
-        *model.network.weights,
-        *model.ema_network.weights,
-        model.step_counter,
-        model.eval_counter,
-        *model.timestep_sampler.variables,
-    ]
 
 
 def training_checkpoint(model: DiffusionModel) -> tf.train.Checkpoint:
     """A `tf.train.Checkpoint` of the model's variables and its (built) optimizer's."""
     return tf.train.Checkpoint(
-        model=model_variables(model), optimizer=list(model.optimizer.variables)
+        model=model.checkpoint_variables(), optimizer=list(model.optimizer.variables)
     )
 
 
@@ -117,10 +101,8 @@ class RunDirectory:
     """
 
     def __init__(self, path: str | os.PathLike, keep: int = 3):
-        if not isinstance(keep, int) or keep < 1:
-            raise ValueError(f"`keep` must be an int >= 1, got {keep!r}.")
         self.path = Path(path)
-        self.keep = keep
+        self.keep = check_int(keep, "keep")
         self.checkpoint_dir = self.path / CHECKPOINT_DIR
         self._manager: tf.train.CheckpointManager | None = None
 
@@ -152,10 +134,9 @@ class RunDirectory:
             return False
         changes = config_diff(saved, _json_roundtrip(config), ignore=may_change)
         if changes:
-            listing = "\n  ".join(changes)
             raise RunConfigError(
                 f"{self.path} holds a run with a different config; refusing to overwrite it. "
-                f"Differences (saved -> requested):\n  {listing}\n"
+                f"Differences (saved -> requested): {'; '.join(changes)}. "
                 "Use another --run-dir for a new run, or the saved values to resume this one."
             )
         return True
@@ -182,8 +163,7 @@ class RunDirectory:
 
     def save(self, model: DiffusionModel) -> str:
         """Writes a checkpoint numbered by the model's step counter; returns its path prefix."""
-        step = int(model.step_counter.numpy())
-        return self._manager_for(model).save(checkpoint_number=step)
+        return self._manager_for(model).save(checkpoint_number=model.step)
 
     def restore(self, model: DiffusionModel) -> int:
         """Restores the newest checkpoint into a compiled `model`; returns its step (0 if none)."""
@@ -205,7 +185,7 @@ class RunDirectory:
                 f"({type(err).__name__}: {str(err).splitlines()[0]}).{hint} or start a new "
                 "--run-dir."
             ) from err
-        return int(model.step_counter.numpy())
+        return model.step
 
 
 def load_model(path: str | os.PathLike, compile: bool = False) -> DiffusionModel:
@@ -230,7 +210,7 @@ def load_model(path: str | os.PathLike, compile: bool = False) -> DiffusionModel
         if latest is None:
             raise FileNotFoundError(f"run directory {path} holds no checkpoint yet.")
         try:
-            status = tf.train.Checkpoint(model=model_variables(model)).restore(latest)
+            status = tf.train.Checkpoint(model=model.checkpoint_variables()).restore(latest)
             status.assert_existing_objects_matched().expect_partial()  # optimizer not needed
         except Exception as err:  # noqa: BLE001  (any failure to read it is reported as such)
             raise CheckpointError(

@@ -1,6 +1,6 @@
 """Compiled samplers over a Keras network: guidance, fixed signatures, and per-replica sampling.
 
-`Sampler` wraps a network and a `GaussianDiffusion` (optionally respaced) in `tf.function`s with fixed
+`Sampler` wraps a network, a `GaussianDiffusion` and a `SamplingSpec` in `tf.function`s with fixed
 input signatures: one graph serves any number of samples, any seed, any labels and guidance scale.
 That is what `DiffusionModel.generate` calls and what the exporters save.
 
@@ -12,15 +12,19 @@ only the mean part is guided; the variance comes from the conditional output.
 
 from __future__ import annotations
 
-import re
+import functools
 from collections.abc import Callable
+from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from ddpm_tf import rng
-from ddpm_tf.diffusion import SAMPLERS, GaussianDiffusion
-from ddpm_tf.schedules import space_timesteps
+from ddpm_tf.checks import check_float, check_int
+from ddpm_tf.diffusion import GaussianDiffusion
+from ddpm_tf.pixels import unit_to_uint8
+from ddpm_tf.sampling_spec import SamplingSpec, resolve_spec
 
 
 def network_num_classes(network: keras.Model) -> int | None:
@@ -74,36 +78,13 @@ def guided_denoiser(
     return denoise
 
 
-def parse_steps(steps: int | str | None) -> int | str | None:
-    """The respacing of a steps option (a command-line string or an int): None, a count or "ddimN"."""
-    if steps is None or isinstance(steps, int) and not isinstance(steps, bool):
-        if steps is not None and steps < 1:
-            raise ValueError(f"`steps` must be a positive int or 'ddimN', got {steps}.")
-        return steps
-    text = str(steps).strip()
-    if text.isdigit() and int(text) > 0:
-        return int(text)
-    if re.fullmatch(r"ddim[1-9][0-9]*", text):
-        return text
-    raise ValueError(
-        f"`steps` must be a positive int (e.g. 50) or 'ddimN' (e.g. ddim50), got {steps!r}."
-    )
-
-
-def respaced(diffusion: GaussianDiffusion, num_steps: int | str | None) -> GaussianDiffusion:
-    """`diffusion` itself, or the process on `space_timesteps(T, num_steps)` (an int or "ddimN")."""
-    if num_steps is None or num_steps == diffusion.num_timesteps:
-        return diffusion
-    return diffusion.respace(space_timesteps(diffusion.num_timesteps, num_steps))
-
-
 class Sampler(tf.Module):
-    """A network and a diffusion as fixed-signature sampling functions.
+    """A network and a diffusion as fixed-signature sampling functions for one `SamplingSpec`.
 
     `sample(num_samples, seed)` for unconditional networks and `sample_conditional(labels, seed,
-    guidance_scale)` for class-conditional ones return float32 images [N, H, W, C] in [-1, 1].
-    `noise` is the noise source: "philox" (TF's stateless RNG) or "portable" (builtin ops only:
-    the same noise in the TFLite and ONNX exports, see `rng.portable_normal`).
+    guidance_scale)` for class-conditional ones return float32 images [N, H, W, C] in [-1, 1]; one
+    graph serves any number of samples, any seed, labels and guidance scale. The spec's `use_ema`
+    is applied by the caller that picks `network` (`DiffusionModel.sampler`).
     """
 
     def __init__(
@@ -111,33 +92,22 @@ class Sampler(tf.Module):
         network: keras.Model,
         diffusion: GaussianDiffusion,
         image_shape: tuple[int, int, int],
+        spec: SamplingSpec | None = None,
         *,
-        sampler: str = "ancestral",
-        num_steps: int | str | None = None,
-        eta: float = 0.0,
-        clip_denoised: bool = True,
-        jit_compile: bool = False,
-        noise: str = "philox",
         name: str | None = None,
     ):
         super().__init__(name=name)
-        self.noise = rng.check_noise_source(noise)
-        if sampler not in SAMPLERS:
-            raise ValueError(f"Unknown `sampler` {sampler!r}; choose one of {SAMPLERS}.")
-        if not 0.0 <= eta <= 1.0:
-            raise ValueError(f"`eta` must be in [0, 1], got {eta}.")
+        self.spec = resolve_spec(spec, {})
         self.network = network
-        self.diffusion = respaced(diffusion, num_steps)
-        self.image_shape = tuple(int(s) for s in image_shape)
-        self.sampler = sampler
-        self.eta = float(eta)
-        self.clip_denoised = bool(clip_denoised)
+        self.diffusion = diffusion
+        self.image_shape = tuple(check_int(s, "image_shape") for s in image_shape)
         self.num_classes = network_num_classes(network)
         seed_spec = tf.TensorSpec([2], tf.int32, name="seed")
+        jit = self.spec.jit_compile
         self.sample = tf.function(
             self._sample,
             input_signature=[tf.TensorSpec([], tf.int32, name="num_samples"), seed_spec],
-            jit_compile=jit_compile,
+            jit_compile=jit,
         )
         self.sample_conditional = tf.function(
             self._sample_conditional,
@@ -146,20 +116,17 @@ class Sampler(tf.Module):
                 seed_spec,
                 tf.TensorSpec([], tf.float32, name="guidance_scale"),
             ],
-            jit_compile=jit_compile,
+            jit_compile=jit,
         )
+
+    @functools.cached_property
+    def process(self) -> GaussianDiffusion:
+        """The process the sampler runs: the diffusion respaced to the spec's steps."""
+        return self.diffusion.respaced(self.spec.steps)
 
     def _run(self, denoise_fn, num_samples, seed) -> tf.Tensor:
         shape = tf.concat([[num_samples], tf.constant(self.image_shape, tf.int32)], axis=0)
-        out = self.diffusion.sample_loop_graph(
-            denoise_fn,
-            shape,
-            seed,
-            sampler=self.sampler,
-            eta=self.eta,
-            clip_denoised=self.clip_denoised,
-            noise_source=self.noise,
-        )
+        out = self.diffusion.sample_loop_graph(denoise_fn, shape, seed, self.spec)
         return tf.ensure_shape(out["sample"], (None, *self.image_shape))
 
     def _sample(self, num_samples, seed) -> tf.Tensor:
@@ -181,20 +148,22 @@ class Sampler(tf.Module):
         return self._run(denoise, tf.shape(labels)[0], seed)
 
     def __call__(
-        self, num_samples: int, seed: rng.SeedLike = 0, labels=None, guidance_scale: float = 1.0
-    ):
+        self,
+        num_samples: int | None,
+        seed: rng.SeedLike = 0,
+        labels=None,
+        guidance_scale: float = 1.0,
+    ) -> tf.Tensor:
         """Eager convenience over the compiled functions, with input checks."""
         seed = rng.as_seed(seed)
         if labels is None:
-            if not isinstance(num_samples, int) or num_samples < 1:
-                raise ValueError(f"`num_samples` must be a positive int, got {num_samples!r}.")
-            return self.sample(tf.constant(num_samples, tf.int32), seed)
+            count = check_int(num_samples, "num_samples")
+            return self.sample(tf.constant(count, tf.int32), seed)
         labels = check_labels(labels, self.num_classes, allow_null=True)
-        if num_samples is not None and int(num_samples) != int(labels.shape[0]):
-            raise ValueError(
-                f"`num_samples`={num_samples} but {labels.shape[0]} labels were given."
-            )
-        return self.sample_conditional(labels, seed, tf.constant(guidance_scale, tf.float32))
+        if num_samples is not None and check_int(num_samples, "num_samples") != labels.shape[0]:
+            raise ValueError(f"num_samples={num_samples} but {labels.shape[0]} labels were given.")
+        scale = check_float(guidance_scale, "guidance_scale")
+        return self.sample_conditional(labels, seed, tf.constant(scale, tf.float32))
 
 
 def check_labels(labels, num_classes: int | None, *, allow_null: bool) -> tf.Tensor:
@@ -234,3 +203,38 @@ def sample_per_replica(
 
     per_replica = strategy.run(replica_fn)
     return strategy.gather(per_replica, axis=0)
+
+
+def generate_uint8(
+    model: Any,
+    num_samples: int,
+    seed: rng.SeedLike = 0,
+    spec: SamplingSpec | None = None,
+    *,
+    labels: np.ndarray | None = None,
+    guidance_scale: float = 1.0,
+    batch_size: int = 256,
+) -> np.ndarray:
+    """`num_samples` images of a `DiffusionModel` as uint8 [N, H, W, C], in batches.
+
+    Batch i is drawn from the seed `rng.fold_in(seed, i)`, so the images depend on `batch_size`
+    but not on the machine; `labels` [N] (class-conditional models) are split with the batches.
+    """
+    num_samples = check_int(num_samples, "num_samples")
+    batch_size = check_int(batch_size, "batch_size")
+    if labels is not None and len(labels) != num_samples:
+        raise ValueError(f"labels has {len(labels)} entries for num_samples={num_samples}.")
+    base = rng.as_seed(seed)
+    chunks = []
+    for index, start in enumerate(range(0, num_samples, batch_size)):
+        count = min(batch_size, num_samples - start)
+        part = None if labels is None else labels[start : start + count]
+        images = model.generate(
+            count,
+            seed=rng.fold_in(base, index),
+            labels=part,
+            guidance_scale=guidance_scale,
+            spec=spec,
+        )
+        chunks.append(unit_to_uint8(images).numpy())
+    return np.concatenate(chunks)

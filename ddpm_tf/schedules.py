@@ -10,9 +10,12 @@ select the same steps as published results do.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
+
+from ddpm_tf.checks import check_int
 
 SCHEDULES = ("linear", "cosine", "quadratic", "sigmoid")
 
@@ -71,10 +74,7 @@ def get_beta_schedule(
     """
     if not isinstance(name, str):
         return validate_betas(name)
-    if isinstance(num_timesteps, bool) or not isinstance(num_timesteps, int | np.integer):
-        raise ValueError(f"`num_timesteps` must be an int, got {num_timesteps!r}.")
-    if num_timesteps < 1:
-        raise ValueError(f"`num_timesteps` must be >= 1, got {num_timesteps}.")
+    num_timesteps = check_int(num_timesteps, "num_timesteps")
     start, end = _linear_endpoints(num_timesteps)
     if name == "linear":
         betas = np.linspace(start, end, num_timesteps, dtype=np.float64)
@@ -110,56 +110,81 @@ def _section_steps(start: int, size: int, count: int) -> list[int]:
     return [start + round(i * stride) for i in range(count)]
 
 
+def parse_section_counts(section_counts: int | str | Sequence[int]) -> int | str:
+    """The canonical form of a respacing request, checked for syntax (the one parser of it).
+
+    Accepts an int (that many evenly spaced steps), "ddimN" (a fixed integer stride), or
+    comma-separated section counts as a string "10,15,20" or a list of ints; a string of one
+    count ("50") is that int. Returns an int, "ddimN", or "a,b,c" (two or more sections): a value
+    that is hashable, JSON-serializable and reads back the same. Counts are checked against T by
+    `space_timesteps`.
+    """
+    if isinstance(section_counts, bool):
+        raise ValueError(_STEPS_SYNTAX.format(section_counts))
+    if isinstance(section_counts, int | np.integer):
+        counts = [int(section_counts)]
+    elif isinstance(section_counts, str):
+        text = section_counts.strip().replace(" ", "")
+        if re.fullmatch(r"ddim[0-9]+", text):
+            return f"ddim{_positive_count(int(text[4:]), section_counts)}"
+        if not re.fullmatch(r"[0-9]+(,[0-9]+)*", text):
+            raise ValueError(_STEPS_SYNTAX.format(section_counts))
+        counts = [int(part) for part in text.split(",")]
+    else:
+        if len(section_counts) == 0:
+            raise ValueError("steps (section counts) is empty; give at least one count.")
+        try:
+            counts = [int(c) for c in section_counts if not isinstance(c, bool)]
+        except (TypeError, ValueError):
+            raise ValueError(_STEPS_SYNTAX.format(section_counts)) from None
+        if len(counts) != len(section_counts):
+            raise ValueError(_STEPS_SYNTAX.format(section_counts))
+    counts = [_positive_count(c, section_counts) for c in counts]
+    return counts[0] if len(counts) == 1 else ",".join(map(str, counts))
+
+
+_STEPS_SYNTAX = (
+    "steps must be a positive int (e.g. 50), 'ddimN' (e.g. ddim50) or comma-separated section "
+    "counts (e.g. '10,15,20'), got {!r}"
+)
+
+
+def _positive_count(count: int, raw: object) -> int:
+    if count < 1:
+        raise ValueError(_STEPS_SYNTAX.format(raw))
+    return count
+
+
 def space_timesteps(num_timesteps: int, section_counts: int | str | Sequence[int]) -> list[int]:
     """Sorted original timestep indices to keep when sampling with fewer steps.
 
-    `section_counts` is an int (that many evenly spaced steps), "ddimN" (a fixed integer stride giving
-    N steps: 0, k, 2k, ...), a comma-separated string "10,15,20" or a list: the T steps are split into
-    that many nearly equal sections and each section keeps its count of evenly spaced steps.
+    `section_counts` is anything `parse_section_counts` accepts: an int (that many evenly spaced
+    steps), "ddimN" (a fixed integer stride giving N steps: 0, k, 2k, ...), or section counts
+    "10,15,20" / [10, 15, 20]: the T steps are split into that many nearly equal sections and each
+    section keeps its count of evenly spaced steps.
     """
-    if isinstance(section_counts, str):
-        text = section_counts.strip()
-        if text.startswith("ddim"):
-            try:
-                desired = int(text[len("ddim") :])
-            except ValueError:
-                raise ValueError(
-                    f"`section_counts`={section_counts!r} is not of the form 'ddimN'."
-                ) from None
-            _check_count(desired, num_timesteps, section_counts)
-            return _ddim_steps(num_timesteps, desired)
-        try:
-            counts = [int(part) for part in text.split(",")]
-        except ValueError:
+    parsed = parse_section_counts(section_counts)
+    if isinstance(parsed, str) and parsed.startswith("ddim"):
+        desired = int(parsed[len("ddim") :])
+        if desired > num_timesteps:
             raise ValueError(
-                f"`section_counts`={section_counts!r}: expected an int, 'ddimN' or comma-separated ints."
-            ) from None
-    elif isinstance(section_counts, int | np.integer):
-        counts = [int(section_counts)]
-    else:
-        counts = [int(c) for c in section_counts]
-    if not counts:
-        raise ValueError("`section_counts` is empty; give at least one section.")
+                f"steps={section_counts!r} asks for {desired} steps but T={num_timesteps}."
+            )
+        return _ddim_steps(num_timesteps, desired)
+    counts = [parsed] if isinstance(parsed, int) else [int(c) for c in parsed.split(",")]
     size_per, extra = divmod(num_timesteps, len(counts))
     steps: list[int] = []
     start = 0
     for i, count in enumerate(counts):
         size = size_per + (1 if i < extra else 0)
-        if count < 1 or count > size:
+        if count > size:
             raise ValueError(
-                f"`section_counts`: section {i} asks for {count} steps but has {size} "
+                f"steps={section_counts!r}: section {i} asks for {count} steps but has {size} "
                 f"(T={num_timesteps} split into {len(counts)} sections); each count must be in [1, {size}]."
             )
         steps += _section_steps(start, size, count)
         start += size
     return sorted(set(steps))
-
-
-def _check_count(count: int, num_timesteps: int, raw: object) -> None:
-    if not 1 <= count <= num_timesteps:
-        raise ValueError(
-            f"`section_counts`={raw!r} must ask for 1..{num_timesteps} steps, got {count}."
-        )
 
 
 def respaced_betas(

@@ -1,6 +1,7 @@
 """Timestep samplers for training: which t each example of a batch is trained on, and its weight.
 
-A sampler draws t with probabilities p_t and returns weights w_t = 1 / (T p_t), so that
+(A *timestep sampler* draws training timesteps; a *sampler*, `ddpm_tf.sampling.Sampler`, draws
+images.) A timestep sampler draws t with probabilities p_t and returns weights w_t = 1 / (T p_t), so that
 E_{t~p}[w_t L_t] = (1/T) sum_t L_t whatever p is: the loss estimate stays unbiased and only its
 variance changes. `LossSecondMomentResampler` is Improved DDPM's importance sampler for the VLB,
 p_t proportional to sqrt(E[L_t^2]), estimated from the last few losses seen at each t.
@@ -13,21 +14,19 @@ writes the same values.
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Literal, get_args
+
 import tensorflow as tf
 
+from ddpm_tf.checks import check_choice, check_int
 from ddpm_tf.rng import as_seed
 
 # Every replica records the same all-gathered losses, so any replica's write is the right one.
 _REPLICATED = tf.VariableAggregation.ONLY_FIRST_REPLICA
 
 
-def _check_num_timesteps(num_timesteps: int) -> int:
-    if isinstance(num_timesteps, bool) or not isinstance(num_timesteps, int | np.integer):
-        raise ValueError(f"`num_timesteps` must be an int, got {num_timesteps!r}.")
-    if num_timesteps < 1:
-        raise ValueError(f"`num_timesteps` must be >= 1, got {num_timesteps}.")
-    return int(num_timesteps)
+TimestepSamplerName = Literal["uniform", "loss-second-moment"]
+TIMESTEP_SAMPLERS: tuple[str, ...] = get_args(TimestepSamplerName)
 
 
 class TimestepSampler(tf.Module):
@@ -37,7 +36,7 @@ class TimestepSampler(tf.Module):
 
     def __init__(self, num_timesteps: int, name: str | None = None):
         super().__init__(name=name)
-        self.num_timesteps = _check_num_timesteps(num_timesteps)
+        self.num_timesteps = check_int(num_timesteps, "num_timesteps")
 
     def probabilities(self) -> tf.Tensor:
         return tf.fill([self.num_timesteps], 1.0 / self.num_timesteps)
@@ -133,12 +132,9 @@ class LossSecondMomentResampler(TimestepSampler):
         self.loss_counts.assign(counts)
 
 
-def create_named_sampler(name: str, num_timesteps: int) -> TimestepSampler:
-    """ "uniform" or "loss-second-moment", the names used by the reference implementations."""
+def create_timestep_sampler(name: TimestepSamplerName, num_timesteps: int) -> TimestepSampler:
+    """A timestep sampler by name: "uniform" or "loss-second-moment" (as in improved-diffusion)."""
+    check_choice(name, TIMESTEP_SAMPLERS, "timestep_sampler")
     if name == "uniform":
         return UniformSampler(num_timesteps)
-    if name == "loss-second-moment":
-        return LossSecondMomentResampler(num_timesteps)
-    raise ValueError(
-        f"Unknown `timestep_sampler` {name!r}; choose 'uniform' or 'loss-second-moment'."
-    )
+    return LossSecondMomentResampler(num_timesteps)

@@ -1,4 +1,2 @@
-"""The `ddpm-export` program: exports a trained DiffusionModel as verified samplers.
-
-A thin command line over `ddpm_tf.exporting`; see `export.cli.main`.
-"""
+"""The export program, installed as `ddpm_tf.export`: ddpm-export, a thin command line over the
+library's `ddpm_tf.exporting`."""

@@ -1,7 +1,7 @@
-"""`python -m export ...` runs the `ddpm-export` command line."""
+"""`python -m ddpm_tf.export ...` runs the `ddpm-export` command line."""
 
 import sys
 
-from export.cli import main
+from ddpm_tf.export.cli import main
 
 sys.exit(main())

@@ -13,3 +13,40 @@ def assert_same_weights(a: list, b: list, rtol: float = 0.0, atol: float = 0.0) 
 def weight_distance(a: list, b: list) -> float:
     """Euclidean distance between two lists of weight arrays, as one flat vector."""
     return float(np.sqrt(sum(np.sum((x - y) ** 2) for x, y in zip(a, b, strict=True))))
+
+
+def run_script(script: str, *args: str, env: dict | None = None, cwd=None) -> dict:
+    """Runs a Python script in a fresh process (TensorFlow not yet initialised there) and returns
+    the JSON object it prints on its last line of stdout."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    environment = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    environment.update({"TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})})
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=cwd,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def program_modules() -> dict:
+    """Each console script of the package and the module that implements it."""
+    from ddpm_tf.export import cli as export_cli
+    from ddpm_tf.training import classifier, evaluate, prepare, sample, train
+
+    return {
+        "ddpm-train": train,
+        "ddpm-sample": sample,
+        "ddpm-eval": evaluate,
+        "ddpm-classifier": classifier,
+        "ddpm-prepare": prepare,
+        "ddpm-export": export_cli,
+    }

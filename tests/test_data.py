@@ -1,9 +1,5 @@
 """Tests for ddpm_tf.data: offline only (tfds mocks or small datasets prepared in tmp dirs)."""
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -12,14 +8,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from helpers import run_script
 
 from ddpm_tf.data import (
     DatasetNotPreparedError,
     distribute,
     load_images,
     num_classes,
-    scale_to_unit,
-    unit_to_uint8,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -91,32 +86,6 @@ def stack_images(ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
 
 
 # --- scaling helpers ---------------------------------------------------------------------
-
-
-def test_scale_to_unit_known_pixels():
-    pixels = np.array([0, 51, 128, 255], np.uint8)
-    expected = np.array([-1.0, -0.6, 1.0 / 255.0, 1.0])  # (2 * v - 255) / 255
-    out = scale_to_unit(pixels)
-    assert out.dtype == tf.float32
-    np.testing.assert_allclose(out.numpy(), expected, atol=1e-6)
-    assert out.numpy()[0] == -1.0 and out.numpy()[-1] == 1.0
-
-
-def test_unit_to_uint8_round_trip_is_exact_on_all_values():
-    pixels = np.arange(256, dtype=np.uint8)
-    back = unit_to_uint8(scale_to_unit(pixels))
-    assert back.dtype == tf.uint8
-    np.testing.assert_array_equal(back.numpy(), pixels)
-
-
-def test_unit_to_uint8_clips_and_rounds():
-    out = unit_to_uint8(np.array([-3.0, -1.0, -0.6, 0.999, 7.0], np.float32)).numpy()
-    np.testing.assert_array_equal(out, [0, 0, 51, 255, 255])
-
-
-def test_scale_to_unit_rejects_float_input():
-    with pytest.raises(TypeError, match="uint8"):
-        scale_to_unit(np.zeros((2, 2), np.float32))
 
 
 # --- pipelines on mocked tfds datasets -----------------------------------------------------
@@ -368,17 +337,9 @@ DISTRIBUTE_SCRIPT = textwrap.dedent(
 
 
 def test_distribute_splits_global_batch_over_two_replicas(prepared_dir):
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.run(
-        [sys.executable, "-c", DISTRIBUTE_SCRIPT, str(prepared_dir)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO_ROOT,
-        timeout=300,
+    result = run_script(
+        DISTRIBUTE_SCRIPT, str(prepared_dir), env={"PYTHONPATH": str(REPO_ROOT)}, cwd=REPO_ROOT
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["replicas"] == 2
     per_replica = [[[2, 16, 16, 1], [2, 16, 16, 1]], [[2], [2]]]
     assert result["shapes"] == [per_replica] * 3  # 12 examples / global batch 4

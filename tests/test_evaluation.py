@@ -10,7 +10,6 @@ import pytest
 import scipy.linalg
 
 from ddpm_tf.classifier import ImageClassifier
-from ddpm_tf.data import scale_to_unit
 from ddpm_tf.evaluation import (
     ClassifierFeatures,
     InceptionFeatures,
@@ -21,7 +20,8 @@ from ddpm_tf.evaluation import (
     real_floor,
     sample_quality,
 )
-from ddpm_tf.features import INCEPTION_WEIGHTS_FILE, to_unit_range
+from ddpm_tf.features import INCEPTION_WEIGHTS_FILE
+from ddpm_tf.pixels import scale_to_unit, to_unit_range
 
 
 def random_orthogonal(dim: int, rng: np.random.Generator) -> np.ndarray:

@@ -3,7 +3,7 @@
 The portable generator is checked against an independent integer implementation written here with
 NumPy bit operations, then for bit-identity of its integers in TensorFlow (graph and XLA), LiteRT
 and onnxruntime. The exports of a tiny trained model are run in fresh processes, and through
-`saved_model_cli run`, and compared with the in-memory `Sampler(..., noise="portable")`.
+`saved_model_cli run`, and compared with the in-memory sampler with noise_source="portable".
 """
 
 import json
@@ -17,8 +17,8 @@ import pytest
 import tensorflow as tf
 from scipy import stats
 
-from ddpm_tf import GaussianDiffusion, Sampler, get_beta_schedule, rng, unet
-from ddpm_tf.data import unit_to_uint8
+from ddpm_tf import GaussianDiffusion, Sampler, SamplingSpec, get_beta_schedule, rng, unet
+from ddpm_tf.export.cli import main
 from ddpm_tf.exporting import (
     ExportOptions,
     ExportVerificationError,
@@ -30,7 +30,7 @@ from ddpm_tf.exporting.graphs import ExportedFunction
 from ddpm_tf.exporting.onnx import write_onnx
 from ddpm_tf.exporting.tflite import operator_names, write_tflite
 from ddpm_tf.model import DiffusionModel
-from export.cli import main
+from ddpm_tf.pixels import unit_to_uint8
 
 T = 50
 SEED = (11, -3)
@@ -137,16 +137,17 @@ def test_portable_words_are_bit_identical_in_xla_tflite_and_onnx(tmp_path):
 def test_noise_source_is_validated_and_portable_sampling_is_seeded():
     net = unet.from_preset("tiny_8", ch=16, num_groups=4)
     diffusion = GaussianDiffusion(get_beta_schedule("linear", T))
-    with pytest.raises(ValueError, match="noise"):
-        Sampler(net, diffusion, (8, 8, 1), noise="numpy")
-    sampler = Sampler(net, diffusion, (8, 8, 1), sampler="ddim", num_steps=4, noise="portable")
+    with pytest.raises(ValueError, match="noise_source"):
+        Sampler(net, diffusion, (8, 8, 1), SamplingSpec(noise_source="numpy"))
+    spec = SamplingSpec(method="ddim", steps=4, noise_source="portable")
+    sampler = Sampler(net, diffusion, (8, 8, 1), spec)
     a, b = sampler(2, seed=(1, 2)).numpy(), sampler(2, seed=(1, 2)).numpy()
     c = sampler(2, seed=(1, 3)).numpy()
     np.testing.assert_array_equal(a, b)
     assert np.abs(a - c).max() > 0.1
     # a zero network makes DDIM deterministic given x_T: the output is a fixed scaling of x_T
     x_T = rng.portable_normal([2, 8, 8, 1], (1, 2), 0).numpy()
-    d = sampler.diffusion
+    d = sampler.process
     ab = d.alphas_cumprod
     eps_path = x_T.copy()
     for t in reversed(range(d.num_timesteps)):  # x0 = (x - sqrt(1-ab) eps)/sqrt(ab), eps = 0
@@ -180,7 +181,7 @@ def trained(tmp_path_factory):
 def _in_memory_images(model, num_samples=N) -> np.ndarray:
     """The in-memory sampler's images for the exported settings (DDIM, STEPS steps, EMA weights)."""
     images = model.generate(
-        num_samples, SEED, sampler="ddim", num_steps=int(STEPS), noise="portable"
+        num_samples, SEED, method="ddim", steps=int(STEPS), noise_source="portable"
     )
     return unit_to_uint8(images).numpy()
 
@@ -223,9 +224,9 @@ def test_every_format_reproduces_the_in_memory_sampler_in_a_fresh_process(
 ):
     model, _ = trained
     manifest = json.loads((exported / "manifest.json").read_text())
-    assert manifest["passed"] and manifest["sampler"]["noise"] == "portable"
+    assert manifest["passed"] and manifest["sampling"]["noise_source"] == "portable"
     assert (
-        manifest["sampler"]["num_steps"] == int(STEPS) and manifest["sampler"]["sampler"] == "ddim"
+        manifest["sampling"]["num_steps"] == int(STEPS) and manifest["sampling"]["method"] == "ddim"
     )
     found = {(a["format"], a["function"]) for a in manifest["artifacts"]}
     assert found == {
@@ -343,10 +344,9 @@ def test_command_line_refuses_bad_arguments_before_any_work(trained, tmp_path, c
         ([str(tmp_path / "none.keras"), "--out", str(tmp_path / "a")], "does not exist"),
     ]
     for argv, message in cases:
-        with pytest.raises(SystemExit) as exit_info:
-            main(argv)
-        assert exit_info.value.code == 2
-        assert message in capsys.readouterr().err
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
     assert (busy / "keep.txt").read_text() == "mine" and not (tmp_path / "a").exists()
 
 
@@ -373,7 +373,10 @@ def test_a_mismatch_fails_the_export_and_the_command(trained, tmp_path, monkeypa
 def test_class_conditional_export_with_guidance(tmp_path):
     model = _train(num_classes=3)
     options = ExportOptions(
-        formats=("tflite", "onnx"), sampler="ancestral", steps=5, num_samples=4, guidance_scale=3.0
+        formats=("tflite", "onnx"),
+        spec=SamplingSpec(method="ancestral", steps=5, noise_source="portable"),
+        num_samples=4,
+        guidance_scale=3.0,
     )
     manifest = export_model(model, tmp_path / "out", options)
     sampler = next(
@@ -407,7 +410,7 @@ def test_quantized_tflite_denoisers_are_quantized_and_within_their_tolerance(tra
     options = ExportOptions(tflite_quantization="float16")
     assert tflite_quantization("sample", options) == "none"  # float16 would change the noise
     assert tflite_quantization("denoise", options) == "float16"
-    function = denoiser_function(model.sampler(noise="portable"), None, 4, SEED)
+    function = denoiser_function(model.sampler(noise_source="portable"), None, 4, SEED)
     expected = function.reference()["output"]
     sizes = {}
     for quantization in ("none", "float16", "dynamic"):

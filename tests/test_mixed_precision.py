@@ -38,5 +38,5 @@ def test_mixed_float16_trains_close_to_float32(float32_run, mixed_precision):
     assert np.all(np.isfinite(losses))
     np.testing.assert_allclose(losses, ref, rtol=0.02)
     assert weight_distance(init, model.network.get_weights()) > 1e-3  # steps were not all skipped
-    samples = model.generate(2, seed=0, sampler="ddim", num_steps=5)
+    samples = model.generate(2, seed=0, method="ddim", steps=5)
     assert samples.dtype == tf.float32 and np.all(np.isfinite(samples.numpy()))

@@ -52,7 +52,7 @@ def test_fit_on_a_tfds_pipeline_runs_callbacks_and_counts_steps(trained):
     model, history, seen = trained
     assert len(seen) == 8 and np.all(np.isfinite(seen))
     assert set(history.history) == {"loss", "mse", "grad_norm"}
-    assert int(model.step_counter.numpy()) == 8 == int(model.optimizer.iterations.numpy())
+    assert model.step == 8 == int(model.optimizer.iterations.numpy())
     assert weight_distance(model.network.get_weights(), model.ema_network.get_weights()) > 0
 
 
@@ -127,9 +127,9 @@ def test_keras_file_round_trip_is_exact_and_training_continues_identically(train
     for name in ("network", "ema_network"):
         assert_same_weights(getattr(model, name).get_weights(), getattr(loaded, name).get_weights())
     assert loaded.diffusion.get_config() == model.diffusion.get_config()
-    assert int(loaded.step_counter.numpy()) == int(model.step_counter.numpy())
-    a = model.generate(3, seed=5, sampler="ddim", num_steps=10)
-    b = loaded.generate(3, seed=5, sampler="ddim", num_steps=10)
+    assert loaded.step == model.step
+    a = model.generate(3, seed=5, method="ddim", steps=10)
+    b = loaded.generate(3, seed=5, method="ddim", steps=10)
     np.testing.assert_array_equal(a.numpy(), b.numpy())
     ds = _dataset(batch=8, n=8)
     model.fit(ds, verbose=0)
@@ -141,13 +141,13 @@ def test_keras_file_round_trip_is_exact_and_training_continues_identically(train
 
 def test_generate_uses_ema_weights_and_is_seeded(trained):
     model, _, _ = trained
-    a = model.generate(2, seed=1, sampler="ddim", num_steps="ddim10")
-    b = model.generate(2, seed=1, sampler="ddim", num_steps="ddim10")
-    raw = model.generate(2, seed=1, sampler="ddim", num_steps="ddim10", use_ema=False)
+    a = model.generate(2, seed=1, method="ddim", steps="ddim10")
+    b = model.generate(2, seed=1, method="ddim", steps="ddim10")
+    raw = model.generate(2, seed=1, method="ddim", steps="ddim10", use_ema=False)
     np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert np.abs(a.numpy() - raw.numpy()).max() > 1e-4
     assert a.shape == (2, 8, 8, 1) and float(tf.reduce_max(tf.abs(a))) <= 1.0
-    ancestral = model.generate(2, seed=1, num_steps=20)
+    ancestral = model.generate(2, seed=1, steps=20)
     assert ancestral.shape == (2, 8, 8, 1)
 
 
@@ -162,7 +162,7 @@ def test_functional_network_with_the_unet_as_a_layer():
     model.compile(keras.optimizers.Adam(1e-3))
     history = model.fit(_dataset(batch=8, n=16), verbose=0).history
     assert np.isfinite(history["loss"][0])
-    assert model.generate(2, seed=0, sampler="ddim", num_steps=5).shape == (2, 8, 8, 1)
+    assert model.generate(2, seed=0, method="ddim", steps=5).shape == (2, 8, 8, 1)
 
 
 @pytest.mark.parametrize(
@@ -198,3 +198,48 @@ def test_bad_input_is_refused_before_training():
         DiffusionModel(_tiny(), _diffusion(), ema_decay=1.0)
     with pytest.raises(ValueError, match="timestep_sampler"):
         DiffusionModel(_tiny(), _diffusion(), timestep_sampler="importance")
+
+
+class CountingModel(DiffusionModel):
+    """A subclass with state of its own: how many images it has trained on."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.images_seen = self.add_weight(
+            shape=(), dtype="int64", initializer="zeros", trainable=False, name="images_seen"
+        )
+
+    def train_step(self, data):
+        logs = super().train_step(data)
+        self.images_seen.assign_add(tf.cast(tf.shape(data)[0], tf.int64))
+        return logs
+
+
+def test_state_a_subclass_adds_is_checkpointed_and_resumes_exactly(tmp_path):
+    from ddpm_tf.runs import RunDirectory
+
+    def build():
+        keras.utils.set_random_seed(2)
+        model = CountingModel(_tiny(ch=16, num_groups=4), _diffusion(), ema_decay=0.9, seed=1)
+        model.compile(keras.optimizers.Adam(1e-3))
+        return model
+
+    x = _images(16)
+    uninterrupted = build()
+    assert any(v is uninterrupted.images_seen for v in uninterrupted.checkpoint_variables())
+    uninterrupted.fit(x, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    run = RunDirectory(tmp_path / "run")
+    run.open({"note": "subclass state"}, uninterrupted)
+    run.save(uninterrupted)
+    uninterrupted.fit(x, batch_size=8, epochs=1, shuffle=False, verbose=0)
+
+    resumed = build()
+    assert int(resumed.images_seen.numpy()) == 0
+    assert RunDirectory(tmp_path / "run").restore(resumed) == 2 == resumed.step
+    assert int(resumed.images_seen.numpy()) == 16
+    resumed.fit(x, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    assert int(resumed.images_seen.numpy()) == 32 == int(uninterrupted.images_seen.numpy())
+    for a, b in zip(
+        resumed.checkpoint_variables(), uninterrupted.checkpoint_variables(), strict=True
+    ):
+        np.testing.assert_array_equal(np.asarray(a.numpy()), np.asarray(b.numpy()))

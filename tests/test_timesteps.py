@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ddpm_tf import LossSecondMomentResampler, UniformSampler, create_named_sampler
+from ddpm_tf import LossSecondMomentResampler, UniformSampler, create_timestep_sampler
 
 
 def test_uniform_sampler_covers_all_steps_with_unit_weights():
@@ -87,10 +87,10 @@ def test_sampler_runs_inside_tf_function():
 
 
 def test_named_samplers_and_errors():
-    assert isinstance(create_named_sampler("uniform", 5), UniformSampler)
-    assert isinstance(create_named_sampler("loss-second-moment", 5), LossSecondMomentResampler)
+    assert isinstance(create_timestep_sampler("uniform", 5), UniformSampler)
+    assert isinstance(create_timestep_sampler("loss-second-moment", 5), LossSecondMomentResampler)
     with pytest.raises(ValueError, match="Unknown `timestep_sampler` 'lossaware'"):
-        create_named_sampler("lossaware", 5)
+        create_timestep_sampler("lossaware", 5)
     with pytest.raises(ValueError, match="num_timesteps"):
         UniformSampler(0)
     with pytest.raises(ValueError, match="history_per_term"):

@@ -15,13 +15,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ddpm_tf.data import load_arrays, scale_to_unit, unit_to_uint8
+from ddpm_tf import rng
+from ddpm_tf.data import load_arrays
+from ddpm_tf.pixels import scale_to_unit, unit_to_uint8
 from ddpm_tf.runs import CheckpointError, RunConfigError, RunDirectory, load_model
-from training import config as cfg
-from training.classifier import main as classifier_main
-from training.evaluate import main as eval_main
-from training.sample import main as sample_main
-from training.train import main as train_main
+from ddpm_tf.training import config as cfg
+from ddpm_tf.training.classifier import main as classifier_main
+from ddpm_tf.training.evaluate import main as eval_main
+from ddpm_tf.training.sample import main as sample_main
+from ddpm_tf.training.train import main as train_main
 
 # A small, fast run on the embedded digits: a narrow U-Net and a short schedule.
 SMALL = [
@@ -35,7 +37,7 @@ SMALL = [
     "run.eval_every=8",
     "run.eval_batches=1",
     "run.num_samples=4",
-    "run.sample_steps=5",
+    "sampling.steps=5",
 ]
 
 
@@ -89,7 +91,7 @@ def test_overrides_are_typed():
         ("train.steps=many", "must be a int"),
         ("train.mixed_precision=1", "true or false"),
         ("train.steps=0", "train.steps must be >= 1"),
-        ("run.sampler=euler", "run.sampler"),
+        ("sampling.method=euler", "method"),
     ],
 )
 def test_bad_overrides_are_named(override, message):
@@ -154,8 +156,8 @@ def test_extending_a_run_equals_one_long_run(tmp_path, data_dir, long_run):
     assert (long_run / "samples" / "step_00000016.png").is_file()
     assert list((long_run / "logs").iterdir())  # TensorBoard events
     model = load_model(long_run)
-    assert int(model.step_counter.numpy()) == 16
-    assert model.generate(2, seed=0, sampler="ddim", num_steps=3).shape == (2, 8, 8, 1)
+    assert model.step == 16
+    assert model.generate(2, seed=0, method="ddim", steps=3).shape == (2, 8, 8, 1)
 
 
 def _cli(run_dir: Path, data_dir: str, steps: int) -> list[str]:
@@ -224,14 +226,14 @@ def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir, 
 
 def test_sample_cli_writes_a_grid_and_arrays(long_run, tmp_path, capsys):
     out = tmp_path / "samples"
-    args = [str(long_run), "--num", "3", "--sampler", "ddim", "--steps", "4", "--seed", "5"]
+    args = [str(long_run), "--num-samples", "3", "--method", "ddim", "--steps", "4", "--seed", "5"]
     assert sample_main([*args, "--out", str(out)]) == 0
     saved = np.load(out / "samples.npz")
     assert saved["images"].shape == (3, 8, 8, 1) and saved["images"].dtype == np.uint8
-    assert json.loads(str(saved["settings"]))["num_steps"] == 4
+    assert json.loads(str(saved["settings"]))["steps"] == 4
     assert (out / "samples.png").is_file()
     model = load_model(long_run)
-    expected = model.generate(3, seed=(5, 0), sampler="ddim", num_steps=4)
+    expected = model.generate(3, seed=rng.fold_in(rng.as_seed(5), 0), method="ddim", steps=4)
     np.testing.assert_array_equal(saved["images"], unit_to_uint8(expected).numpy())
     assert sample_main([*args, "--out", str(out)]) == 2  # refuses to overwrite
     assert "--overwrite" in capsys.readouterr().err
@@ -264,8 +266,8 @@ def test_eval_cli_reports_bits_per_dim_and_fid(long_run, tmp_path, data_dir):
     out = tmp_path / "eval"
     code = eval_main(
         [str(long_run), "--data-dir", data_dir, "--classifier", str(classifier)]
-        + ["--bpd-examples", "8", "--bpd-batch", "4", "--samples", "40"]
-        + ["--sampler", "ddim", "--steps", "5", "--out", str(out)]
+        + ["--bpd-examples", "8", "--bpd-batch", "4", "--num-samples", "40"]
+        + ["--method", "ddim", "--steps", "5", "--out", str(out)]
     )
     assert code == 0
     report = json.loads((out / "report.json").read_text())

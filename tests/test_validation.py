@@ -21,9 +21,9 @@ T_OK = np.array([0, 1], np.int32)
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"model_mean_type": "eps"}, "model_mean_type 'eps'"),
-        ({"model_var_type": "large"}, "model_var_type 'large'"),
-        ({"loss_type": "l2"}, "loss_type 'l2'"),
+        ({"model_mean_type": "eps"}, "`model_mean_type` 'eps'"),
+        ({"model_var_type": "large"}, "`model_var_type` 'large'"),
+        ({"loss_type": "l2"}, "`loss_type` 'l2'"),
         ({"betas": [0.1, 1.2]}, "betas"),
         ({"betas": [0.0, 0.1]}, "betas"),
         ({"dtype": "int32"}, "dtype"),
@@ -82,11 +82,11 @@ def test_sampler_arguments(d):
         d.p_sample_loop(fn, (2, 4, 4, 1), seed="abc")
     with pytest.raises(ValueError, match="`seed` must be an int or a pair"):
         d.p_sample_loop(fn, (2, 4, 4, 1), seed=(1, 2, 3))
-    with pytest.raises(ValueError, match="`eta` must be in"):
+    with pytest.raises(ValueError, match=r"eta must be a number in \[0.0, 1.0\]"):
         d.ddim_sample_loop(fn, (2, 4, 4, 1), seed=0, eta=2.0)
     with pytest.raises(ValueError, match="`noise`"):
         d.p_sample_loop(fn, (2, 4, 4, 1), seed=0, noise=np.zeros((1, 4, 4, 1), np.float32))
-    with pytest.raises(ValueError, match="`every`"):
+    with pytest.raises(ValueError, match="every must be an int >= 0"):
         d.p_sample_loop_progressive(fn, (2, 4, 4, 1), seed=0, every=-1)
 
 

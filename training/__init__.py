@@ -1,5 +1,7 @@
-"""The training program over `ddpm_tf`: `ddpm-train`, `ddpm-sample`, `ddpm-eval`, `ddpm-prepare`.
+"""The training programs, installed as `ddpm_tf.training`: ddpm-train, ddpm-sample, ddpm-eval,
+ddpm-classifier and ddpm-prepare, with the TOML presets of ddpm-train in `configs/`.
 
-Configs are TOML presets in `training/configs/` overridden from the command line; see
-`training.config` for the keys and `training.train` for the run directory it writes.
+Each program is a thin module: parse (`ddpm_tf.cli`), build from the library, run. `config.py`
+holds ddpm-train's config keys and presets, `callbacks.py` its Keras callbacks. No program imports
+another; what two programs share lives in the library.
 """

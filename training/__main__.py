@@ -1,7 +1,7 @@
-"""`python -m training` is `ddpm-train`."""
+"""`python -m ddpm_tf.training` is `ddpm-train`."""
 
 import sys
 
-from training.train import main
+from ddpm_tf.training.train import main
 
 sys.exit(main())

@@ -17,13 +17,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ddpm_tf.data import unit_to_uint8
-from ddpm_tf.images import make_grid, save_grid
+from ddpm_tf.pixels import make_grid, save_grid, unit_to_uint8
 from ddpm_tf.runs import RunDirectory
-
-
-def model_step(model: keras.Model) -> int:
-    return int(model.step_counter.numpy())
+from ddpm_tf.sampling_spec import SamplingSpec
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -44,7 +40,7 @@ class NanGuard(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         loss = float((logs or {}).get("loss", 0.0))
         if not math.isfinite(loss):
-            self.failed_step = model_step(self.model)
+            self.failed_step = self.model.step
             self.model.stop_training = True
 
 
@@ -57,13 +53,13 @@ class Checkpointer(keras.callbacks.Callback):
         self.last_saved: int | None = None
 
     def save(self) -> None:
-        step = model_step(self.model)
+        step = self.model.step
         if self.guard.failed_step is None and step != self.last_saved:
             self.run.save(self.model)
             self.last_saved = step
 
     def on_train_batch_end(self, batch, logs=None):
-        if model_step(self.model) % self.every == 0:
+        if self.model.step % self.every == 0:
             self.save()
 
 
@@ -87,7 +83,7 @@ class Progress(keras.callbacks.Callback):
         self._step0 = 0
 
     def on_train_batch_end(self, batch, logs=None):
-        step = model_step(self.model)
+        step = self.model.step
         if self._t0 is None:  # the first step traces the graph: time from its end
             self._t0, self._step0 = time.perf_counter(), step
         if step % self.every and step != self.total:
@@ -121,21 +117,21 @@ class Samples(keras.callbacks.Callback):
         writer: tf.summary.SummaryWriter,
         num_samples: int,
         seed: int,
-        **sampler_options,
+        spec: SamplingSpec,
     ):
         super().__init__()
         self.directory, self.every, self.writer = directory, every, writer
-        self.num_samples, self.seed, self.options = num_samples, seed, sampler_options
+        self.num_samples, self.seed, self.spec = num_samples, seed, spec
         self.last_written: int | None = None
 
     def write(self) -> Path:
         """The grid of the current step, sampled once however often it is asked for."""
-        step = model_step(self.model)
+        step = self.model.step
         path = self.directory / f"step_{step:08d}.png"
         if step == self.last_written:
             return path
         images = unit_to_uint8(
-            self.model.generate(self.num_samples, seed=self.seed, **self.options)
+            self.model.generate(self.num_samples, seed=self.seed, spec=self.spec)
         ).numpy()
         save_grid(images, path)
         with self.writer.as_default(step=step):
@@ -144,7 +140,7 @@ class Samples(keras.callbacks.Callback):
         return path
 
     def on_train_batch_end(self, batch, logs=None):
-        if model_step(self.model) % self.every == 0:
+        if self.model.step % self.every == 0:
             self.write()
 
 
@@ -164,7 +160,7 @@ class Evaluation(keras.callbacks.Callback):
         self.writer, self.stream = writer, stream
 
     def on_train_batch_end(self, batch, logs=None):
-        step = model_step(self.model)
+        step = self.model.step
         if step % self.every:
             return
         results = self.model.evaluate(self.dataset, steps=self.batches, verbose=0, return_dict=True)

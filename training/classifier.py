@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from ddpm_tf.data import DatasetNotPreparedError, load_arrays, num_classes
+from ddpm_tf import cli
+from ddpm_tf.classifier import train_classifier
+from ddpm_tf.data import load_arrays, num_classes
 
 __all__ = ["main"]
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ddpm-classifier",
-        description="Train the classifier whose features ddpm-eval uses for FID and KID.",
+def build_parser() -> cli.ProgramParser:
+    parser = cli.ProgramParser(
+        "ddpm-classifier", "Train the classifier whose features ddpm-eval uses for FID and KID."
     )
     parser.add_argument("--dataset", required=True, help="tfds name, e.g. sklearn_digits, mnist")
     parser.add_argument("--data-dir", default=None, help="tfds data directory")
@@ -32,39 +32,30 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
+    cli.add_seed(parser)
     parser.add_argument("--out", required=True, type=Path, help="model file, PATH.keras")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Runs the command; returns 0 on success, 2 on a bad argument or a missing dataset."""
-    parser = _parser()
-    args = parser.parse_args(argv)
+def train(args: argparse.Namespace, seed: int) -> None:
+    """Trains, saves the classifier and its metrics (PATH.json); checks the input first."""
     if args.out.suffix != ".keras":
-        parser.error(f"--out must end with .keras, got {str(args.out)!r}")
+        raise ValueError(f"--out must end with .keras, got {str(args.out)!r}")
     for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
         if value < 1:
-            parser.error(f"{flag} must be >= 1, got {value}")
+            raise ValueError(f"{flag} must be >= 1, got {value}")
     if not args.learning_rate > 0:
-        parser.error(f"--learning-rate must be > 0, got {args.learning_rate}")
-
-    from ddpm_tf.classifier import train_classifier  # Keras is only loaded for real work
-
-    try:
-        load = dict(data_dir=args.data_dir, download=args.download)
-        train = load_arrays(args.dataset, args.train_split, **load)
-        test = load_arrays(args.dataset, args.test_split, **load)
-        classes = num_classes(args.dataset, data_dir=args.data_dir)
-    except (DatasetNotPreparedError, ValueError) as err:
-        print(f"ddpm-classifier: error: {err}", file=sys.stderr)
-        return 2
+        raise ValueError(f"--learning-rate must be > 0, got {args.learning_rate}")
+    load = dict(data_dir=args.data_dir, download=args.download)
+    train_split = load_arrays(args.dataset, args.train_split, **load)
+    test = load_arrays(args.dataset, args.test_split, **load)
+    classes = num_classes(args.dataset, data_dir=args.data_dir)
     model, metrics = train_classifier(
-        *train,
+        *train_split,
         classes,
         epochs=args.epochs,
         batch_size=args.batch_size,
-        seed=args.seed,
+        seed=seed,
         val=(test[0], test[1]),
         learning_rate=args.learning_rate,
     )
@@ -77,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         "image_shape": list(model.image_shape),
         "num_classes": model.num_classes,
         "feature_dim": model.feature_dim,
-        "seed": args.seed,
+        "seed": seed,
         "test_accuracy": metrics["val_accuracy"],
         **metrics,
         "model": str(args.out),
@@ -88,8 +79,17 @@ def main(argv: list[str] | None = None) -> int:
         f"test accuracy {metrics['val_accuracy']:.4f} on {metrics['num_val']} images; "
         f"saved {args.out} and {json_path}"
     )
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs ddpm-classifier; returns the exit code (0 done, 1 failed, 2 bad input)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    seed = cli.seed_value(args, parser)
+    if not isinstance(seed, int):
+        parser.error("--seed takes one int here (the seed of Keras' initialisers and shuffling)")
+    return cli.run("ddpm-classifier", lambda a: train(a, seed), args)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

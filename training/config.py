@@ -14,6 +14,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ddpm_tf.sampling_spec import SamplingSpec
+
 DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {
         "dataset": "sklearn_digits",  # a tfds name (embedded: sklearn_digits, mnist5k)
@@ -63,15 +65,15 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "eval_every": 2000,
         "eval_batches": 4,
         "num_samples": 64,
-        "sampler": "ddim",
-        "sample_steps": 100,
     },
+    # How the sample grids of a run are drawn: the fields of ddpm_tf.SamplingSpec.
+    "sampling": SamplingSpec(method="ddim", steps=100).to_dict(),
 }
 
-# Keys a run may change when it is resumed: its length and its bookkeeping.
-MAY_CHANGE = ("train.steps", "run")
+# Keys a run may change when it is resumed: its length, its bookkeeping and how grids are sampled.
+MAY_CHANGE = ("train.steps", "run", "sampling")
 
-PRESETS_PACKAGE = "training.configs"
+PRESETS_PACKAGE = "ddpm_tf.training.configs"
 
 
 class ConfigError(ValueError):
@@ -137,7 +139,10 @@ def _set(config: dict, key: str, value: Any) -> None:
         close = difflib.get_close_matches(name, config[section], n=3)
         hint = f" Did you mean {[f'{section}.{c}' for c in close]}?" if close else ""
         raise ConfigError(f"unknown config key {key!r}.{hint}")
-    config[section][name] = _check_type(key, DEFAULTS[section][name], value)
+    if section == "sampling":  # typed and checked as a whole by SamplingSpec in `validate`
+        config[section][name] = value
+    else:
+        config[section][name] = _check_type(key, DEFAULTS[section][name], value)
 
 
 def resolve(preset: str = "digits", overrides: list[str] = ()) -> tuple[str, dict]:
@@ -169,5 +174,7 @@ def validate(config: dict) -> None:
             raise ConfigError(f"run.{key} must be >= 1, got {run[key]}.")
     if not train["lr"] > 0:
         raise ConfigError(f"train.lr must be > 0, got {train['lr']}.")
-    if run["sampler"] not in ("ancestral", "ddim"):
-        raise ConfigError(f"run.sampler must be 'ancestral' or 'ddim', got {run['sampler']!r}.")
+    try:
+        SamplingSpec.from_dict(config["sampling"])
+    except ValueError as err:
+        raise ConfigError(f"[sampling] {err}") from None

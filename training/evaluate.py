@@ -1,8 +1,8 @@
 """`ddpm-eval`: test-set bits/dim from the full variational bound, and FID/KID of samples.
 
     ddpm-eval runs/digits --classifier runs/digits_classifier.keras --out runs/digits/eval
-    ddpm-eval runs/cifar10 --inception-weights inception_v3_..._notop.h5 --samples 10000 \
-        --sampler ddim --steps 100 --out runs/cifar10/eval
+    ddpm-eval runs/cifar10 --inception-weights inception_v3_..._notop.h5 --num-samples 10000 \
+        --method ddim --steps 100 --out runs/cifar10/eval
 
 Bits/dim is the exact bound `calc_bpd_loop` sums over all T steps (L_T + sum L_t + L_0) with the
 EMA weights, averaged over test images. FID and KID compare generated images with the test split
@@ -16,26 +16,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from ddpm_tf import cli
+from ddpm_tf.data import load_arrays
+from ddpm_tf.evaluation import sample_quality
+from ddpm_tf.features import ClassifierFeatures, InceptionFeatures
+from ddpm_tf.likelihood import bits_per_dim
+from ddpm_tf.pixels import save_grid
+from ddpm_tf.runs import RunDirectory, load_model
+from ddpm_tf.sampling import generate_uint8
+from ddpm_tf.sampling_spec import SamplingSpec
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from ddpm_tf.data import DatasetNotPreparedError, load_arrays, scale_to_unit  # noqa: E402
-from ddpm_tf.evaluation import sample_quality  # noqa: E402
-from ddpm_tf.features import ClassifierFeatures, InceptionFeatures  # noqa: E402
-from ddpm_tf.images import save_grid  # noqa: E402
-from ddpm_tf.runs import CheckpointError, RunDirectory, load_model  # noqa: E402
-from training.sample import add_sampler_arguments, generate_uint8, sampler_options  # noqa: E402
+DEFAULT_SPEC = SamplingSpec()  # ancestral over all T steps, EMA weights
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="ddpm-eval", description=__doc__.splitlines()[0])
+def build_parser() -> cli.ProgramParser:
+    parser = cli.ProgramParser("ddpm-eval", __doc__.splitlines()[0].split(": ", 1)[1])
     parser.add_argument("model", help="a run directory written by ddpm-train, or a .keras file")
     parser.add_argument("--out", required=True, help="directory for report.json and samples.png")
     parser.add_argument("--dataset", help="tfds name (default: the run's)")
@@ -46,43 +44,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--bpd-examples", type=int, default=-1, help="test images for bits/dim (-1: all, 0: skip)"
     )
     parser.add_argument("--bpd-batch", type=int, default=250)
-    parser.add_argument(
-        "--samples", type=int, default=-1, help="images to generate (-1: as many as test images)"
-    )
+    cli.add_num_samples(parser, -1, "images to generate (-1: as many as test images, 0: none)")
+    cli.add_seed(parser)
+    parser.add_argument("--batch-size", type=int, default=256, help="images per compiled call")
     features = parser.add_mutually_exclusive_group()
     features.add_argument("--classifier", help="a .keras classifier from ddpm-classifier")
     features.add_argument("--inception-weights", help="InceptionV3 no-top weights (.h5)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report")
-    add_sampler_arguments(parser)
-    return parser.parse_args(argv)
+    cli.add_sampling_arguments(parser, DEFAULT_SPEC)
+    return parser
 
 
-def bits_per_dim(model, images: np.ndarray, batch: int) -> dict:
-    """Mean of the exact bound over `images` (uint8), with its parts, in bits/dim."""
-    denoise = model.denoiser(
-        labels=None if model.num_classes is None else tf.fill([batch], model.num_classes)
-    )
-    totals, priors, decoders = [], [], []
-    for start in range(0, len(images), batch):
-        x = scale_to_unit(images[start : start + batch])
-        if x.shape[0] < batch:  # pad the last batch so one compiled loop serves all
-            x = tf.concat([x, tf.zeros([batch - x.shape[0], *x.shape[1:]])], 0)
-        out = model.diffusion.calc_bpd_loop(denoise, x)
-        keep = min(batch, len(images) - start)
-        totals.append(out["total_bpd"].numpy()[:keep])
-        priors.append(out["prior_bpd"].numpy()[:keep])
-        decoders.append(out["vb"].numpy()[:keep, 0])
-    total = np.concatenate(totals)
-    return {
-        "bpd": float(total.mean()),
-        "bpd_stderr": float(total.std(ddof=1) / np.sqrt(len(total))) if len(total) > 1 else None,
-        "prior_bpd": float(np.concatenate(priors).mean()),
-        "decoder_bpd": float(np.concatenate(decoders).mean()),
-        "num_examples": len(total),
-    }
-
-
-def evaluate(args: argparse.Namespace) -> dict:
+def evaluate(args: argparse.Namespace, seed: int | tuple[int, int]) -> dict:
+    """Measures the model of `args` and writes report.json (and samples.png); returns the report."""
+    spec = cli.sampling_spec(args, DEFAULT_SPEC)
     out = Path(args.out)
     if (out / "report.json").exists() and not args.overwrite:
         raise ValueError(f"{out / 'report.json'} exists; pass --overwrite or another --out.")
@@ -99,27 +74,26 @@ def evaluate(args: argparse.Namespace) -> dict:
         extractor = InceptionFeatures(args.inception_weights)
     else:
         extractor = None
+    model = load_model(args.model)
     load = dict(data_dir=args.data_dir, label_key=None, image_size=size)
     test, _ = load_arrays(dataset, split, **load)
-    model = load_model(args.model)
     report: dict = {
         "model": str(args.model),
-        "step": int(model.step_counter.numpy()),
+        "step": model.step,
         "dataset": dataset,
         "split": split,
     }
     began = time.perf_counter()
     if args.bpd_examples != 0:
         count = len(test) if args.bpd_examples < 0 else min(args.bpd_examples, len(test))
-        report["likelihood"] = bits_per_dim(model, test[:count], min(args.bpd_batch, count))
+        report["likelihood"] = bits_per_dim(model, test[:count], args.bpd_batch)
         report["likelihood"]["seconds"] = round(time.perf_counter() - began, 1)
-    num = len(test) if args.samples < 0 else args.samples
+    num = len(test) if args.num_samples < 0 else args.num_samples
     if num > 0:
         began = time.perf_counter()
-        options = sampler_options(args)
-        fake = generate_uint8(model, num, args.seed, options)
-        report["sampler"] = {**options, "seed": args.seed, "num_samples": num}
-        report["sampler"]["seconds"] = round(time.perf_counter() - began, 1)
+        fake = generate_uint8(model, num, seed, spec, batch_size=args.batch_size)
+        report["sampling"] = {**spec.to_dict(), "seed": seed, "num_samples": num}
+        report["sampling"]["seconds"] = round(time.perf_counter() - began, 1)
         out.mkdir(parents=True, exist_ok=True)
         save_grid(fake[:64], out / "samples.png")
         if extractor is not None:
@@ -129,19 +103,17 @@ def evaluate(args: argparse.Namespace) -> dict:
             )
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
     return report
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        report = evaluate(args)
-    except (ValueError, FileNotFoundError, CheckpointError, DatasetNotPreparedError) as err:
-        print(f"ddpm-eval: error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(report, indent=2))
-    return 0
+    """Runs ddpm-eval; returns the exit code (0 done, 1 failed, 2 bad input)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    seed = cli.seed_value(args, parser)
+    return cli.run("ddpm-eval", lambda a: evaluate(a, seed), args)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -17,29 +17,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
+from ddpm_tf import cli
 from ddpm_tf.datasets import EMBEDDED_DATASETS, IDX_DATASETS, prepare
 
 __all__ = ["main"]
 
-# Bad arguments, missing or corrupt source files, an existing dataset, a missing package
-# (IdxFormatError is a ValueError).
-_USER_ERRORS = (
-    ValueError,
-    TypeError,
-    FileNotFoundError,
-    FileExistsError,
-    NotADirectoryError,
-    ModuleNotFoundError,
-)
 
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ddpm-prepare",
-        description="Prepare a tensorflow-datasets dataset from local files, without network.",
+def build_parser() -> cli.ProgramParser:
+    parser = cli.ProgramParser(
+        "ddpm-prepare", "Prepare a tensorflow-datasets dataset from local files, without network."
     )
     parser.add_argument("name", choices=[*IDX_DATASETS, *EMBEDDED_DATASETS], help="dataset")
     parser.add_argument("--data-dir", required=True, help="tfds data directory to write into")
@@ -55,17 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Runs ``ddpm-prepare``; returns 0 on success and 2 on a user error."""
-    args = _parser().parse_args(argv)
+def run(args: argparse.Namespace) -> None:
+    """Prepares the dataset and prints what was written."""
     start = time.perf_counter()
-    try:
-        builder = prepare(
-            args.name, args.data_dir, source_dir=args.source, overwrite=args.overwrite
-        )
-    except _USER_ERRORS as err:
-        print(f"ddpm-prepare: error: {err}", file=sys.stderr)
-        return 2
+    builder = prepare(args.name, args.data_dir, source_dir=args.source, overwrite=args.overwrite)
     splits = ", ".join(
         f"{split} {info.num_examples}" for split, info in builder.info.splits.items()
     )
@@ -73,8 +54,13 @@ def main(argv: list[str] | None = None) -> int:
         f"Prepared {builder.info.full_name} in {os.fspath(builder.data_dir)} "
         f"({splits} examples) in {time.perf_counter() - start:.1f} s"
     )
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs ddpm-prepare; returns the exit code (0 done, 1 failed, 2 bad input)."""
+    args = build_parser().parse_args(argv)
+    return cli.run("ddpm-prepare", run, args)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -5,52 +5,37 @@
     ddpm-train --config my_run.toml --run-dir runs/mine
 
 Rerunning the same command continues from the newest checkpoint of the run directory; a run
-directory holding a run with another config is refused (only `train.steps` and the `run.*`
-bookkeeping may change, so a finished run can be extended).
+directory holding a run with another config is refused (only `train.steps`, the `run.*`
+bookkeeping and the `[sampling]` of the grids may change, so a finished run can be extended).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+import tensorflow as tf
 
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from ddpm_tf import (  # noqa: E402
-    DiffusionModel,
-    GaussianDiffusion,
-    default_optimizer,
-    from_preset,
-    get_beta_schedule,
-)
-from ddpm_tf.data import DatasetNotPreparedError, load_arrays, step_batches  # noqa: E402
-from ddpm_tf.data import num_classes as data_num_classes  # noqa: E402
-from ddpm_tf.distribute import make_strategy  # noqa: E402
-from ddpm_tf.runs import CheckpointError, RunConfigError, RunDirectory  # noqa: E402
-from training import callbacks as cb  # noqa: E402
-from training.config import MAY_CHANGE, ConfigError, preset_names, resolve  # noqa: E402
-
-EXIT_USAGE = 2
-EXIT_NAN = 3
+from ddpm_tf import cli
+from ddpm_tf.data import load_arrays, step_batches
+from ddpm_tf.data import num_classes as data_num_classes
+from ddpm_tf.distribute import make_strategy
+from ddpm_tf.recipe import build_model
+from ddpm_tf.runs import RunDirectory
+from ddpm_tf.sampling_spec import SamplingSpec
+from ddpm_tf.training import callbacks as cb
+from ddpm_tf.training.config import MAY_CHANGE, preset_names, resolve
 
 SAMPLE_SEED = 1234  # the grids of one run always show the same noise, so progress is visible
 
 
-class UsageError(Exception):
-    """A problem with the user's input, reported in one message with exit code 2."""
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="ddpm-train",
-        description="Train a denoising diffusion model. With no arguments: the embedded digits "
-        "dataset, no network needed.",
+def build_parser() -> cli.ProgramParser:
+    parser = cli.ProgramParser(
+        "ddpm-train",
+        "Train a denoising diffusion model. With no arguments: the embedded digits dataset, no "
+        "network needed.",
     )
     parser.add_argument(
         "--config",
@@ -67,7 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.steps=100"
     )
-    return parser.parse_args(argv)
+    return parser
 
 
 def load_data(config: dict, data_dir: str | None, download: bool):
@@ -84,45 +69,8 @@ def load_data(config: dict, data_dir: str | None, download: bool):
     return (*train, *test)
 
 
-def build_model(config: dict, image_shape: tuple[int, int, int], num_classes: int | None):
-    """The DiffusionModel of `config` for images of `image_shape`, compiled with its optimizer."""
-    model_cfg = {
-        k: tuple(v) if isinstance(v, list) else v  # TOML lists -> the tuples UNet's config holds
-        for k, v in config["model"].items()
-        if k != "preset" and v is not None
-    }
-    diff = config["diffusion"]
-    train = config["train"]
-    if image_shape[0] != image_shape[1]:
-        raise UsageError(f"images must be square, got {image_shape}; set data.image_size.")
-    network = from_preset(
-        config["model"]["preset"],
-        image_size=image_shape[0],
-        in_channels=image_shape[2],
-        learn_sigma=diff["var_type"] in ("learned", "learned_range"),
-        num_classes=num_classes,
-        **model_cfg,
-    )
-    diffusion = GaussianDiffusion(
-        get_beta_schedule(diff["schedule"], num_timesteps=diff["timesteps"]),
-        model_mean_type=diff["mean_type"],
-        model_var_type=diff["var_type"],
-        loss_type=diff["loss_type"],
-    )
-    model = DiffusionModel(
-        network,
-        diffusion,
-        ema_decay=train["ema_decay"],
-        timestep_sampler=train["timestep_sampler"],
-        grad_clip_norm=train["grad_clip"] or None,
-        label_dropout=train["label_dropout"],
-        seed=train["seed"],
-    )
-    model.compile(default_optimizer(train["lr"], train["warmup"]), jit_compile=train["jit_compile"])
-    return model
-
-
 def train(args: argparse.Namespace) -> int:
+    """Trains (or resumes) the run of `args`; see the module docstring."""
     name, config = resolve(args.config, args.overrides)
     run = RunDirectory(args.run_dir or Path("runs") / name, keep=config["run"]["keep"])
     run.check_config(config, may_change=MAY_CHANGE)  # before any work, before writing anything
@@ -174,8 +122,7 @@ def train(args: argparse.Namespace) -> int:
         writer,
         run_cfg["num_samples"],
         SAMPLE_SEED,
-        sampler=run_cfg["sampler"],
-        num_steps=None if run_cfg["sampler"] == "ancestral" else run_cfg["sample_steps"],
+        SamplingSpec.from_dict(config["sampling"]),
     )
     callbacks = [
         guard,
@@ -194,19 +141,16 @@ def train(args: argparse.Namespace) -> int:
         verbose=0,
     )
     if guard.failed_step is not None:
-        last = run.latest_checkpoint()
-        print(
-            f"ddpm-train: stopped: the loss became NaN or infinite at step {guard.failed_step}. "
-            f"The newest good checkpoint is kept: {last or 'none yet'}. Try a lower train.lr, "
-            "train.grad_clip=1.0, or turn off train.mixed_precision.",
-            file=sys.stderr,
+        raise cli.NonFiniteLoss(
+            f"the loss became NaN or infinite at step {guard.failed_step}. The newest good "
+            f"checkpoint is kept: {run.latest_checkpoint() or 'none yet'}. Try a lower train.lr, "
+            "train.grad_clip=1.0, or turn off train.mixed_precision."
         )
-        return EXIT_NAN
     checkpointer.save()
     grid = samples.write()
     writer.flush()
     print(
-        f"done: step {cb.model_step(model)} in {time.perf_counter() - began:.0f} s; "
+        f"done: step {model.step} in {time.perf_counter() - began:.0f} s; "
         f"checkpoint {run.latest_checkpoint()}; samples {grid}",
         flush=True,
     )
@@ -214,20 +158,10 @@ def train(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        return train(args)
-    except (
-        ConfigError,
-        RunConfigError,
-        CheckpointError,
-        DatasetNotPreparedError,
-        UsageError,
-        ValueError,
-    ) as err:
-        print(f"ddpm-train: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+    """Runs ddpm-train; returns the exit code (0 done, 1 failed, 2 bad input, 3 non-finite loss)."""
+    args = build_parser().parse_args(argv)
+    return cli.run("ddpm-train", train, args)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -4,7 +4,7 @@ Every export draws its noise with the portable generator, runs each artifact in 
 fixed inputs, compares with TensorFlow and writes `manifest.json`; see `export_model`.
 """
 
-from ddpm_tf.exporting.options import FORMATS, QUANTIZATIONS, ExportOptions, parse_steps
+from ddpm_tf.exporting.options import EXPORT_SPEC, FORMATS, QUANTIZATIONS, ExportOptions
 from ddpm_tf.exporting.pipeline import (
     MANIFEST,
     build_sampler,
@@ -16,6 +16,7 @@ from ddpm_tf.exporting.verify import ExportVerificationError, Tolerance
 from ddpm_tf.runs import load_model  # a .keras file or a run directory
 
 __all__ = [
+    "EXPORT_SPEC",
     "FORMATS",
     "MANIFEST",
     "QUANTIZATIONS",
@@ -27,6 +28,5 @@ __all__ = [
     "export_model",
     "load_model",
     "open_function",
-    "parse_steps",
     "verify_export",
 ]

@@ -1,7 +1,8 @@
 """The exported computations as tf.functions with fixed signatures, and their in-memory references.
 
 Every exported sampler draws its noise with the portable generator (`rng.portable_normal`), so the
-SavedModel, TFLite and ONNX artifacts and `Sampler(..., noise="portable")` give the same images.
+SavedModel, TFLite and ONNX artifacts and a `Sampler` whose spec has noise_source="portable" give
+the same images.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from ddpm_tf import rng
-from ddpm_tf.data import unit_to_uint8
+from ddpm_tf.pixels import unit_to_uint8
 from ddpm_tf.sampling import Sampler, call_network
 
 Feeds = dict[str, np.ndarray]
@@ -46,9 +47,9 @@ def sampler_function(
     Unconditional: sample(num_samples, seed), or sample(seed) with `num_samples` fixed. Conditional:
     sample(labels [N], seed, guidance_scale); with `num_samples` fixed, labels have N entries.
     """
-    if sampler.noise != "portable":
+    if sampler.spec.noise_source != "portable":
         raise ValueError(
-            "Exported samplers need `noise='portable'`: no TF random op may be exported."
+            "Exported samplers need noise_source='portable': no TF random op may be exported."
         )
     seed_spec = tf.TensorSpec([2], tf.int32, name="seed")
     feeds: Feeds = {"seed": np.asarray(seed, np.int32)}
@@ -93,7 +94,7 @@ def denoiser_function(
 ) -> ExportedFunction:
     """denoise(x_t, t[, labels]) -> {"output": the network's float32 output} (original timesteps)."""
     network, image_shape = sampler.network, sampler.image_shape
-    last_step = int(sampler.diffusion.timestep_map[-1])  # the latest step the sampler visits
+    last_step = int(sampler.process.timestep_map[-1])  # the latest step the sampler visits
     x_t = rng.portable_normal([feed_batch, *image_shape], seed).numpy()
     t = np.linspace(0, last_step, feed_batch).round().astype(np.int32)
     feeds: Feeds = {"x_t": x_t, "t": t}

@@ -43,19 +43,9 @@ def check_output_dir(out_dir: str | Path, overwrite: bool) -> Path:
     return out
 
 
-def build_sampler(
-    model: DiffusionModel, options: ExportOptions, jit_compile: bool = False
-) -> Sampler:
-    """The in-memory sampler that the exports reproduce: `model.sampler(...)` with portable noise."""
-    return model.sampler(
-        sampler=options.sampler,
-        num_steps=options.steps,
-        eta=options.eta,
-        clip_denoised=options.clip_denoised,
-        use_ema=options.use_ema,
-        jit_compile=jit_compile,
-        noise="portable",
-    )
+def build_sampler(model: DiffusionModel, options: ExportOptions) -> Sampler:
+    """The in-memory sampler that the exports reproduce: `model.sampler(options.spec)`."""
+    return model.sampler(options.spec)
 
 
 def _functions(
@@ -147,17 +137,13 @@ def _manifest(model: DiffusionModel, sampler: Sampler, options: ExportOptions, a
         "model": {
             "image_shape": list(model.image_shape),
             "num_classes": model.num_classes,
-            "weights": "ema" if options.use_ema else "raw",
+            "weights": "ema" if options.spec.use_ema else "raw",
             "diffusion": model.diffusion.get_config(),
         },
-        "sampler": {
-            "sampler": options.sampler,
-            "steps": options.steps,
-            "num_steps": sampler.diffusion.num_timesteps,
-            "timesteps": sampler.diffusion.timestep_map.tolist(),
-            "eta": options.eta,
-            "clip_denoised": options.clip_denoised,
-            "noise": "portable",
+        "sampling": {
+            **options.spec.to_dict(),
+            "num_steps": sampler.process.num_timesteps,
+            "timesteps": sampler.process.timestep_map.tolist(),
             "fixed_num_samples": options.num_samples,
             "tflite_quantization": options.tflite_quantization,
             "onnx_opset": options.onnx_opset,

@@ -85,7 +85,7 @@ def main(name):
         "weights_moved": moved,
         "loss_single": h1["loss"],
         "loss_mirrored": h2["loss"],
-        "steps": [int(single.step_counter.numpy()), int(mirrored.step_counter.numpy())],
+        "steps": [single.step, mirrored.step],
     }
     if config["sampler"] == "loss-second-moment":
         result["history_max_diff"] = float(
@@ -99,7 +99,7 @@ def main(name):
         ]
     if not conditional:
         images = sample_per_replica(
-            strategy, mirrored.sampler("ddim", num_steps=5), 2, seed=3
+            strategy, mirrored.sampler(method="ddim", steps=5), 2, seed=3
         ).numpy()
         result["per_replica_shape"] = list(images.shape)
         result["replicas_differ"] = float(np.abs(images[:2] - images[2:]).max())

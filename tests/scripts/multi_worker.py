@@ -42,7 +42,7 @@ def main(out_dir: str) -> None:
         "index": index,
         "replicas": strategy.num_replicas_in_sync,
         "loss": history["loss"],
-        "steps": int(model.step_counter.numpy()),
+        "steps": model.step,
         "digest": hashlib.sha256(weights.tobytes()).hexdigest(),
         "weights_sum": float(weights.sum()),
     }

@@ -1,7 +1,12 @@
-"""Image grids: tile a batch of uint8 images [N, H, W, C] into one picture and save it as PNG.
+"""Pixels: uint8 images <-> the model's [-1, 1] range, and image grids saved as PNG.
 
-Small images (8x8 digits) are upscaled by an integer factor with nearest-neighbour repetition,
-so every source pixel becomes a sharp ``scale x scale`` block and no values are invented.
+The one place that knows how pixels map to model inputs (``x / 127.5 - 1``) and back, and how a
+batch of images becomes one picture. It imports no dataset code, so the exporters, the classifier,
+the evaluation and the programs can use it without loading the tfds pipeline.
+
+Small images (8x8 digits) are upscaled in grids by an integer factor with nearest-neighbour
+repetition, so every source pixel becomes a sharp ``scale x scale`` block and no values are
+invented.
 """
 
 from __future__ import annotations
@@ -11,11 +16,74 @@ import os
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 from PIL import Image
 
 from ddpm_tf.checks import check_int
 
-__all__ = ["auto_scale", "make_grid", "save_grid"]
+__all__ = [
+    "FLOAT_TOLERANCE",
+    "auto_scale",
+    "make_grid",
+    "save_grid",
+    "scale_to_unit",
+    "to_unit_range",
+    "unit_to_uint8",
+]
+
+
+def scale_to_unit(images: tf.Tensor) -> tf.Tensor:
+    """Maps uint8 pixels in [0, 255] to float32 in [-1, 1] as ``x / 127.5 - 1``.
+
+    Raises:
+        TypeError: if ``images`` is not uint8 (already-scaled floats would be silently wrong).
+    """
+    images = tf.convert_to_tensor(images)
+    if images.dtype != tf.uint8:
+        raise TypeError(f"scale_to_unit expects uint8 pixels in [0, 255], got {images.dtype.name}")
+    return tf.cast(images, tf.float32) / 127.5 - 1.0
+
+
+def unit_to_uint8(images: tf.Tensor) -> tf.Tensor:
+    """Inverse of :func:`scale_to_unit`: clips to [-1, 1] and rounds ``(x + 1) * 127.5`` to uint8.
+
+    Used to turn model samples back into displayable/exportable images. Exact on the 256 values
+    produced by :func:`scale_to_unit`.
+    """
+    images = tf.clip_by_value(tf.cast(images, tf.float32), -1.0, 1.0)
+    return tf.cast(tf.round((images + 1.0) * 127.5), tf.uint8)
+
+
+FLOAT_TOLERANCE = 0.05
+"""Float images may stray this far outside [-1, 1] (sampler round-off) before they are rejected."""
+
+
+def to_unit_range(images: object, arg: str = "images") -> np.ndarray:
+    """Checks images [N, H, W, C] (C in 1, 3) and returns them as float32 in [-1, 1].
+
+    uint8 pixels map as ``x / 127.5 - 1`` (:func:`scale_to_unit`); floats must already be
+    in [-1, 1] (up to ``FLOAT_TOLERANCE``, then clipped), so pixels in [0, 255] or [0, 1] stored
+    as floats are rejected rather than silently mis-scaled.
+    """
+    x = np.asarray(images)
+    if x.ndim != 4 or x.shape[0] == 0 or x.shape[-1] not in (1, 3):
+        raise ValueError(
+            f"{arg} must have shape [N, H, W, C] with N >= 1 and C in (1, 3), got shape {x.shape}"
+        )
+    if x.dtype == np.uint8:
+        return scale_to_unit(x).numpy()
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(f"{arg} must be uint8 in [0, 255] or floats in [-1, 1], got {x.dtype}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{arg} contains NaN or infinite values")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < -1 - FLOAT_TOLERANCE or hi > 1 + FLOAT_TOLERANCE:
+        raise ValueError(
+            f"float {arg} must be in [-1, 1], got values in [{lo:.4g}, {hi:.4g}]; pass uint8 "
+            "pixels instead, or map model outputs with ddpm_tf.pixels.unit_to_uint8"
+        )
+    return np.clip(x, -1.0, 1.0).astype(np.float32)
+
 
 MIN_CELL_PIXELS = 64
 """With ``scale=None`` images are upscaled until their longer side is at least this many pixels."""
@@ -36,7 +104,7 @@ def make_grid(
     """Tiles uint8 images [N, H, W, C] (C in 1, 3, 4) into one uint8 array [Hg, Wg, C].
 
     Args:
-        images: uint8 [N, H, W, C]; floats from a model go through ``data.unit_to_uint8`` first.
+        images: uint8 [N, H, W, C]; floats from a model go through :func:`unit_to_uint8` first.
         ncols: images per row; default ``ceil(sqrt(N))``. Rows are ``ceil(N / ncols)``; unused
             cells of the last row are filled with ``pad_value``.
         scale: integer nearest-neighbour upscaling factor; default :func:`auto_scale`.
@@ -50,7 +118,7 @@ def make_grid(
     if images.dtype != np.uint8:
         raise TypeError(
             f"images must be uint8 in [0, 255], got dtype {images.dtype}; convert model outputs "
-            "in [-1, 1] with ddpm_tf.data.unit_to_uint8"
+            "in [-1, 1] with ddpm_tf.pixels.unit_to_uint8"
         )
     if images.ndim != 4 or images.shape[0] == 0 or images.shape[-1] not in (1, 3, 4):
         raise ValueError(

@@ -1,10 +1,11 @@
-"""Tests for ddpm_tf.images: grid layout, nearest-neighbour upscaling and the PNG round trip."""
+"""Tests for ddpm_tf.pixels: the uint8 <-> [-1, 1] mapping, grid layout, upscaling and the PNG round trip."""
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
-from ddpm_tf.images import auto_scale, make_grid, save_grid
+from ddpm_tf.pixels import auto_scale, make_grid, save_grid, scale_to_unit, unit_to_uint8
 
 
 def numbered_images(n: int, height: int, width: int, channels: int) -> np.ndarray:
@@ -68,3 +69,29 @@ def test_grid_bad_input():
         make_grid(good, pad_value=300)
     with pytest.raises(ValueError, match=r"\.png"):
         save_grid(good, "grid.jpg")
+
+
+def test_scale_to_unit_known_pixels():
+    pixels = np.array([0, 51, 128, 255], np.uint8)
+    expected = np.array([-1.0, -0.6, 1.0 / 255.0, 1.0])  # (2 * v - 255) / 255
+    out = scale_to_unit(pixels)
+    assert out.dtype == tf.float32
+    np.testing.assert_allclose(out.numpy(), expected, atol=1e-6)
+    assert out.numpy()[0] == -1.0 and out.numpy()[-1] == 1.0
+
+
+def test_unit_to_uint8_round_trip_is_exact_on_all_values():
+    pixels = np.arange(256, dtype=np.uint8)
+    back = unit_to_uint8(scale_to_unit(pixels))
+    assert back.dtype == tf.uint8
+    np.testing.assert_array_equal(back.numpy(), pixels)
+
+
+def test_unit_to_uint8_clips_and_rounds():
+    out = unit_to_uint8(np.array([-3.0, -1.0, -0.6, 0.999, 7.0], np.float32)).numpy()
+    np.testing.assert_array_equal(out, [0, 0, 51, 255, 255])
+
+
+def test_scale_to_unit_rejects_float_input():
+    with pytest.raises(TypeError, match="uint8"):
+        scale_to_unit(np.zeros((2, 2), np.float32))

@@ -1,0 +1,209 @@
+"""What every program of the package shares: parsing, flags, errors and exit codes.
+
+Each program (`ddpm-train`, `ddpm-sample`, `ddpm-eval`, `ddpm-classifier`, `ddpm-prepare`,
+`ddpm-export`) builds a `ProgramParser`, takes its shared flags from here (the sampling spec, the
+seed, the number of samples, the guidance scale) and runs its body through `run`, so that all of
+them behave alike:
+
+- exit codes: 0 done, 1 failed, 2 bad input, 3 non-finite loss (stated in every `--help`);
+- every expected error is one line on stderr, "PROGRAM: error: what was wrong and how to fix it";
+  an unexpected one is one line too, with its traceback under `--verbose`;
+- `--verbose` also shows TensorFlow's start-up lines, which a plain run holds back (see
+  `ddpm_tf._startup`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from ddpm_tf.sampling_spec import METHODS, NOISE_SOURCES, SamplingSpec
+
+EXIT_DONE = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_NON_FINITE = 3
+EXIT_CODES = "exit codes: 0 done, 1 failed, 2 bad input, 3 non-finite loss"
+
+__all__ = [
+    "EXIT_BAD_INPUT",
+    "EXIT_DONE",
+    "EXIT_FAILED",
+    "EXIT_NON_FINITE",
+    "Failed",
+    "NonFiniteLoss",
+    "ProgramParser",
+    "add_guidance_scale",
+    "add_num_samples",
+    "add_sampling_arguments",
+    "add_seed",
+    "run",
+    "sampling_spec",
+]
+
+
+class Failed(RuntimeError):
+    """The program ran but did not achieve its goal (exit code 1), e.g. an export that fails its
+    verification."""
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training stopped at a NaN or infinite loss (exit code 3)."""
+
+
+def _bad_input_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean the user's input was wrong (exit code 2). A corrupt or mismatched
+    checkpoint is input too: the user chose the file."""
+    from ddpm_tf.runs import CheckpointError  # imported here: runs imports TensorFlow
+
+    return (
+        ValueError,
+        TypeError,
+        FileNotFoundError,
+        FileExistsError,
+        NotADirectoryError,
+        ModuleNotFoundError,
+        CheckpointError,
+    )
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's message as one line."""
+    text = " ".join(part.strip() for part in str(error).splitlines() if part.strip())
+    return text or type(error).__name__
+
+
+class ProgramParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (exit 2) and whose help states the exit codes.
+
+    Every program gets `--verbose`: TensorFlow's start-up lines and tracebacks of unexpected errors.
+    """
+
+    def __init__(self, prog: str, description: str, **kwargs: Any):
+        super().__init__(
+            prog=prog,
+            description=description,
+            epilog=EXIT_CODES,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            **kwargs,
+        )
+        self.add_argument(
+            "--verbose",
+            action="store_true",
+            help="show TensorFlow's start-up lines and the traceback of an unexpected error",
+        )
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+
+
+# The flag of each SamplingSpec setting; a test checks that every field of the spec has one.
+SAMPLING_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "method": ("--method", {"choices": METHODS, "help": "sampling method"}),
+    "steps": (
+        "--steps",
+        {"help": "sampling steps: N (respaced), ddimN, or section counts like 10,15,20"},
+    ),
+    "eta": ("--eta", {"type": float, "help": "DDIM stochasticity in [0, 1]"}),
+    "clip_denoised": (
+        "--clip",
+        {"action": argparse.BooleanOptionalAction, "help": "clip x_0 predictions to [-1, 1]"},
+    ),
+    "use_ema": (
+        "--ema",
+        {"action": argparse.BooleanOptionalAction, "help": "EMA weights (--no-ema: raw weights)"},
+    ),
+    "noise_source": ("--noise-source", {"choices": NOISE_SOURCES, "help": "noise generator"}),
+    "jit_compile": (
+        "--xla",
+        {"action": argparse.BooleanOptionalAction, "help": "compile the sampling loop with XLA"},
+    ),
+}
+
+
+def add_sampling_arguments(
+    parser: argparse.ArgumentParser, default: SamplingSpec
+) -> argparse._ArgumentGroup:
+    """The flags of a `SamplingSpec`, each defaulting to `default`'s value (shown in --help)."""
+    group = parser.add_argument_group("sampling", "how images are sampled (a SamplingSpec)")
+    for name in SamplingSpec.fields():
+        flag, options = SAMPLING_FLAGS[name]
+        value = getattr(default, name)
+        shown = "all T" if name == "steps" and value is None else value
+        options = {**options, "help": f"{options['help']} (default: {shown})"}
+        group.add_argument(flag, dest=f"spec_{name}", default=argparse.SUPPRESS, **options)
+    return group
+
+
+def sampling_spec(args: argparse.Namespace, default: SamplingSpec) -> SamplingSpec:
+    """The `SamplingSpec` of the parsed flags: `default` with the flags that were given."""
+    given = {
+        name: getattr(args, f"spec_{name}")
+        for name in SamplingSpec.fields()
+        if hasattr(args, f"spec_{name}")
+    }
+    return default.replace(**given)
+
+
+def add_seed(parser: argparse.ArgumentParser, default: int = 0, help: str = "random seed") -> None:
+    """`--seed N` or `--seed N M`: one int or a pair (as `ddpm_tf.rng.as_seed` takes them)."""
+    parser.add_argument(
+        "--seed",
+        type=int,
+        nargs="+",
+        default=[default],
+        metavar="N",
+        help=f"{help}: one int or two (default: {default})",
+    )
+
+
+def seed_value(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int | tuple[int, int]:
+    """The parsed `--seed`: an int, or a pair of ints."""
+    if len(args.seed) > 2:
+        parser.error(f"--seed takes one int or two, got {len(args.seed)}")
+    return args.seed[0] if len(args.seed) == 1 else (args.seed[0], args.seed[1])
+
+
+def add_num_samples(parser: argparse.ArgumentParser, default: int, help: str) -> None:
+    """`--num-samples N`: how many images a program generates."""
+    parser.add_argument(
+        "--num-samples", type=int, default=default, help=f"{help} (default: {default})"
+    )
+
+
+def add_guidance_scale(parser: argparse.ArgumentParser, default: float, help: str) -> None:
+    """`--guidance-scale S`: classifier-free guidance of class-conditional models."""
+    parser.add_argument(
+        "--guidance-scale", type=float, default=default, help=f"{help} (default: {default})"
+    )
+
+
+def run(prog: str, body: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> int:
+    """Runs a program's body and turns its outcome into an exit code and at most one error line.
+
+    The body's return value is the exit code if it is an int, else the program is done (0).
+    """
+    try:
+        status = body(args)
+        return status if isinstance(status, int) else EXIT_DONE
+    except NonFiniteLoss as err:
+        print(f"{prog}: stopped: {one_line(err)}", file=sys.stderr)
+        return EXIT_NON_FINITE
+    except Failed as err:
+        print(f"{prog}: failed: {one_line(err)}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as err:  # noqa: BLE001  (sorted into bad input and failures below)
+        if isinstance(err, _bad_input_errors()):
+            print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        if getattr(args, "verbose", False):
+            traceback.print_exc()
+        hint = "" if getattr(args, "verbose", False) else " (rerun with --verbose for details)"
+        print(f"{prog}: failed: {type(err).__name__}: {one_line(err)}{hint}", file=sys.stderr)
+        return EXIT_FAILED

@@ -1,0 +1,198 @@
+"""Every private or internal TensorFlow / tensorflow-datasets API that ddpm_tf uses, in one place.
+
+Each wrapper below names the private API it uses, the public API it replaces (or why there is
+none) and the versions it was checked against: TensorFlow 2.21.0 and tensorflow-datasets 4.9.10
+(:data:`CHECKED_VERSIONS`). When upgrading either package, run :func:`check_private_apis` (and
+``tests/test_compat.py``): it names every private attribute that has disappeared.
+
+- :func:`merge_call` wraps ``tf.__internal__.distribute.interim.maybe_merge_call``.
+- :func:`in_multi_worker_mode` wraps ``MultiWorkerMirroredStrategy.extended._in_multi_worker_mode``.
+- :class:`LocalFilesDownloadManager` overrides ``tfds.download.DownloadManager._download``.
+- :func:`use_download_manager` shadows ``tfds.core.DatasetBuilder._make_download_manager``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+__all__ = [
+    "CHECKED_VERSIONS",
+    "PRIVATE_APIS",
+    "LocalFilesDownloadManager",
+    "check_private_apis",
+    "in_multi_worker_mode",
+    "merge_call",
+    "use_download_manager",
+]
+
+T = TypeVar("T")
+
+# The versions every wrapper in this module was read and tested against.
+CHECKED_VERSIONS: dict[str, str] = {"tensorflow": "2.21.0", "tensorflow-datasets": "4.9.10"}
+
+
+def _mwms_module() -> object:
+    # MultiWorkerMirroredStrategy's extended class (CollectiveAllReduceExtended) has no public
+    # name; it lives in the module that defines the strategy.
+    return importlib.import_module(tf.distribute.MultiWorkerMirroredStrategy.__module__)
+
+
+# Name shown to users -> (root object, dotted attribute path below it). Looked up, never called.
+PRIVATE_APIS: dict[str, tuple[Callable[[], object], str]] = {
+    "tf.__internal__.distribute.interim.maybe_merge_call": (
+        lambda: tf,
+        "__internal__.distribute.interim.maybe_merge_call",
+    ),
+    "tf.distribute.MultiWorkerMirroredStrategy.extended._in_multi_worker_mode": (
+        _mwms_module,
+        "CollectiveAllReduceExtended._in_multi_worker_mode",
+    ),
+    "tfds.download.DownloadManager._download": (lambda: tfds, "download.DownloadManager._download"),
+    "tfds.core.DatasetBuilder._make_download_manager": (
+        lambda: tfds,
+        "core.DatasetBuilder._make_download_manager",
+    ),
+}
+
+
+def check_private_apis() -> list[str]:
+    """Names of the private APIs in :data:`PRIVATE_APIS` missing (or not callable) in this install.
+
+    Each is looked up with ``getattr`` only, never called, so this is cheap and side-effect free.
+    An empty list means every wrapper in this module can work; anything else means an upgrade of
+    TensorFlow or tensorflow-datasets removed or renamed something and the wrapper needs a fix.
+    """
+    missing = []
+    for name, (root, path) in PRIVATE_APIS.items():
+        try:
+            target = root()
+            for attr in path.split("."):
+                target = getattr(target, attr)
+        except (AttributeError, ImportError):
+            missing.append(name)
+            continue
+        if not callable(target):
+            missing.append(name)
+    return missing
+
+
+# --------------------------------------------------------------------------------- tf.distribute
+
+
+def merge_call(fn: Callable[..., T], strategy: tf.distribute.Strategy, *args: Any) -> T:
+    """Runs ``fn(strategy, *args)`` once in cross-replica context when the strategy needs it.
+
+    Wraps ``tf.__internal__.distribute.interim.maybe_merge_call`` (TensorFlow 2.21.0), the call
+    Keras 3's TensorFlow optimizer makes for its own variable updates. The public
+    ``tf.distribute.get_replica_context().merge_call(fn, args=args)`` always merges; the internal
+    one skips the merge where the strategy opts out of merge_call (Mirrored and MultiWorkerMirrored
+    strategies compiled with XLA on all-GPU devices) and then calls ``fn(strategy, *args)``
+    directly in replica context, as Keras does. Per-replica ``args`` reach ``fn`` as
+    ``PerReplica`` values when merged.
+    """
+    return tf.__internal__.distribute.interim.maybe_merge_call(fn, strategy, *args)
+
+
+def in_multi_worker_mode(strategy: tf.distribute.Strategy) -> bool:
+    """Whether ``strategy`` is a MultiWorkerMirroredStrategy that spans more than one worker.
+
+    Wraps ``strategy.extended._in_multi_worker_mode()`` (TensorFlow 2.21.0), asked only of a
+    ``tf.distribute.MultiWorkerMirroredStrategy``; every other strategy gives False. There is no
+    public equivalent: ``strategy.cluster_resolver`` exposes the cluster, but counting its
+    workers would repeat TensorFlow's own rules for which tasks are workers.
+    """
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and bool(
+        strategy.extended._in_multi_worker_mode()
+    )
+
+
+# --------------------------------------------------------------------------- tensorflow-datasets
+
+
+class LocalFilesDownloadManager(tfds.download.DownloadManager):
+    """A download manager that serves requested URLs from local files and never downloads.
+
+    Lets tfds' own builders (e.g. ``mnist``) prepare from files already on disk. A URL is
+    answered by the local file with the same base name (``.gz`` stripped, since the files are
+    handed out already decompressed); any other request is an error. ``served`` records the
+    names handed out, so a caller can tell whether the builder asked for them at all.
+
+    Overrides the public ``download`` / ``download_and_extract`` (the only routes tfds' mnist
+    builders use) and the private ``_download`` (tensorflow-datasets 4.9.10), the one method
+    through which the base class reaches the network, so any other route fails instead of
+    downloading. tfds has no public way to hand a builder local files: ``manual_dir`` only
+    serves builders that declare manual downloads, and pre-filling the download cache depends on
+    tfds' internal file naming and checksums.
+    """
+
+    def __init__(self, files: Mapping[str, Path], source_bytes: int, **kwargs: Any) -> None:
+        """``files`` maps any keys to the local paths; ``kwargs`` go to ``DownloadManager``."""
+        super().__init__(**kwargs)
+        self._local_files = {path.name: path for path in files.values()}
+        self._source_bytes = source_bytes
+        self.served: set[str] = set()  # names of the files handed out
+
+    @property
+    def downloaded_size(self) -> int:
+        return self._source_bytes
+
+    def _resolve(self, url_or_urls: Any) -> Any:
+        if isinstance(url_or_urls, Mapping):
+            return {k: self._resolve(v) for k, v in url_or_urls.items()}
+        if isinstance(url_or_urls, list | tuple):
+            return type(url_or_urls)(self._resolve(v) for v in url_or_urls)
+        url = getattr(url_or_urls, "url", None) or os.fspath(url_or_urls)
+        name = url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".gz")
+        if name not in self._local_files:
+            raise RuntimeError(
+                f"the tfds builder requested {url!r}, which has no local counterpart among "
+                f"{sorted(self._local_files)}; this tensorflow-datasets version ("
+                f"{tfds.__version__}) asks for other files than were provided"
+            )
+        self.served.add(name)
+        return tfds.core.Path(self._local_files[name])
+
+    def download(self, url_or_urls: Any) -> Any:
+        return self._resolve(url_or_urls)
+
+    def download_and_extract(self, url_or_urls: Any) -> Any:
+        return self._resolve(url_or_urls)
+
+    def _download(self, resource: Any) -> Any:  # any other route to the network is a bug
+        raise RuntimeError(f"refusing to download {resource} while preparing from local files")
+
+
+_MANAGER_HOOK = "_make_download_manager"
+
+
+@contextlib.contextmanager
+def use_download_manager(
+    builder: tfds.core.DatasetBuilder, manager: tfds.download.DownloadManager
+) -> Iterator[None]:
+    """Makes ``builder.download_and_prepare()`` use ``manager`` inside the ``with`` block.
+
+    Shadows the private ``DatasetBuilder._make_download_manager`` (tensorflow-datasets 4.9.10)
+    with an instance attribute that returns ``manager``, and removes it on exit.
+    ``download_and_prepare`` takes no download manager, so there is no public way to inject one.
+
+    Raises:
+        RuntimeError: this tensorflow-datasets has no ``DatasetBuilder._make_download_manager``.
+    """
+    if not callable(getattr(type(builder), _MANAGER_HOOK, None)):
+        raise RuntimeError(
+            f"tensorflow-datasets {tfds.__version__} has no DatasetBuilder.{_MANAGER_HOOK}; "
+            f"ddpm_tf.compat was checked against {CHECKED_VERSIONS['tensorflow-datasets']}"
+        )
+    setattr(builder, _MANAGER_HOOK, lambda *_, **__: manager)  # shadows the method
+    try:
+        yield
+    finally:
+        delattr(builder, _MANAGER_HOOK)

@@ -1,0 +1,66 @@
+"""Models from a training config: the sections `model`, `diffusion` and `train` to a DiffusionModel.
+
+A config is the nested dict that `ddpm-train` resolves from a TOML preset and its overrides (see
+`ddpm_tf.training.config` for the keys and their defaults) and saves as a run's `config.json`.
+Building the model here, in the library, lets any code rebuild the model of a run from that file.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ddpm_tf.diffusion import GaussianDiffusion
+from ddpm_tf.model import DiffusionModel, default_optimizer
+from ddpm_tf.schedules import get_beta_schedule
+from ddpm_tf.unet import from_preset
+
+__all__ = ["build_diffusion", "build_model"]
+
+
+def build_diffusion(section: dict[str, Any]) -> GaussianDiffusion:
+    """The `GaussianDiffusion` of a config's `diffusion` section."""
+    return GaussianDiffusion(
+        get_beta_schedule(section["schedule"], num_timesteps=section["timesteps"]),
+        model_mean_type=section["mean_type"],
+        model_var_type=section["var_type"],
+        loss_type=section["loss_type"],
+    )
+
+
+def build_model(
+    config: dict[str, Any], image_shape: tuple[int, int, int], num_classes: int | None = None
+) -> DiffusionModel:
+    """The compiled `DiffusionModel` of `config` for square images of `image_shape` (H, W, C).
+
+    `num_classes` makes the U-Net class-conditional (classifier-free guidance). Call it under a
+    distribution strategy's scope to build the model for that strategy.
+    """
+    height, width, channels = (int(s) for s in image_shape)
+    if height != width:
+        raise ValueError(f"images must be square, got {tuple(image_shape)}; set data.image_size.")
+    overrides = {
+        k: tuple(v) if isinstance(v, list) else v  # TOML lists -> the tuples UNet's config holds
+        for k, v in config["model"].items()
+        if k != "preset" and v is not None
+    }
+    diffusion = build_diffusion(config["diffusion"])
+    network = from_preset(
+        config["model"]["preset"],
+        image_size=height,
+        in_channels=channels,
+        learn_sigma=diffusion.learns_variance,
+        num_classes=num_classes,
+        **overrides,
+    )
+    train = config["train"]
+    model = DiffusionModel(
+        network,
+        diffusion,
+        ema_decay=train["ema_decay"],
+        timestep_sampler=train["timestep_sampler"],
+        grad_clip_norm=train["grad_clip"] or None,
+        label_dropout=train["label_dropout"],
+        seed=train["seed"],
+    )
+    model.compile(default_optimizer(train["lr"], train["warmup"]), jit_compile=train["jit_compile"])
+    return model

@@ -1,0 +1,96 @@
+"""The package's shape: one import name, programs that import no other program, layers that hold.
+
+These read the installed distribution and the source files, so they fail when a change breaks the
+layout that docs/ARCHITECTURE.md describes.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import subprocess
+import sys
+from pathlib import Path
+
+import ddpm_tf
+
+PACKAGE = Path(ddpm_tf.__file__).parent
+ROOT = PACKAGE.parent
+PROGRAMS = {
+    "ddpm_tf.training.train",
+    "ddpm_tf.training.sample",
+    "ddpm_tf.training.evaluate",
+    "ddpm_tf.training.classifier",
+    "ddpm_tf.training.prepare",
+    "ddpm_tf.export.cli",
+}
+
+
+def test_the_distribution_installs_one_import_name():
+    dist = importlib.metadata.distribution("ddpm-tf")
+    assert dist.read_text("top_level.txt").split() == ["ddpm_tf"]
+    provided = {name for name, dists in importlib.metadata.packages_distributions().items()}
+    owned = {
+        name for name in provided if "ddpm-tf" in importlib.metadata.packages_distributions()[name]
+    }
+    assert owned == {"ddpm_tf"}
+    for script in dist.entry_points.select(group="console_scripts"):
+        assert script.value.startswith("ddpm_tf."), script
+
+
+def test_training_and_export_are_not_importable_outside_the_package(tmp_path):
+    code = (
+        "import importlib.util as u; "
+        "print(u.find_spec('training'), u.find_spec('export'), u.find_spec('ddpm_tf.training'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out[:2] == ["None", "None"] and out[2] != "None"
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return names
+
+
+def _module_files() -> dict[str, Path]:
+    files = {}
+    for folder, package in ((PACKAGE, "ddpm_tf"), (ROOT / "training", "ddpm_tf.training")):
+        for path in folder.rglob("*.py"):
+            if package == "ddpm_tf" and "training" in path.parts:
+                continue
+            relative = path.relative_to(folder).with_suffix("")
+            files[".".join((package, *relative.parts))] = path
+    files["ddpm_tf.export.cli"] = ROOT / "export" / "cli.py"
+    return files
+
+
+def test_no_program_imports_another_program():
+    files = _module_files()
+    for program in PROGRAMS:
+        others = PROGRAMS - {program}
+        assert not _imports(files[program]) & others, program
+
+
+def test_the_library_imports_no_program():
+    for name, path in _module_files().items():
+        if name.startswith(("ddpm_tf.training", "ddpm_tf.export")):
+            continue
+        bad = {i for i in _imports(path) if i.startswith(("ddpm_tf.training", "ddpm_tf.export."))}
+        assert not bad, (name, bad)
+
+
+def test_pixels_exporting_and_classifier_do_not_import_the_tfds_pipeline():
+    files = _module_files()
+    for name in ("ddpm_tf.pixels", "ddpm_tf.classifier", "ddpm_tf.features", "ddpm_tf.sampling"):
+        assert "ddpm_tf.data" not in _imports(files[name]), name
+    for name, path in files.items():
+        if name.startswith("ddpm_tf.exporting") or name == "ddpm_tf.export.cli":
+            assert "ddpm_tf.data" not in _imports(path), name
