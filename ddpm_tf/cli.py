@@ -40,6 +40,7 @@ __all__ = [
     "add_num_samples",
     "add_sampling_arguments",
     "add_seed",
+    "main",
     "run",
     "sampling_spec",
 ]
@@ -148,23 +149,26 @@ def sampling_spec(args: argparse.Namespace, default: SamplingSpec) -> SamplingSp
     return default.replace(**given)
 
 
+class _SeedAction(argparse.Action):
+    """Stores `--seed N` as an int and `--seed N M` as a pair."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if len(values) > 2:
+            parser.error(f"--seed takes one int or two, got {len(values)}")
+        setattr(namespace, self.dest, values[0] if len(values) == 1 else tuple(values))
+
+
 def add_seed(parser: argparse.ArgumentParser, default: int = 0, help: str = "random seed") -> None:
     """`--seed N` or `--seed N M`: one int or a pair (as `ddpm_tf.rng.as_seed` takes them)."""
     parser.add_argument(
         "--seed",
         type=int,
         nargs="+",
-        default=[default],
+        action=_SeedAction,
+        default=default,
         metavar="N",
         help=f"{help}: one int or two (default: {default})",
     )
-
-
-def seed_value(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int | tuple[int, int]:
-    """The parsed `--seed`: an int, or a pair of ints."""
-    if len(args.seed) > 2:
-        parser.error(f"--seed takes one int or two, got {len(args.seed)}")
-    return args.seed[0] if len(args.seed) == 1 else (args.seed[0], args.seed[1])
 
 
 def add_num_samples(parser: argparse.ArgumentParser, default: int, help: str) -> None:
@@ -179,6 +183,15 @@ def add_guidance_scale(parser: argparse.ArgumentParser, default: float, help: st
     parser.add_argument(
         "--guidance-scale", type=float, default=default, help=f"{help} (default: {default})"
     )
+
+
+def main(
+    parser: argparse.ArgumentParser,
+    body: Callable[[argparse.Namespace], Any],
+    argv: list[str] | None = None,
+) -> int:
+    """A program's `main`: parses `argv` with `parser` and runs `body` (see `run`)."""
+    return run(parser.prog, body, parser.parse_args(argv))
 
 
 def run(prog: str, body: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> int:

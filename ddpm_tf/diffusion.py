@@ -577,8 +577,9 @@ class GaussianDiffusion:
         jit_compile: bool = False,
     ) -> tf.Tensor:
         """Ancestral sampling x_T ~ N(0, I) -> x_0 in one compiled loop; x_T is `noise` if given."""
-        spec = SamplingSpec("ancestral", clip_denoised=clip_denoised, jit_compile=jit_compile)
-        return self._run_loop(spec, denoise_fn, shape, seed, noise, 0)["sample"]
+        return self.p_sample_loop_progressive(
+            denoise_fn, shape, seed, clip_denoised, 0, noise, jit_compile
+        )["sample"]
 
     def ddim_sample_loop_progressive(
         self,
@@ -606,8 +607,9 @@ class GaussianDiffusion:
         jit_compile: bool = False,
     ) -> tf.Tensor:
         """DDIM sampling over this process's steps (respace first for fewer steps)."""
-        spec = SamplingSpec("ddim", eta=eta, clip_denoised=clip_denoised, jit_compile=jit_compile)
-        return self._run_loop(spec, denoise_fn, shape, seed, noise, 0)["sample"]
+        return self.ddim_sample_loop_progressive(
+            denoise_fn, shape, seed, eta, clip_denoised, 0, noise, jit_compile
+        )["sample"]
 
     def _run_loop(self, spec: SamplingSpec, denoise_fn, shape, seed, noise, every) -> dict:
         """One call of a sampling loop, compiled for this call only.

@@ -72,7 +72,7 @@ def _summary(manifest: dict) -> str:
     return "\n".join(lines)
 
 
-def export(args: argparse.Namespace, seed: int | tuple[int, int]) -> None:
+def export(args: argparse.Namespace) -> None:
     """Checks every input (options, output directory, model) first, then exports and verifies."""
     options = ExportOptions(
         formats=tuple(args.formats),
@@ -81,7 +81,7 @@ def export(args: argparse.Namespace, seed: int | tuple[int, int]) -> None:
         guidance_scale=args.guidance_scale,
         tflite_quantization=args.tflite_quantization,
         onnx_opset=args.onnx_opset,
-        verify_seed=tuple(int(v) for v in rng.as_seed(seed).numpy()),
+        verify_seed=tuple(int(v) for v in rng.as_seed(args.seed).numpy()),
     )
     check_output_dir(args.out, args.overwrite)
     model = load_model(args.model)
@@ -95,10 +95,7 @@ def export(args: argparse.Namespace, seed: int | tuple[int, int]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Runs ddpm-export; returns the exit code (0 done, 1 failed, 2 bad input)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    seed = cli.seed_value(args, parser)
-    return cli.run("ddpm-export", lambda a: export(a, seed), args)
+    return cli.main(build_parser(), export, argv)
 
 
 if __name__ == "__main__":

@@ -37,8 +37,12 @@ def build_parser() -> cli.ProgramParser:
     return parser
 
 
-def train(args: argparse.Namespace, seed: int) -> None:
+def train(args: argparse.Namespace) -> None:
     """Trains, saves the classifier and its metrics (PATH.json); checks the input first."""
+    if not isinstance(args.seed, int):
+        raise ValueError(
+            "--seed takes one int here (the seed of Keras' initialisers and shuffling)"
+        )
     if args.out.suffix != ".keras":
         raise ValueError(f"--out must end with .keras, got {str(args.out)!r}")
     for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
@@ -55,7 +59,7 @@ def train(args: argparse.Namespace, seed: int) -> None:
         classes,
         epochs=args.epochs,
         batch_size=args.batch_size,
-        seed=seed,
+        seed=args.seed,
         val=(test[0], test[1]),
         learning_rate=args.learning_rate,
     )
@@ -68,7 +72,7 @@ def train(args: argparse.Namespace, seed: int) -> None:
         "image_shape": list(model.image_shape),
         "num_classes": model.num_classes,
         "feature_dim": model.feature_dim,
-        "seed": seed,
+        "seed": args.seed,
         "test_accuracy": metrics["val_accuracy"],
         **metrics,
         "model": str(args.out),
@@ -83,12 +87,7 @@ def train(args: argparse.Namespace, seed: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Runs ddpm-classifier; returns the exit code (0 done, 1 failed, 2 bad input)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    seed = cli.seed_value(args, parser)
-    if not isinstance(seed, int):
-        parser.error("--seed takes one int here (the seed of Keras' initialisers and shuffling)")
-    return cli.run("ddpm-classifier", lambda a: train(a, seed), args)
+    return cli.main(build_parser(), train, argv)
 
 
 if __name__ == "__main__":

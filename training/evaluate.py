@@ -55,7 +55,7 @@ def build_parser() -> cli.ProgramParser:
     return parser
 
 
-def evaluate(args: argparse.Namespace, seed: int | tuple[int, int]) -> dict:
+def evaluate(args: argparse.Namespace) -> dict:
     """Measures the model of `args` and writes report.json (and samples.png); returns the report."""
     spec = cli.sampling_spec(args, DEFAULT_SPEC)
     out = Path(args.out)
@@ -91,8 +91,8 @@ def evaluate(args: argparse.Namespace, seed: int | tuple[int, int]) -> dict:
     num = len(test) if args.num_samples < 0 else args.num_samples
     if num > 0:
         began = time.perf_counter()
-        fake = generate_uint8(model, num, seed, spec, batch_size=args.batch_size)
-        report["sampling"] = {**spec.to_dict(), "seed": seed, "num_samples": num}
+        fake = generate_uint8(model, num, args.seed, spec, batch_size=args.batch_size)
+        report["sampling"] = {**spec.to_dict(), "seed": args.seed, "num_samples": num}
         report["sampling"]["seconds"] = round(time.perf_counter() - began, 1)
         out.mkdir(parents=True, exist_ok=True)
         save_grid(fake[:64], out / "samples.png")
@@ -109,10 +109,7 @@ def evaluate(args: argparse.Namespace, seed: int | tuple[int, int]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Runs ddpm-eval; returns the exit code (0 done, 1 failed, 2 bad input)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    seed = cli.seed_value(args, parser)
-    return cli.run("ddpm-eval", lambda a: evaluate(a, seed), args)
+    return cli.main(build_parser(), evaluate, argv)
 
 
 if __name__ == "__main__":

@@ -58,8 +58,7 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Runs ddpm-prepare; returns the exit code (0 done, 1 failed, 2 bad input)."""
-    args = build_parser().parse_args(argv)
-    return cli.run("ddpm-prepare", run, args)
+    return cli.main(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

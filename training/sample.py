@@ -57,7 +57,7 @@ def _labels(text: str | None, num: int) -> np.ndarray | None:
     return np.asarray(values, np.int32)
 
 
-def sample(args: argparse.Namespace, seed: int | tuple[int, int]) -> None:
+def sample(args: argparse.Namespace) -> None:
     """Samples and writes the grid and the .npz; checks everything before sampling."""
     spec = cli.sampling_spec(args, DEFAULT_SPEC)
     out = Path(args.out)
@@ -70,7 +70,7 @@ def sample(args: argparse.Namespace, seed: int | tuple[int, int]) -> None:
     images = generate_uint8(
         model,
         args.num_samples,
-        seed,
+        args.seed,
         spec,
         labels=labels,
         guidance_scale=args.guidance_scale,
@@ -79,7 +79,7 @@ def sample(args: argparse.Namespace, seed: int | tuple[int, int]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     settings = {
         **spec.to_dict(),
-        "seed": seed,
+        "seed": args.seed,
         "guidance_scale": args.guidance_scale,
         "model": args.model,
     }
@@ -91,10 +91,7 @@ def sample(args: argparse.Namespace, seed: int | tuple[int, int]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Runs ddpm-sample; returns the exit code (0 done, 1 failed, 2 bad input)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    seed = cli.seed_value(args, parser)
-    return cli.run("ddpm-sample", lambda a: sample(a, seed), args)
+    return cli.main(build_parser(), sample, argv)
 
 
 if __name__ == "__main__":

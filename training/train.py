@@ -159,8 +159,7 @@ def train(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Runs ddpm-train; returns the exit code (0 done, 1 failed, 2 bad input, 3 non-finite loss)."""
-    args = build_parser().parse_args(argv)
-    return cli.run("ddpm-train", train, args)
+    return cli.main(build_parser(), train, argv)
 
 
 if __name__ == "__main__":
