@@ -106,12 +106,17 @@ SAMPLING_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "method": ("--method", {"choices": METHODS, "help": "sampling method"}),
     "steps": (
         "--steps",
-        {"help": "sampling steps: N (respaced), ddimN, or section counts like 10,15,20"},
+        {"help": "sampling steps: N (respaced), ddimN, logsnrN, or section counts like 10,15,20"},
     ),
     "eta": ("--eta", {"type": float, "help": "DDIM stochasticity in [0, 1]"}),
+    "solver_order": ("--solver-order", {"type": int, "help": "DPM-Solver++ order, 1 or 2"}),
     "clip_denoised": (
         "--clip",
         {"action": argparse.BooleanOptionalAction, "help": "clip x_0 predictions to [-1, 1]"},
+    ),
+    "dynamic_threshold": (
+        "--dynamic-threshold",
+        {"type": float, "help": "quantile in (0, 1) for dynamic thresholding of x_0; 0: off"},
     ),
     "use_ema": (
         "--ema",

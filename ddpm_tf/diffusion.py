@@ -22,10 +22,15 @@ from typing import Literal, get_args
 import numpy as np
 import tensorflow as tf
 
-from ddpm_tf import losses, rng
+from ddpm_tf import dpm_solver, losses, rng
 from ddpm_tf.checks import check_choice, check_int
 from ddpm_tf.sampling_spec import SamplingSpec
-from ddpm_tf.schedules import respaced_betas, space_timesteps, validate_betas
+from ddpm_tf.schedules import (
+    parse_section_counts,
+    respaced_betas,
+    space_timesteps,
+    validate_betas,
+)
 
 ModelMeanType = Literal["epsilon", "x_start", "v"]
 ModelVarType = Literal["fixed_small", "fixed_large", "learned", "learned_range"]
@@ -35,9 +40,22 @@ MODEL_VAR_TYPES: tuple[str, ...] = get_args(ModelVarType)
 LOSS_TYPES: tuple[str, ...] = get_args(LossType)
 
 DenoiseFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
-StepFn = Callable[[DenoiseFn, tf.Tensor, tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
+# step(denoise_fn, x_t, t, noise or None, previous x_0 prediction or None) -> (x_{t-1}, x_0 prediction)
+StepFn = Callable[..., tuple[tf.Tensor, tf.Tensor]]
 
 _LN2 = math.log(2.0)
+
+
+def bound_xstart(pred_xstart: tf.Tensor, clip: bool | float) -> tf.Tensor:
+    """x_0 predictions bounded as asked: False (as they are), True (clipped to [-1, 1]), or a
+    quantile p in (0, 1) for dynamic thresholding (Saharia et al. 2022): per image, s is the
+    p-quantile of |x_0| (at least 1), and x_0 is clipped to [-s, s] and divided by s."""
+    if isinstance(clip, bool):
+        return tf.clip_by_value(pred_xstart, -1.0, 1.0) if clip else pred_xstart
+    flat = tf.sort(tf.reshape(tf.abs(pred_xstart), [tf.shape(pred_xstart)[0], -1]), axis=-1)
+    index = tf.cast(tf.math.floor(clip * tf.cast(tf.shape(flat)[1] - 1, tf.float32)), tf.int32)
+    s = tf.maximum(flat[:, index], 1.0)[:, None, None, None]
+    return tf.clip_by_value(pred_xstart, -s, s) / s
 
 
 def _is_concrete(x: tf.Tensor) -> bool:
@@ -299,9 +317,7 @@ class GaussianDiffusion:
             mean_output, variance_output = model_output, None
         log_variance = self._model_log_variance(variance_output, x_t, t)
         log_variance = log_variance + tf.zeros_like(x_t)
-        pred_xstart = self._predict_xstart(mean_output, x_t, t)
-        if clip_denoised:
-            pred_xstart = tf.clip_by_value(pred_xstart, -1.0, 1.0)
+        pred_xstart = bound_xstart(self._predict_xstart(mean_output, x_t, t), clip_denoised)
         mean, _, _ = self._posterior(pred_xstart, x_t, t)
         return {
             "mean": mean,
@@ -418,16 +434,16 @@ class GaussianDiffusion:
         mask = tf.cast(tf.not_equal(t, 0), like.dtype)
         return tf.reshape(mask, tf.concat([tf.shape(t), tf.ones([tf.rank(like) - 1], tf.int32)], 0))
 
-    def _ancestral_step(self, clip_denoised: bool) -> StepFn:
-        def step(denoise_fn, x_t, t, noise):
+    def _ancestral_step(self, clip_denoised: bool | float) -> StepFn:
+        def step(denoise_fn, x_t, t, noise, x0_last=None):
             out = self._p_mean_variance(self._call(denoise_fn, x_t, t), x_t, t, clip_denoised)
             scale = self._nonzero(t, x_t) * tf.exp(0.5 * out["log_variance"])
             return out["mean"] + scale * tf.cast(noise, x_t.dtype), out["pred_xstart"]
 
         return step
 
-    def _ddim_step(self, eta, clip_denoised: bool) -> StepFn:
-        def step(denoise_fn, x_t, t, noise):
+    def _ddim_step(self, eta, clip_denoised: bool | float) -> StepFn:
+        def step(denoise_fn, x_t, t, noise, x0_last=None):
             out = self._p_mean_variance(self._call(denoise_fn, x_t, t), x_t, t, clip_denoised)
             pred_xstart = out["pred_xstart"]
             eps = self.predict_eps_from_xstart(x_t, t, pred_xstart)
@@ -436,8 +452,27 @@ class GaussianDiffusion:
             eta_t = tf.cast(eta, x_t.dtype)
             sigma = eta_t * tf.sqrt((1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev))
             mean = pred_xstart * tf.sqrt(ab_prev) + tf.sqrt(1.0 - ab_prev - sigma**2) * eps
+            if noise is None:  # eta = 0: deterministic
+                return mean, pred_xstart
             sample = mean + self._nonzero(t, x_t) * sigma * tf.cast(noise, x_t.dtype)
             return sample, pred_xstart
+
+        return step
+
+    def _dpm_solver_step(self, order: int, clip_denoised: bool | float) -> StepFn:
+        """DPM-Solver++ (multistep, order 1 or 2) on the data prediction; see `ddpm_tf.dpm_solver`.
+
+        Uses the mean part of the output (a learned variance is ignored: the solver follows the
+        probability-flow ODE) and the x_0 prediction of the previous step (`x0_last`).
+        """
+        tables = dpm_solver.multistep_tables(self.alphas_cumprod, order)
+
+        def step(denoise_fn, x_t, t, noise, x0_last=None):
+            out = self._p_mean_variance(self._call(denoise_fn, x_t, t), x_t, t, clip_denoised)
+            x0 = out["pred_xstart"]
+            data = x0 + self._gather(tables["correction"], t, x_t) * (x0 - x0_last)
+            x_prev = self._combine(t, tables["ratio"], x_t, tables["weight"], data)
+            return x_prev, x0
 
         return step
 
@@ -468,39 +503,46 @@ class GaussianDiffusion:
         noise,
         every: int,
         noise_source: str,
+        *,
+        needs_noise: bool = True,
+        remembers_xstart: bool = False,
     ) -> dict:
         """Runs `step` from t = T-1 down to 0 in a tf.while_loop; records x_0 predictions every `every`.
 
-        With `every` = 0 the loop carries only (i, x): no TensorArray, so converters that lack
-        TensorList ops (TFLite builtins, ONNX) take the loop as it is.
+        The loop carries (i, x), the previous x_0 prediction if the step `remembers_xstart`
+        (multistep solvers), and a TensorArray of records only if `every` > 0, so that converters
+        lacking TensorList ops (TFLite builtins, ONNX) take the plain loop as it is. Deterministic
+        steps (`needs_noise=False`) draw no step noise.
         """
         initial_noise, step_noise_fn = self._initial_and_step_noise(seed, noise_source)
         x = initial_noise(shape) if noise is None else tf.cast(noise, self.dtype)
         batch = tf.shape(x)[:1]
         num_records = len(range(0, self.num_timesteps, every)) if every else 0
 
-        def advance(i, x):
+        def body(i, x, *carried):
             t_scalar = self.num_timesteps - 1 - i
             t = tf.fill(batch, t_scalar)
-            x_next, pred_xstart = step(denoise_fn, x, t, step_noise_fn(tf.shape(x), t_scalar))
-            return tf.ensure_shape(x_next, x.shape), pred_xstart, t_scalar
-
-        def body(i, x, *records):
-            x_next, pred_xstart, t_scalar = advance(i, x)
-            if records:
+            step_noise = step_noise_fn(tf.shape(x), t_scalar) if needs_noise else None
+            x0_last = carried[0] if remembers_xstart else None
+            x_next, pred_xstart = step(denoise_fn, x, t, step_noise, x0_last)
+            memory = (pred_xstart,) if remembers_xstart else ()
+            if num_records:
                 slot = num_records - 1 - t_scalar // every
+                records = carried[-1]
                 records = tf.cond(
                     tf.equal(t_scalar % every, 0),
-                    lambda: records[0].write(slot, pred_xstart),
-                    lambda: records[0],
+                    lambda: records.write(slot, pred_xstart),
+                    lambda: records,
                 )
-                return i + 1, x_next, records
-            return i + 1, x_next
+                memory += (records,)
+            return (i + 1, tf.ensure_shape(x_next, x.shape), *memory)
 
         state = (tf.constant(0), x)
+        if remembers_xstart:
+            state += (tf.zeros_like(x),)
         if num_records:
             state += (tf.TensorArray(self.dtype, size=num_records, element_shape=x.shape),)
-        _, x, *records = tf.while_loop(
+        _, x, *carried = tf.while_loop(
             lambda i, *_: i < self.num_timesteps,
             body,
             state,
@@ -508,7 +550,7 @@ class GaussianDiffusion:
         )
         result = {"sample": x}
         if num_records:
-            result["pred_xstart"] = records[0].stack()
+            result["pred_xstart"] = carried[-1].stack()
         return result
 
     def sample_loop_graph(
@@ -531,18 +573,28 @@ class GaussianDiffusion:
         dict(sample[, pred_xstart]).
         """
         process = self.respaced(spec.steps)
-        clip = spec.clip_denoised
+        bound = spec.xstart_processing
         if spec.method == "ancestral":
-            step = process._ancestral_step(clip)
+            step, options = process._ancestral_step(bound), {}
+        elif spec.method == "ddim":
+            step, options = process._ddim_step(spec.eta, bound), {"needs_noise": spec.eta > 0}
         else:
-            step = process._ddim_step(spec.eta, clip)
-        return process._sample_loop(step, denoise_fn, shape, seed, noise, every, spec.noise_source)
+            step = process._dpm_solver_step(spec.solver_order, bound)
+            options = {"needs_noise": False, "remembers_xstart": True}
+        return process._sample_loop(
+            step, denoise_fn, shape, seed, noise, every, spec.noise_source, **options
+        )
 
     def respaced(self, steps: int | str | Sequence[int] | None) -> GaussianDiffusion:
-        """This process, or the one on `space_timesteps(T, steps)` (None: all T steps)."""
+        """This process, or the one on the kept steps of `steps` (None: all T steps): an int,
+        "ddimN" or section counts as in `space_timesteps`, or "logsnrN" (even in log-SNR)."""
         if steps is None or steps == self.num_timesteps:
             return self
-        return self.respace(space_timesteps(self.num_timesteps, steps))
+        parsed = parse_section_counts(steps)
+        if isinstance(parsed, str) and parsed.startswith("logsnr"):
+            keep = dpm_solver.logsnr_timesteps(self.alphas_cumprod, int(parsed[len("logsnr") :]))
+            return self.respace(keep)
+        return self.respace(space_timesteps(self.num_timesteps, parsed))
 
     def _check_shape(self, shape) -> tuple:
         shape = tuple(int(s) for s in shape)
@@ -610,6 +662,20 @@ class GaussianDiffusion:
         return self.ddim_sample_loop_progressive(
             denoise_fn, shape, seed, eta, clip_denoised, 0, noise, jit_compile
         )["sample"]
+
+    def sample_loop(
+        self,
+        denoise_fn: DenoiseFn,
+        shape: Sequence[int],
+        seed: rng.SeedLike,
+        spec: SamplingSpec | None = None,
+        *,
+        noise=None,
+    ) -> tf.Tensor:
+        """Samples [B, H, W, C] with any `SamplingSpec` (method, steps, eta, solver order, x_0
+        bounds, noise source, XLA) in one compiled loop; x_T is `noise` if given."""
+        spec = spec if spec is not None else SamplingSpec()
+        return self._run_loop(spec, denoise_fn, shape, seed, noise, 0)["sample"]
 
     def _run_loop(self, spec: SamplingSpec, denoise_fn, shape, seed, noise, every) -> dict:
         """One call of a sampling loop, compiled for this call only.

@@ -6,7 +6,8 @@ flag, the `[sampling]` section of a training config, an export) to the code that
 `DiffusionModel.sampler` picks the EMA or raw network and compiles (with XLA if asked) once per
 spec. Being frozen and hashable, a spec is also the key under which a compiled sampler is cached.
 
-The vocabulary: a *method* is the sampling rule ("ancestral" or "ddim"); a *noise source* is how
+The vocabulary: a *method* is the sampling rule ("ancestral", "ddim" or "dpm_solver++"); a *noise
+source* is how
 the Gaussian noise is generated ("philox" or "portable"); a *sampler* is a compiled sampling
 function (`ddpm_tf.sampling.Sampler`); a *timestep sampler* draws training timesteps.
 """
@@ -16,10 +17,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal, get_args
 
-from ddpm_tf.checks import check_bool, check_choice, check_float
+from ddpm_tf.checks import check_bool, check_choice, check_float, check_int
 from ddpm_tf.schedules import parse_section_counts
 
-Method = Literal["ancestral", "ddim"]
+Method = Literal["ancestral", "ddim", "dpm_solver++"]
 NoiseSource = Literal["philox", "portable"]
 
 METHODS: tuple[str, ...] = get_args(Method)
@@ -33,12 +34,18 @@ class SamplingSpec:
     """How to sample: a frozen, validated, hashable set of choices.
 
     Attributes:
-        method: "ancestral" (the DDPM reverse process, Ho et al.) or "ddim" (Song et al.).
+        method: "ancestral" (the DDPM reverse process, Ho et al.), "ddim" (Song et al.) or
+            "dpm_solver++" (Lu et al. 2022, multistep, on the data prediction).
         steps: None for all T steps; an int to respace to that many evenly spaced steps; "ddimN"
-            for N steps at a fixed integer stride; "10,15,20" for counts per section (the rules of
-            `ddpm_tf.space_timesteps`).
-        eta: DDIM's stochasticity in [0, 1] (0: deterministic); must be 0 for "ancestral".
+            for N steps at a fixed integer stride; "logsnrN" for N steps evenly spaced in log-SNR;
+            "10,15,20" for counts per section (the rules of `ddpm_tf.space_timesteps`).
+        eta: DDIM's stochasticity in [0, 1] (0: deterministic); must be 0 for the other methods.
+        solver_order: DPM-Solver++'s order, 1 (equal to DDIM with eta 0) or 2 ("2M"); the first
+            and the last step are first order. Must stay 2 for the other methods.
         clip_denoised: clip each x_0 prediction to [-1, 1].
+        dynamic_threshold: 0 (off), or a quantile p in (0, 1): each x_0 prediction is clipped to
+            [-s, s] and divided by s, s = max(1, the p-quantile of its |pixels|) (Saharia et al.
+            2022); replaces `clip_denoised` when set.
         use_ema: sample with the EMA weights (True) or the raw trained ones.
         noise_source: "philox" (TensorFlow's stateless RNG) or "portable" (builtin ops only, the
             noise of the TFLite and ONNX exports; see `ddpm_tf.rng.portable_normal`).
@@ -48,7 +55,9 @@ class SamplingSpec:
     method: Method = "ancestral"
     steps: int | str | None = None
     eta: float = 0.0
+    solver_order: int = 2
     clip_denoised: bool = True
+    dynamic_threshold: float = 0.0
     use_ema: bool = True
     noise_source: NoiseSource = "philox"
     jit_compile: bool = False
@@ -58,13 +67,28 @@ class SamplingSpec:
         if self.steps is not None:
             object.__setattr__(self, "steps", parse_section_counts(self.steps))
         object.__setattr__(self, "eta", check_float(self.eta, "eta", 0.0, 1.0))
-        if self.method == "ancestral" and self.eta != 0.0:
+        if self.method != "ddim" and self.eta != 0.0:
             raise ValueError(
-                f"eta={self.eta} applies to method='ddim' only; leave it 0 for 'ancestral'."
+                f"eta={self.eta} applies to method='ddim' only; leave it 0 for {self.method!r}."
             )
+        object.__setattr__(self, "solver_order", check_int(self.solver_order, "solver_order"))
+        if self.solver_order > 2 or (self.method != "dpm_solver++" and self.solver_order != 2):
+            raise ValueError(
+                f"solver_order={self.solver_order}: DPM-Solver++ takes 1 or 2, and the setting "
+                "applies to method='dpm_solver++' only (leave it 2 otherwise)."
+            )
+        threshold = check_float(self.dynamic_threshold, "dynamic_threshold", 0.0, 1.0)
+        if threshold == 1.0:
+            raise ValueError("dynamic_threshold must be 0 (off) or a quantile in (0, 1), got 1.0")
+        object.__setattr__(self, "dynamic_threshold", threshold)
         for name in ("clip_denoised", "use_ema", "jit_compile"):
             object.__setattr__(self, name, check_bool(getattr(self, name), name))
         check_choice(self.noise_source, NOISE_SOURCES, "noise_source")
+
+    @property
+    def xstart_processing(self) -> bool | float:
+        """How x_0 predictions are bounded: the dynamic-threshold quantile, else the clip flag."""
+        return self.dynamic_threshold or self.clip_denoised
 
     @classmethod
     def fields(cls) -> tuple[str, ...]:
@@ -95,6 +119,10 @@ class SamplingSpec:
         parts = [self.method, steps]
         if self.method == "ddim":
             parts.append(f"eta {self.eta:g}")
+        if self.method == "dpm_solver++":
+            parts.append(f"order {self.solver_order}")
+        if self.dynamic_threshold:
+            parts.append(f"dynamic threshold {self.dynamic_threshold:g}")
         parts.append("EMA weights" if self.use_ema else "raw weights")
         if not self.clip_denoised:
             parts.append("no clipping")

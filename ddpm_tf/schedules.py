@@ -113,11 +113,12 @@ def _section_steps(start: int, size: int, count: int) -> list[int]:
 def parse_section_counts(section_counts: int | str | Sequence[int]) -> int | str:
     """The canonical form of a respacing request, checked for syntax (the one parser of it).
 
-    Accepts an int (that many evenly spaced steps), "ddimN" (a fixed integer stride), or
+    Accepts an int (that many evenly spaced steps), "ddimN" (a fixed integer stride), "logsnrN"
+    (N steps evenly spaced in log-SNR; it needs the schedule: `GaussianDiffusion.respaced`), or
     comma-separated section counts as a string "10,15,20" or a list of ints; a string of one
     count ("50") is that int. Returns an int, "ddimN", or "a,b,c" (two or more sections): a value
     that is hashable, JSON-serializable and reads back the same. Counts are checked against T by
-    `space_timesteps`.
+    `space_timesteps`. The result is an int, "ddimN", "logsnrN" or "a,b,c".
     """
     if isinstance(section_counts, bool):
         raise ValueError(_STEPS_SYNTAX.format(section_counts))
@@ -125,8 +126,9 @@ def parse_section_counts(section_counts: int | str | Sequence[int]) -> int | str
         counts = [int(section_counts)]
     elif isinstance(section_counts, str):
         text = section_counts.strip().replace(" ", "")
-        if re.fullmatch(r"ddim[0-9]+", text):
-            return f"ddim{_positive_count(int(text[4:]), section_counts)}"
+        for prefix in ("ddim", "logsnr"):
+            if re.fullmatch(rf"{prefix}[0-9]+", text):
+                return f"{prefix}{_positive_count(int(text[len(prefix) :]), section_counts)}"
         if not re.fullmatch(r"[0-9]+(,[0-9]+)*", text):
             raise ValueError(_STEPS_SYNTAX.format(section_counts))
         counts = [int(part) for part in text.split(",")]
@@ -144,8 +146,8 @@ def parse_section_counts(section_counts: int | str | Sequence[int]) -> int | str
 
 
 _STEPS_SYNTAX = (
-    "steps must be a positive int (e.g. 50), 'ddimN' (e.g. ddim50) or comma-separated section "
-    "counts (e.g. '10,15,20'), got {!r}"
+    "steps must be a positive int (e.g. 50), 'ddimN' (e.g. ddim50), 'logsnrN' (e.g. logsnr20) or "
+    "comma-separated section counts (e.g. '10,15,20'), got {!r}"
 )
 
 
@@ -164,6 +166,11 @@ def space_timesteps(num_timesteps: int, section_counts: int | str | Sequence[int
     section keeps its count of evenly spaced steps.
     """
     parsed = parse_section_counts(section_counts)
+    if isinstance(parsed, str) and parsed.startswith("logsnr"):
+        raise ValueError(
+            f"steps={section_counts!r} spaces steps by log-SNR, which needs the schedule: use "
+            "GaussianDiffusion.respaced(steps)."
+        )
     if isinstance(parsed, str) and parsed.startswith("ddim"):
         desired = int(parsed[len("ddim") :])
         if desired > num_timesteps:

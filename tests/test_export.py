@@ -448,3 +448,16 @@ def test_conversions_refuse_tf_random_ops(tmp_path):
     with pytest.raises(Exception, match="(?i)flex|not supported|select"):
         write_tflite(tmp_path / "philox.tflite", function)
     assert not (tmp_path / "philox.onnx").exists() and not (tmp_path / "philox.tflite").exists()
+
+
+def test_dpm_solver_exports_to_every_format_and_verifies(trained, tmp_path):
+    model, _ = trained
+    spec = SamplingSpec("dpm_solver++", "logsnr6", noise_source="portable")
+    options = ExportOptions(spec=spec, num_samples=2)
+    manifest = export_model(model, tmp_path / "out", options)
+    assert manifest["passed"] and manifest["sampling"]["method"] == "dpm_solver++"
+    assert manifest["sampling"]["num_steps"] == 6
+    onnx_sampler = tmp_path / "out" / "onnx" / "sampler.onnx"
+    got = open_function("onnx", onnx_sampler, "sample")({"seed": np.array(SEED, np.int32)})
+    expected = unit_to_uint8(model.generate(2, SEED, spec=spec)).numpy()
+    _assert_images_close(got["images"], expected)

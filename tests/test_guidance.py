@@ -73,17 +73,18 @@ def conditional_model():
     return model
 
 
-def test_guided_sampling(conditional_model):
+@pytest.mark.parametrize("method", ["ddim", "dpm_solver++"])
+def test_guided_sampling(conditional_model, method):
     model = conditional_model
     labels = [1, 2, 3]
-    plain = model.generate(labels=labels, seed=4, method="ddim", steps=5)
-    unit = model.generate(labels=labels, seed=4, method="ddim", steps=5, guidance_scale=1.0)
-    strong = model.generate(labels=labels, seed=4, method="ddim", steps=5, guidance_scale=4.0)
+    plain = model.generate(labels=labels, seed=4, method=method, steps=5)
+    unit = model.generate(labels=labels, seed=4, method=method, steps=5, guidance_scale=1.0)
+    strong = model.generate(labels=labels, seed=4, method=method, steps=5, guidance_scale=4.0)
     assert plain.shape == (3, 8, 8, 1)
     np.testing.assert_allclose(unit.numpy(), plain.numpy(), atol=1e-5)
     assert np.abs(strong.numpy() - plain.numpy()).max() > 1e-4
-    unconditional = model.generate(3, seed=4, method="ddim", steps=5)  # the null class
-    null = model.generate(labels=[NULL] * 3, seed=4, method="ddim", steps=5)
+    unconditional = model.generate(3, seed=4, method=method, steps=5)  # the null class
+    null = model.generate(labels=[NULL] * 3, seed=4, method=method, steps=5)
     np.testing.assert_allclose(unconditional.numpy(), null.numpy(), atol=1e-5)
 
 

@@ -114,10 +114,23 @@ def test_every_sampling_setting_has_one_flag_and_round_trips():
     assert cli.sampling_spec(parser.parse_args([]), default) == default
     args = parser.parse_args(
         ["--method", "ddim", "--steps", "ddim25", "--eta", "0.5", "--no-clip", "--no-ema"]
-        + ["--noise-source", "portable", "--xla"]
+        + ["--noise-source", "portable", "--xla", "--dynamic-threshold", "0.99"]
     )
     assert cli.sampling_spec(args, default) == SamplingSpec(
-        "ddim", "ddim25", 0.5, False, False, "portable", True
+        method="ddim",
+        steps="ddim25",
+        eta=0.5,
+        clip_denoised=False,
+        dynamic_threshold=0.99,
+        use_ema=False,
+        noise_source="portable",
+        jit_compile=True,
+    )
+    args = parser.parse_args(
+        ["--method", "dpm_solver++", "--steps", "logsnr20", "--solver-order", "1"]
+    )
+    assert cli.sampling_spec(args, default) == SamplingSpec(
+        "dpm_solver++", "logsnr20", solver_order=1
     )
 
 
