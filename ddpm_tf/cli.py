@@ -15,10 +15,12 @@ them behave alike:
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+import time
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TextIO
 
 from ddpm_tf.sampling_spec import METHODS, NOISE_SOURCES, SamplingSpec
 
@@ -34,12 +36,14 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_NON_FINITE",
     "Failed",
+    "ProgressLine",
     "NonFiniteLoss",
     "ProgramParser",
     "add_guidance_scale",
     "add_num_samples",
     "add_sampling_arguments",
     "add_seed",
+    "format_duration",
     "main",
     "run",
     "sampling_spec",
@@ -197,6 +201,52 @@ def main(
 ) -> int:
     """A program's `main`: parses `argv` with `parser` and runs `body` (see `run`)."""
     return run(parser.prog, body, parser.parse_args(argv))
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as m:ss or h:mm:ss ("?" when unknown)."""
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+class ProgressLine:
+    """A progress report for long loops: "label: done/total unit | rate unit/s | ETA m:ss".
+
+    Call it with the number of items done; it prints at most every `interval` seconds (and at the
+    end) to `stream` (stderr by default, so that a program's stdout stays its result).
+    """
+
+    def __init__(
+        self,
+        label: str,
+        total: int,
+        unit: str,
+        *,
+        interval: float = 10.0,
+        stream: TextIO | None = None,
+    ):
+        self.label, self.total, self.unit, self.interval = label, total, unit, interval
+        self.stream = stream
+        self.started = time.perf_counter()
+        self.last_printed = -math.inf
+
+    def __call__(self, done: int) -> None:
+        now = time.perf_counter()
+        if done < self.total and now - self.last_printed < self.interval:
+            return
+        self.last_printed = now
+        elapsed = now - self.started
+        rate = done / elapsed if elapsed > 0 else math.nan
+        eta = (self.total - done) / rate if rate > 0 else math.nan
+        print(
+            f"{self.label}: {done}/{self.total} {self.unit} | {rate:.3g} {self.unit}/s | "
+            f"ETA {format_duration(eta)}",
+            file=self.stream or sys.stderr,
+            flush=True,
+        )
 
 
 def run(prog: str, body: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ standard error and the prior and decoder parts.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -28,11 +29,13 @@ def bits_per_dim(
     seed: rng.SeedLike = 0,
     use_ema: bool = True,
     jit_compile: bool = False,
+    progress: Callable[[int], None] | None = None,
 ) -> dict[str, float | int | None]:
     """Mean of the exact bound over uint8 `images` [N, H, W, C] for a `DiffusionModel`, in bits/dim.
 
     Class-conditional models are measured unconditionally (the null label). Returns dict(bpd,
-    bpd_stderr (None for one image), prior_bpd, decoder_bpd, num_examples).
+    bpd_stderr (None for one image), prior_bpd, decoder_bpd, num_examples). `progress` is called
+    with the number of images done after each batch.
     """
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[0] == 0:
@@ -58,6 +61,8 @@ def bits_per_dim(
         totals.append(out["total_bpd"].numpy()[:keep])
         priors.append(out["prior_bpd"].numpy()[:keep])
         decoders.append(out["vb"].numpy()[:keep, 0])
+        if progress is not None:
+            progress(start + keep)
     total = np.concatenate(totals)
     return {
         "bpd": float(total.mean()),

@@ -214,11 +214,13 @@ def generate_uint8(
     labels: np.ndarray | None = None,
     guidance_scale: float = 1.0,
     batch_size: int = 256,
+    progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """`num_samples` images of a `DiffusionModel` as uint8 [N, H, W, C], in batches.
 
     Batch i is drawn from the seed `rng.fold_in(seed, i)`, so the images depend on `batch_size`
     but not on the machine; `labels` [N] (class-conditional models) are split with the batches.
+    `progress` is called with the number of images done after each batch.
     """
     num_samples = check_int(num_samples, "num_samples")
     batch_size = check_int(batch_size, "batch_size")
@@ -237,4 +239,6 @@ def generate_uint8(
             spec=spec,
         )
         chunks.append(unit_to_uint8(images).numpy())
+        if progress is not None:
+            progress(start + count)
     return np.concatenate(chunks)

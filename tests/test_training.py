@@ -146,10 +146,12 @@ def long_run(tmp_path_factory, data_dir) -> Path:
     return run
 
 
-def test_extending_a_run_equals_one_long_run(tmp_path, data_dir, long_run):
+def test_extending_a_run_equals_one_long_run(tmp_path, data_dir, long_run, capsys):
     """Train 8 steps, then continue the same run to 16: the same state as 16 steps at once."""
     assert _train(tmp_path, data_dir, "train.steps=8") == 0
     assert _train(tmp_path, data_dir, "train.steps=16") == 0
+    evaluations = [line for line in capsys.readouterr().out.splitlines() if "eval at" in line]
+    assert len(evaluations) == 2 and all("(exact bound, 32 test images)" in e for e in evaluations)
     _assert_same_checkpoints(tmp_path, long_run)
     checkpoints = sorted(p.name for p in (long_run / "checkpoints").glob("*.index"))
     assert checkpoints == ["ckpt-12.index", "ckpt-16.index", "ckpt-8.index"]  # keep=3
@@ -164,7 +166,7 @@ def _cli(run_dir: Path, data_dir: str, steps: int) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "training",
+        "ddpm_tf.training",
         "--run-dir",
         str(run_dir),
         "--data-dir",
@@ -288,3 +290,21 @@ def test_eval_cli_reports_bits_per_dim_and_fid(long_run, tmp_path, data_dir):
     quality = report["sample_quality"]
     assert quality["num_fake"] == 40 and quality["fid"] > quality["fid_floor"] > 0
     assert (out / "samples.png").is_file()
+    # Several samplers in one call: the ddim 5-step row repeats the single run above exactly.
+    compared = tmp_path / "compare"
+    code = eval_main(
+        [str(long_run), "--data-dir", data_dir, "--classifier", str(classifier)]
+        + ["--bpd-examples", "0", "--num-samples", "40", "--out", str(compared)]
+        + ["--compare", "ddim:3,5", "dpm_solver++:logsnr4", "ancestral:all"]
+    )
+    assert code == 0
+    rows = json.loads((compared / "quality.json").read_text())
+    assert [(r["method"], r["num_steps"]) for r in rows] == [
+        ("ddim", 3),
+        ("ddim", 5),
+        ("dpm_solver++", 4),
+        ("ancestral", 50),
+    ]
+    assert rows[1]["fid"] == pytest.approx(quality["fid"], rel=1e-6)
+    assert (compared / "quality.png").stat().st_size > 10_000
+    assert (compared / "samples_dpm_solver++_logsnr4.png").is_file()

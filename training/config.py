@@ -64,6 +64,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "sample_every": 2000,
         "eval_every": 2000,
         "eval_batches": 4,
+        "bpd_examples": 32,  # test images whose exact bound is logged at each evaluation (0: off)
         "num_samples": 64,
     },
     # How the sample grids of a run are drawn: the fields of ddpm_tf.SamplingSpec.
@@ -172,6 +173,8 @@ def validate(config: dict) -> None:
     for key in ("checkpoint_every", "keep", "log_every", "sample_every", "eval_every"):
         if run[key] < 1:
             raise ConfigError(f"run.{key} must be >= 1, got {run[key]}.")
+    if run["bpd_examples"] < 0:
+        raise ConfigError(f"run.bpd_examples must be >= 0, got {run['bpd_examples']}.")
     if not train["lr"] > 0:
         raise ConfigError(f"train.lr must be > 0, got {train['lr']}.")
     try:

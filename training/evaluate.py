@@ -25,6 +25,7 @@ from ddpm_tf.evaluation import sample_quality
 from ddpm_tf.features import ClassifierFeatures, InceptionFeatures
 from ddpm_tf.likelihood import bits_per_dim
 from ddpm_tf.pixels import save_grid
+from ddpm_tf.quality import parse_comparisons, plot_quality, quality_against_steps, write_table
 from ddpm_tf.runs import RunDirectory, load_model
 from ddpm_tf.sampling import generate_uint8
 from ddpm_tf.sampling_spec import SamplingSpec
@@ -50,6 +51,13 @@ def build_parser() -> cli.ProgramParser:
     features = parser.add_mutually_exclusive_group()
     features.add_argument("--classifier", help="a .keras classifier from ddpm-classifier")
     features.add_argument("--inception-weights", help="InceptionV3 no-top weights (.h5)")
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="METHOD:STEPS",
+        help="score several samplers instead of one: e.g. ancestral:10,20,all ddim:10,20 "
+        "dpm_solver++:logsnr10,logsnr20; writes quality.json and quality.png (needs features)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report")
     cli.add_sampling_arguments(parser, DEFAULT_SPEC)
     return parser
@@ -58,6 +66,9 @@ def build_parser() -> cli.ProgramParser:
 def evaluate(args: argparse.Namespace) -> dict:
     """Measures the model of `args` and writes report.json (and samples.png); returns the report."""
     spec = cli.sampling_spec(args, DEFAULT_SPEC)
+    compared = parse_comparisons(args.compare, spec) if args.compare else []
+    if compared and not (args.classifier or args.inception_weights):
+        raise ValueError("--compare scores samples: give --classifier or --inception-weights.")
     out = Path(args.out)
     if (out / "report.json").exists() and not args.overwrite:
         raise ValueError(f"{out / 'report.json'} exists; pass --overwrite or another --out.")
@@ -86,12 +97,39 @@ def evaluate(args: argparse.Namespace) -> dict:
     began = time.perf_counter()
     if args.bpd_examples != 0:
         count = len(test) if args.bpd_examples < 0 else min(args.bpd_examples, len(test))
-        report["likelihood"] = bits_per_dim(model, test[:count], args.bpd_batch)
+        progress = cli.ProgressLine("bits/dim", count, "images")
+        report["likelihood"] = bits_per_dim(model, test[:count], args.bpd_batch, progress=progress)
         report["likelihood"]["seconds"] = round(time.perf_counter() - began, 1)
     num = len(test) if args.num_samples < 0 else args.num_samples
-    if num > 0:
+    if compared:
+        out.mkdir(parents=True, exist_ok=True)
+        rows = quality_against_steps(
+            model,
+            compared,
+            test,
+            extractor,
+            reference=load_arrays(dataset, train_split, **load)[0],
+            num_samples=num,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            progress=lambda s: cli.ProgressLine(f"{s.method} {s.steps or 'all'}", num, "images"),
+            on_samples=lambda s, images: save_grid(
+                images[:64], out / f"samples_{s.method}_{s.steps or 'all'}.png"
+            ),
+        )
+        write_table(rows, out / "quality.json")
+        plot_quality(rows, out / "quality.png", f"{dataset}: {num} samples, {model.step} steps")
+        report["quality_against_steps"] = rows
+    elif num > 0:
         began = time.perf_counter()
-        fake = generate_uint8(model, num, args.seed, spec, batch_size=args.batch_size)
+        fake = generate_uint8(
+            model,
+            num,
+            args.seed,
+            spec,
+            batch_size=args.batch_size,
+            progress=cli.ProgressLine("sampling", num, "images"),
+        )
         report["sampling"] = {**spec.to_dict(), "seed": args.seed, "num_samples": num}
         report["sampling"]["seconds"] = round(time.perf_counter() - began, 1)
         out.mkdir(parents=True, exist_ok=True)

@@ -75,6 +75,7 @@ def sample(args: argparse.Namespace) -> None:
         labels=labels,
         guidance_scale=args.guidance_scale,
         batch_size=args.batch_size,
+        progress=cli.ProgressLine("sampling", args.num_samples, "images"),
     )
     out.mkdir(parents=True, exist_ok=True)
     settings = {

@@ -127,7 +127,13 @@ def train(args: argparse.Namespace) -> int:
     callbacks = [
         guard,
         cb.Progress(total, run_cfg["log_every"], writer),
-        cb.Evaluation(test_data, run_cfg["eval_batches"], run_cfg["eval_every"], writer),
+        cb.Evaluation(
+            test_data,
+            run_cfg["eval_batches"],
+            run_cfg["eval_every"],
+            writer,
+            bpd_images=x_test[: run_cfg["bpd_examples"]],
+        ),
         checkpointer,
         samples,
     ]
