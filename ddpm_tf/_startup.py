@@ -57,7 +57,8 @@ def descriptor_silenced(fd: int = 2) -> Iterator[None]:
 
 
 def quiet_tensorflow_for_programs() -> None:
-    """Imports TensorFlow silently if this process is a program run without --verbose."""
+    """Imports TensorFlow silently if this process is a program run without --verbose, and keeps
+    TensorFlow's Python logger to errors."""
     if "tensorflow" in sys.modules or not running_program() or VERBOSE_FLAG in sys.argv[1:]:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # later INFO and WARNING lines too
@@ -67,3 +68,6 @@ def quiet_tensorflow_for_programs() -> None:
         # Looking for GPUs is where "failed call to cuInit" is printed. It initializes no runtime:
         # logical devices and collective ops (multi-worker strategies) can still be set up after.
         tf.config.list_physical_devices("GPU")
+    # TensorFlow's Python warnings about retracing: each compiled sampler (one per sampling spec) is
+    # a new tf.function over the same method, which TensorFlow counts as retracing.
+    tf.get_logger().setLevel("ERROR")
