@@ -25,6 +25,12 @@ drift in the machine's speed, or another job, hits all of them alike. A call's t
 N steps is its seconds per step; the table shows the median over the rounds, and per method the
 ratio diffusers / ddpm_tf (> 1: ddpm_tf is faster) for graph mode, for XLA and for the faster of
 the two. Both frameworks use `--threads` intra-op threads (default: all cores, TF's default).
+Each call's process CPU time is recorded too, and the cores other processes kept busy meanwhile:
+on a machine shared with other jobs the wall times say how much CPU each configuration won from
+them (the table warns), while CPU seconds per step stay steady (they include spin-waiting).
+
+PyTorch and diffusers are not project dependencies: `pip install torch diffusers` for the
+comparison; without them only the ddpm_tf configurations run.
 
     python bench/sampling_speed.py                                # 3 rounds, batch 16, 20 steps
     python bench/sampling_speed.py --rounds 5 --json /tmp/sampling_speed.json
@@ -62,6 +68,7 @@ from train_throughput import (  # noqa: E402
 BETA_START, BETA_END = 1e-4, 0.02  # Ho et al.'s linear schedule, ddpm_tf's default diffusion
 DIFFUSERS_CONFIGS: dict[str, dict[str, Any]] = {"ddpm_cifar10": DIFFUSERS_CIFAR10}
 METHOD_LABELS = {"ddim": "ddim", "dpm_solver++": "dpm++"}
+BUSY_WARNING = 0.25  # cores kept busy by other processes above which the table warns
 
 
 @dataclass(frozen=True)
@@ -237,6 +244,8 @@ def summarize(config: Config, first: dict, runs: list[dict], steps: int) -> dict
         "min_s_per_step": min(per_step),
         "max_s_per_step": max(per_step),
         "round_s_per_step": per_step,
+        "round_other_cores": [r["other_cores"] for r in runs],
+        "cpu_s_per_step": statistics.median(r["cpu_s"] / steps for r in runs),
         "cores": statistics.median(r["cpu_s"] / r["wall_s"] for r in runs),
         "other_cores": max(others) if others else None,
         "first_call_s": first["wall_s"],
@@ -247,7 +256,8 @@ def ratios(results: dict[str, dict]) -> list[dict[str, Any]]:
     """Per method: diffusers / ddpm_tf seconds per step for graph, XLA and the faster mode.
 
     Besides the ratio of the medians, the median of the per-round ratios (a paired comparison:
-    both timed within the same round) is given.
+    both timed within the same round) is given, and the same over the quiet rounds only: those in
+    which other processes kept at most `BUSY_WARNING` cores busy during both calls.
     """
     rows = []
     for method, label in METHOD_LABELS.items():
@@ -259,13 +269,21 @@ def ratios(results: dict[str, dict]) -> list[dict[str, Any]]:
         for mode, ours in modes.items():
             if ours is None:
                 continue
-            paired = [
-                d / o
-                for d, o in zip(theirs["round_s_per_step"], ours["round_s_per_step"], strict=True)
-            ]
+            pairs = list(
+                zip(
+                    theirs["round_s_per_step"],
+                    ours["round_s_per_step"],
+                    theirs["round_other_cores"],
+                    ours["round_other_cores"],
+                    strict=True,
+                )
+            )
+            quiet = [d / o for d, o, *busy in pairs if max(b or 0.0 for b in busy) <= BUSY_WARNING]
             row[f"{mode}_s_per_step"] = ours["s_per_step"]
             row[f"ratio_{mode}"] = theirs["s_per_step"] / ours["s_per_step"]
-            row[f"paired_ratio_{mode}"] = statistics.median(paired)
+            row[f"paired_ratio_{mode}"] = statistics.median(d / o for d, o, *_ in pairs)
+            row[f"quiet_rounds_{mode}"] = len(quiet)
+            row[f"quiet_ratio_{mode}"] = statistics.median(quiet) if quiet else None
         present = [m for m, r in modes.items() if r is not None]
         if present:
             best = min(present, key=lambda m: modes[m]["s_per_step"])
@@ -285,7 +303,7 @@ def print_tables(results: dict[str, dict], rows: list[dict], steps: int) -> None
     print()
     header = (
         f"{'config':<16} {'s/step':>7} {'min-max s/step':>15} {'per call s':>10} "
-        f"{'cores':>5} {'other':>5} {'1st call s':>10}"
+        f"{'CPU s/step':>10} {'cores':>5} {'other':>5} {'1st call s':>10}"
     )
     print(header)
     print("-" * len(header))
@@ -293,13 +311,22 @@ def print_tables(results: dict[str, dict], rows: list[dict], steps: int) -> None
         spread = f"{r['min_s_per_step']:.3f}-{r['max_s_per_step']:.3f}"
         print(
             f"{r['name']:<16} {r['s_per_step']:>7.3f} {spread:>15} {steps * r['s_per_step']:>10.2f} "
-            f"{r['cores']:>5.2f} {fmt(r['other_cores'], '.2f'):>5} {r['first_call_s']:>10.1f}"
+            f"{r['cpu_s_per_step']:>10.3f} {r['cores']:>5.2f} {fmt(r['other_cores'], '.2f'):>5} "
+            f"{r['first_call_s']:>10.1f}"
         )
     print(
-        "s/step: median over rounds of call time / steps; cores: process CPU / wall time; other: "
-        "cores busy with other processes during a call (max over rounds); 1st call: the untimed "
-        "call that traces and compiles."
+        "s/step: median over rounds of call time / steps; CPU s/step: process CPU time / steps "
+        "(all threads, spin-waiting included); cores: process CPU / wall time; other: cores busy "
+        "with other processes during a call (max over rounds); 1st call: the untimed call that "
+        "traces and compiles."
     )
+    busy = max((r["other_cores"] or 0.0 for r in results.values()), default=0.0)
+    if busy > BUSY_WARNING:
+        print(
+            f"WARNING: other processes kept up to {busy:.2f} cores busy: the wall times measure "
+            "how much CPU each configuration won from them as much as its own speed; rerun on a "
+            "quiet machine for the ratios."
+        )
     for r in results.values():
         per_round = ", ".join(f"{v:.3f}" for v in r["round_s_per_step"])
         print(f"  {r['name']}: s/step of each round {per_round}")
@@ -344,6 +371,17 @@ def print_tables(results: dict[str, dict], rows: list[dict], steps: int) -> None
             ]
             if paired:
                 print(f"  {row['method']}: median of per-round ratios: {', '.join(paired)}")
+            quiet = [
+                f"{mode} {fmt(row[f'quiet_ratio_{mode}'], '.2f')} "
+                f"({row[f'quiet_rounds_{mode}']} round(s))"
+                for mode in ("graph", "xla")
+                if f"quiet_rounds_{mode}" in row
+            ]
+            if quiet:
+                print(
+                    f"  {row['method']}: the same over quiet rounds (other cores <= {BUSY_WARNING}): "
+                    + ", ".join(quiet)
+                )
 
 
 # ------------------------------------------------------------------------------------ driver
@@ -446,8 +484,8 @@ def main(argv: list[str] | None = None) -> None:
             run = timed(calls[config.name])
             runs[config.name].append(run)
             print(
-                f"  {config.name:<16} {run['wall_s'] / args.steps:.3f} s/step "
-                f"(other cores {fmt(run['other_cores'], '.2f')})",
+                f"  {config.name:<16} {run['wall_s'] / args.steps:.3f} s/step, CPU "
+                f"{run['cpu_s'] / args.steps:.3f} s/step (other cores {fmt(run['other_cores'], '.2f')})",
                 flush=True,
             )
 
