@@ -94,3 +94,12 @@ def test_pixels_exporting_and_classifier_do_not_import_the_tfds_pipeline():
     for name, path in files.items():
         if name.startswith("ddpm_tf.exporting") or name == "ddpm_tf.export.cli":
             assert "ddpm_tf.data" not in _imports(path), name
+
+
+def test_quiet_start_up_knows_every_console_script():
+    from ddpm_tf import _startup
+
+    scripts = importlib.metadata.distribution("ddpm-tf").entry_points.select(
+        group="console_scripts"
+    )
+    assert set(_startup.PROGRAMS) == {script.name for script in scripts}
