@@ -751,11 +751,15 @@ class GaussianDiffusion:
                 xmse_ta.write(t_scalar, losses.mean_over_dims(tf.square(pred_xstart - x_start))),
             )
 
+        # The steps do not depend on each other, so tf.while_loop would run several at once; one
+        # at a time keeps memory at one step's and avoids running one oneDNN convolution kernel
+        # from several threads at once, which crashes TensorFlow 2.21's CPU build now and then.
         _, *arrays = tf.while_loop(
             lambda i, *_: i < self.num_timesteps,
             body,
             (tf.constant(0), *arrays),
             maximum_iterations=self.num_timesteps,
+            parallel_iterations=1,
         )
         vb, mse, xstart_mse = (tf.transpose(a.stack()) for a in arrays)
         prior = self.prior_bpd(x_start)

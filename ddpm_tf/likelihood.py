@@ -1,13 +1,15 @@
 """Bits/dim of a trained model over a set of images: the exact variational bound, batch by batch.
 
 `GaussianDiffusion.calc_bpd_loop` gives the bound of one batch (L_T + sum of L_t + the decoder L_0,
-one network call per step). `bits_per_dim` runs it over any number of uint8 images with one graph
-compiled once for a fixed batch (the last batch is padded), and reports the mean with its
-standard error and the prior and decoder parts.
+one network call per step). `bits_per_dim` runs it over any number of uint8 images and reports the
+mean with its standard error and the prior and decoder parts. The compiled loop is kept per model
+(and weights, XLA choice) and traced once per batch size, the last batch padded to the others: a
+training run that measures the bound every N steps compiles it once, not at every evaluation.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +21,26 @@ from ddpm_tf.checks import check_int
 from ddpm_tf.pixels import scale_to_unit
 
 __all__ = ["bits_per_dim"]
+
+# model -> {(use_ema, jit_compile): compiled loop}; entries go with their model.
+_LOOPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _bound_loop(model: Any, use_ema: bool, jit_compile: bool) -> Callable:
+    """The compiled bound of one batch, (x [B, H, W, C] in [-1, 1], seed) -> dict of [B] tensors."""
+    loops = _LOOPS.setdefault(model, {})
+    key = (bool(use_ema), bool(jit_compile))
+    if key not in loops:
+
+        def loop(x, seed):
+            labels = None
+            if model.num_classes is not None:  # unconditional: the null label
+                labels = tf.fill(tf.shape(x)[:1], model.num_classes)
+            denoise = model.denoiser(labels=labels, use_ema=use_ema)
+            return model.diffusion.bpd_loop_graph(denoise, x, seed)
+
+        loops[key] = tf.function(loop, jit_compile=jit_compile, autograph=False)
+    return loops[key]
 
 
 def bits_per_dim(
@@ -43,13 +65,7 @@ def bits_per_dim(
             f"images must be uint8 [N, H, W, C] with N >= 1, got {images.dtype} {images.shape}."
         )
     batch = min(check_int(batch_size, "batch_size"), images.shape[0])
-    labels = None if model.num_classes is None else tf.fill([batch], model.num_classes)
-    denoise = model.denoiser(labels=labels, use_ema=use_ema)
-    loop = tf.function(
-        lambda x, s: model.diffusion.bpd_loop_graph(denoise, x, s),
-        jit_compile=jit_compile,
-        autograph=False,
-    )
+    loop = _bound_loop(model, use_ema, jit_compile)
     seed = rng.as_seed(seed)
     totals, priors, decoders = [], [], []
     for start in range(0, len(images), batch):

@@ -3,6 +3,7 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("PYTHONFAULTHANDLER", "1")  # a crashing program subprocess shows its stack
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
