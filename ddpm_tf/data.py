@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +18,17 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from ddpm_tf.checks import check_int
-from ddpm_tf.pixels import scale_to_unit
+from ddpm_tf.datasets.pixel_cache import PixelCache
+from ddpm_tf.pixels import resize_square, scale_to_unit
 
 __all__ = [
     "RESIZE_METHODS",
     "DatasetNotPreparedError",
     "distribute",
+    "cached_split",
     "load_arrays",
     "load_images",
+    "split_size",
     "step_batches",
     "num_classes",
 ]
@@ -142,22 +146,6 @@ def _check_features(
             )
 
 
-def _resize(image: tf.Tensor, image_size: int, method: str, center_crop: bool) -> tf.Tensor:
-    """Resizes a uint8 [H, W, C] image to [image_size, image_size, C], staying uint8.
-
-    With ``center_crop`` the largest central square is cut first, keeping the aspect ratio;
-    otherwise non-square images are stretched.
-    """
-    if center_crop:
-        height, width = tf.shape(image)[0], tf.shape(image)[1]
-        side = tf.minimum(height, width)
-        image = tf.image.crop_to_bounding_box(
-            image, (height - side) // 2, (width - side) // 2, side, side
-        )
-    resized = tf.image.resize(image, (image_size, image_size), method=method, antialias=True)
-    return tf.cast(tf.round(tf.clip_by_value(resized, 0.0, 255.0)), tf.uint8)
-
-
 def _prepared_builder(name: str, data_dir: str | None, download: bool) -> tfds.core.DatasetBuilder:
     """The builder of a dataset that is on disk: prepared now if allowed, else checked.
 
@@ -191,7 +179,7 @@ def _examples(
     def select(example: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
         image = example[image_key]
         if image_size is not None:
-            image = _resize(image, image_size, resize_method, center_crop)
+            image = resize_square(image, image_size, resize_method, center_crop)
         label = tf.zeros((), tf.int32) if label_key is None else example[label_key]
         return image, tf.cast(label, tf.int32)
 
@@ -237,8 +225,21 @@ def load_arrays(
     return np.concatenate(images), None if label_key is None else np.concatenate(labels)
 
 
+def _row_reader(images: np.ndarray | PixelCache) -> Callable[[tf.Tensor], tf.Tensor]:
+    """rows [B] -> uint8 images [B, H, W, C], from memory or from a pixel cache on disk."""
+    if isinstance(images, PixelCache):
+        return images.gather
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(
+            f"`images` must be uint8 [N, H, W, C], got {images.dtype} with shape {images.shape}."
+        )
+    pixels = tf.constant(images)
+    return lambda rows: tf.gather(pixels, rows)
+
+
 def step_batches(
-    images: np.ndarray,
+    images: np.ndarray | PixelCache,
     labels: np.ndarray | None = None,
     *,
     batch_size: int,
@@ -254,14 +255,12 @@ def step_batches(
     `start_step` therefore gives exactly the batches an uninterrupted run sees from that step on,
     at no cost for skipping.
 
-    Yields float32 images [B, H, W, C] (or (images, int32 labels [B])).
+    `images` are uint8 [N, H, W, C] in memory or a `PixelCache` on disk (rows read as needed,
+    so memory does not grow with N). Yields float32 images [B, H, W, C] (or (images, int32
+    labels [B])).
     """
-    images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 4:
-        raise ValueError(
-            f"`images` must be uint8 [N, H, W, C], got {images.dtype} with shape {images.shape}."
-        )
-    count = images.shape[0]
+    gather = _row_reader(images)
+    count = len(images)
     check_int(batch_size, "batch_size")
     if batch_size > count:
         raise ValueError(
@@ -271,7 +270,6 @@ def step_batches(
     if labels is not None and len(labels) != count:
         raise ValueError(f"`labels` has {len(labels)} entries for {count} images.")
     check_int(start_step, "start_step", 0)
-    pixels = tf.constant(images)
     classes = None if labels is None else tf.constant(np.asarray(labels, np.int32))
     n = tf.constant(count, tf.int64)
 
@@ -287,7 +285,7 @@ def step_batches(
 
         # batch_size <= N, so a batch spans at most two epochs.
         rows = tf.where(epoch == first, permuted(first), permuted(first + 1))
-        x = tf.gather(pixels, rows)
+        x = gather(rows)
         if random_flip:
             flip_seed = tf.stack([tf.constant(seed, tf.int64) + 1, step])
             flip = tf.random.stateless_uniform([batch_size], flip_seed, alg="philox") < 0.5
@@ -388,6 +386,59 @@ def load_images(
     ds = tf.data.Dataset.zip(ds, seeds).map(augment_and_scale, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def cached_split(
+    directory: str | os.PathLike,
+    name: str,
+    split: str = "train",
+    *,
+    data_dir: str | None = None,
+    download: bool = False,
+    label_key: str | None = None,
+    image_size: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> PixelCache:
+    """A tfds split decoded once into a `PixelCache` in `directory` (reused once finished).
+
+    The split is read in its fixed order with tfds' parallel decoding and written as it goes,
+    so memory stays flat for any size. `progress` gets the number of images written.
+    """
+    _validate_args(name, split, 1, image_size, "area", 0, 0)
+    builder = _prepared_builder(name, data_dir, download)
+    source = {
+        "dataset": builder.info.full_name,
+        "split": split,
+        "image_size": image_size,
+        "labels": label_key,
+    }
+    cache = PixelCache.reuse(directory, source)
+    if cache is not None:
+        return cache
+    examples = _examples(
+        name, split, data_dir, download, "image", label_key, image_size, "area", False
+    )
+    return PixelCache.build(
+        directory,
+        examples,
+        num_classes=None if label_key is None else num_classes(name, label_key, data_dir),
+        source=source,
+        progress=progress,
+    )
+
+
+def split_size(name: str, split: str, data_dir: str | None = None, download: bool = False) -> int:
+    """Number of examples of a tfds split (slices such as "train[:90%]" included).
+
+    Raises `DatasetNotPreparedError` if the dataset is not on disk and `download` is False.
+    """
+    splits = _prepared_builder(name, data_dir, download).info.splits
+    try:
+        return int(splits[split].num_examples)
+    except (KeyError, ValueError) as err:
+        raise ValueError(
+            f"split={split!r} is not a split of {name!r} ({err}); its splits are {sorted(splits)}."
+        ) from None
 
 
 def num_classes(name: str, label_key: str = "label", data_dir: str | None = None) -> int:

@@ -25,6 +25,7 @@ __all__ = [
     "FLOAT_TOLERANCE",
     "auto_scale",
     "make_grid",
+    "resize_square",
     "save_grid",
     "scale_to_unit",
     "to_unit_range",
@@ -42,6 +43,24 @@ def scale_to_unit(images: tf.Tensor) -> tf.Tensor:
     if images.dtype != tf.uint8:
         raise TypeError(f"scale_to_unit expects uint8 pixels in [0, 255], got {images.dtype.name}")
     return tf.cast(images, tf.float32) / 127.5 - 1.0
+
+
+def resize_square(
+    image: tf.Tensor, size: int, method: str = "area", center_crop: bool = True
+) -> tf.Tensor:
+    """A uint8 image [H, W, C] as uint8 [size, size, C], resized with antialiasing.
+
+    With `center_crop` the largest central square is cut first, keeping the aspect ratio;
+    otherwise non-square images are stretched.
+    """
+    if center_crop:
+        height, width = tf.shape(image)[0], tf.shape(image)[1]
+        side = tf.minimum(height, width)
+        image = tf.image.crop_to_bounding_box(
+            image, (height - side) // 2, (width - side) // 2, side, side
+        )
+    resized = tf.image.resize(image, (size, size), method=method, antialias=True)
+    return tf.cast(tf.round(tf.clip_by_value(resized, 0.0, 255.0)), tf.uint8)
 
 
 def unit_to_uint8(images: tf.Tensor) -> tf.Tensor:

@@ -32,6 +32,7 @@ from ddpm_tf.model import DiffusionModel
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.json"
 CHECKPOINT_DIR = "checkpoints"
+DATA_DIR = "data"  # the run's decoded training data (pixel caches), made before the run starts
 
 __all__ = [
     "CheckpointError",
@@ -104,6 +105,7 @@ class RunDirectory:
         self.path = Path(path)
         self.keep = check_int(keep, "keep")
         self.checkpoint_dir = self.path / CHECKPOINT_DIR
+        self.data_dir = self.path / DATA_DIR
         self._manager: tf.train.CheckpointManager | None = None
 
     # ---------------------------------------------------------------------------------- config
@@ -126,7 +128,7 @@ class RunDirectory:
             raise RunConfigError(f"run directory {self.path} exists and is not a directory.")
         saved = self.saved_config()
         if saved is None:
-            if self.path.is_dir() and any(self.path.iterdir()):
+            if self.path.is_dir() and any(p.name != DATA_DIR for p in self.path.iterdir()):
                 raise RunConfigError(
                     f"{self.path} is not empty and holds no {CONFIG_FILE}: it is not a run "
                     "directory. Choose another --run-dir."

@@ -29,7 +29,7 @@ from ddpm_tf import (
     unet,
 )
 from ddpm_tf.exporting import ExportOptions, export_model
-from ddpm_tf.training.config import resolve
+from ddpm_tf.training.train import resolve_args
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 PROGRAMS = program_modules()
@@ -57,7 +57,7 @@ def test_the_readme_has_commands_for_every_program():
 def test_every_command_parses_as_written(words):
     args = PROGRAMS[words[0]].build_parser().parse_args(words[1:])  # exits (fails) on a bad flag
     if words[0] == "ddpm-train":
-        resolve(args.config, args.overrides)  # every override names a real key with a valid value
+        resolve_args(args)  # every override names a real key with a valid value
 
 
 # The package's callables whose keyword arguments the README's examples use.

@@ -67,9 +67,10 @@ def _assert_same_checkpoints(a: Path, b: Path) -> None:
 
 # ------------------------------------------------------------------------------------ configs
 def test_every_preset_resolves():
-    assert {"digits", "mnist", "fashion_mnist", "cifar10", "celebahq256"} <= set(cfg.preset_names())
+    names = {"digits", "mnist", "fashion_mnist", "cifar10", "celebahq256", "folder64"}
+    assert names <= set(cfg.preset_names())
     for name in cfg.preset_names():
-        _, config = cfg.resolve(name)
+        _, config = cfg.resolve(name, ["data.images=DIR"] if name == "folder64" else [])
         assert config.keys() == cfg.DEFAULTS.keys()
     assert cfg.resolve("cifar10")[1]["model"]["preset"] == "ddpm_cifar10"
 
@@ -97,6 +98,12 @@ def test_overrides_are_typed():
 def test_bad_overrides_are_named(override, message):
     with pytest.raises(cfg.ConfigError, match=message):
         cfg.resolve("digits", [override])
+
+
+def test_a_bad_schedule_is_refused_with_the_config():
+    """Before any data is read: the linear schedule reaches beta = 1 at T = 20."""
+    with pytest.raises(cfg.ConfigError, match=r"\[diffusion\] .*strictly inside \(0, 1\)"):
+        cfg.resolve("digits", ["diffusion.timesteps=20"])
 
 
 def test_unknown_preset_lists_the_presets():

@@ -15,10 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from ddpm_tf.sampling_spec import SamplingSpec
+from ddpm_tf.schedules import get_beta_schedule
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {
         "dataset": "sklearn_digits",  # a tfds name (embedded: sklearn_digits, mnist5k)
+        "images": "",  # or a folder of PNG/JPEG files (subfolders are classes if conditional)
+        "channels": 0,  # image folders: 1 (gray) or 3 (RGB, the default); tfds keeps its own
         "train_split": "train",
         "test_split": "test",
         "image_size": 0,  # 0: the dataset's own size
@@ -150,18 +153,42 @@ def resolve(preset: str = "digits", overrides: list[str] = ()) -> tuple[str, dic
     """(name, config): DEFAULTS updated by the preset, then by `KEY=VALUE` overrides."""
     name, file_values = _read_preset(preset)
     config = copy.deepcopy(DEFAULTS)
+    given = set()  # the keys the preset or the overrides set
     for section, values in file_values.items():
         if not isinstance(values, dict):
             raise ConfigError(f"config {preset}: {section!r} must be a [section] table.")
         for key, value in values.items():
             _set(config, f"{section}.{key}", value)
+            given.add(f"{section}.{key}")
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep:
             raise ConfigError(f"override {item!r} must look like section.key=value.")
         _set(config, key.strip(), _parse_value(text.strip()))
+        given.add(key.strip())
+    _choose_data_source(config["data"], dataset_given="data.dataset" in given)
     validate(config)
     return name, config
+
+
+def _choose_data_source(data: dict, dataset_given: bool) -> None:
+    """A run reads a folder (data.images) or a tfds dataset (data.dataset), never both."""
+    if not data["images"]:
+        if not data["dataset"]:
+            raise ConfigError("set data.dataset (a tfds name) or data.images (a folder).")
+        return
+    if dataset_given and data["dataset"]:
+        raise ConfigError(
+            f"data.images={data['images']!r} and data.dataset={data['dataset']!r} are both set; "
+            "a run reads either a folder of images or a tfds dataset: drop one (--images uses the "
+            "folder64 preset unless --config names a preset without a dataset)."
+        )
+    data["dataset"] = ""
+    if data["channels"] not in (0, 1, 3):
+        raise ConfigError(f"data.channels must be 1 (gray) or 3 (RGB), got {data['channels']}.")
+    data["channels"] = data["channels"] or 3
+    if data["image_size"] < 1:
+        raise ConfigError("data.image_size must be >= 1 for an image folder, e.g. 64.")
 
 
 def validate(config: dict) -> None:
@@ -181,3 +208,8 @@ def validate(config: dict) -> None:
         SamplingSpec.from_dict(config["sampling"])
     except ValueError as err:
         raise ConfigError(f"[sampling] {err}") from None
+    diffusion = config["diffusion"]
+    try:  # NumPy only: no TensorFlow op may run before a multi-worker strategy exists
+        get_beta_schedule(diffusion["schedule"], num_timesteps=diffusion["timesteps"])
+    except ValueError as err:
+        raise ConfigError(f"[diffusion] {err}") from None

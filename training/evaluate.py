@@ -17,10 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ddpm_tf import cli
 from ddpm_tf.data import load_arrays
+from ddpm_tf.datasets.pixel_cache import PixelCache
 from ddpm_tf.evaluation import sample_quality
 from ddpm_tf.features import ClassifierFeatures, InceptionFeatures
 from ddpm_tf.likelihood import bits_per_dim
@@ -63,6 +65,36 @@ def build_parser() -> cli.ProgramParser:
     return parser
 
 
+def real_images(args: argparse.Namespace) -> tuple[dict, Callable, Callable]:
+    """(what the images are, test images loader, training images loader): uint8 [N, H, W, C].
+
+    A run on a folder of images is measured on the pixel caches its training made (the held-out
+    5% and the training images); otherwise on the tfds splits of --dataset or of the run.
+    """
+    run = RunDirectory(args.model)
+    data_cfg = (run.saved_config() or {}).get("data", {})
+    if not args.dataset and data_cfg.get("images"):
+        where = {"dataset": data_cfg["images"], "split": "held-out 5%"}
+        return (
+            where,
+            lambda: PixelCache(run.data_dir / "test").load(),
+            lambda: PixelCache(run.data_dir / "train").load(),
+        )
+    dataset = args.dataset or data_cfg.get("dataset")
+    if not dataset:
+        raise ValueError("--dataset is needed when the model is not a run directory.")
+    split = args.split or data_cfg.get("test_split", "test")
+    train_split = args.train_split or data_cfg.get("train_split", "train")
+    load = dict(
+        data_dir=args.data_dir, label_key=None, image_size=data_cfg.get("image_size") or None
+    )
+    return (
+        {"dataset": dataset, "split": split},
+        lambda: load_arrays(dataset, split, **load)[0],
+        lambda: load_arrays(dataset, train_split, **load)[0],
+    )
+
+
 def evaluate(args: argparse.Namespace) -> dict:
     """Measures the model of `args` and writes report.json (and samples.png); returns the report."""
     spec = cli.sampling_spec(args, DEFAULT_SPEC)
@@ -72,13 +104,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     if (out / "report.json").exists() and not args.overwrite:
         raise ValueError(f"{out / 'report.json'} exists; pass --overwrite or another --out.")
-    data_cfg = (RunDirectory(args.model).saved_config() or {}).get("data", {})
-    dataset = args.dataset or data_cfg.get("dataset")
-    if dataset is None:
-        raise ValueError("--dataset is needed when the model is not a run directory.")
-    split = args.split or data_cfg.get("test_split", "test")
-    train_split = args.train_split or data_cfg.get("train_split", "train")
-    size = data_cfg.get("image_size") or None
+    dataset, test, reference = real_images(args)
     if args.classifier:
         extractor = ClassifierFeatures(args.classifier)
     elif args.inception_weights:
@@ -86,14 +112,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     else:
         extractor = None
     model = load_model(args.model)
-    load = dict(data_dir=args.data_dir, label_key=None, image_size=size)
-    test, _ = load_arrays(dataset, split, **load)
-    report: dict = {
-        "model": str(args.model),
-        "step": model.step,
-        "dataset": dataset,
-        "split": split,
-    }
+    test = test()
+    report: dict = {"model": str(args.model), "step": model.step, **dataset}
     began = time.perf_counter()
     if args.bpd_examples != 0:
         count = len(test) if args.bpd_examples < 0 else min(args.bpd_examples, len(test))
@@ -108,7 +128,7 @@ def evaluate(args: argparse.Namespace) -> dict:
             compared,
             test,
             extractor,
-            reference=load_arrays(dataset, train_split, **load)[0],
+            reference=reference(),
             num_samples=num,
             seed=args.seed,
             batch_size=args.batch_size,
@@ -118,7 +138,8 @@ def evaluate(args: argparse.Namespace) -> dict:
             ),
         )
         write_table(rows, out / "quality.json")
-        plot_quality(rows, out / "quality.png", f"{dataset}: {num} samples, {model.step} steps")
+        title = f"{dataset['dataset']}: {num} samples, {model.step} steps"
+        plot_quality(rows, out / "quality.png", title)
         report["quality_against_steps"] = rows
     elif num > 0:
         began = time.perf_counter()
@@ -135,9 +156,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         save_grid(fake[:64], out / "samples.png")
         if extractor is not None:
-            reference, _ = load_arrays(dataset, train_split, **load)
             report["sample_quality"] = sample_quality(
-                test, fake, extractor, reference_uint8=reference
+                test, fake, extractor, reference_uint8=reference()
             )
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")

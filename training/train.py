@@ -12,6 +12,7 @@ bookkeeping and the `[sampling]` of the grids may change, so a finished run can 
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from pathlib import Path
 
@@ -19,8 +20,8 @@ import keras
 import tensorflow as tf
 
 from ddpm_tf import cli
-from ddpm_tf.data import load_arrays, step_batches
-from ddpm_tf.data import num_classes as data_num_classes
+from ddpm_tf.data import cached_split, split_size, step_batches
+from ddpm_tf.datasets.image_folder import scan_folder
 from ddpm_tf.distribute import make_strategy
 from ddpm_tf.recipe import build_model
 from ddpm_tf.runs import RunDirectory
@@ -39,8 +40,13 @@ def build_parser() -> cli.ProgramParser:
     )
     parser.add_argument(
         "--config",
-        default="digits",
-        help=f"a preset ({', '.join(preset_names())}) or a .toml file (default: digits)",
+        help=f"a preset ({', '.join(preset_names())}) or a .toml file (default: digits, or "
+        "folder64 with --images)",
+    )
+    parser.add_argument(
+        "--images",
+        metavar="DIR",
+        help="train on your own PNG/JPEG files in DIR (recursively; sets data.images)",
     )
     parser.add_argument("--run-dir", help="run directory (default: runs/<config name>)")
     parser.add_argument("--data-dir", help="tfds data directory (default: tfds' own)")
@@ -55,44 +61,71 @@ def build_parser() -> cli.ProgramParser:
     return parser
 
 
-def load_data(config: dict, data_dir: str | None, download: bool):
-    """(train images, train labels, test images, test labels) as uint8/int32 arrays."""
+def resolve_args(args: argparse.Namespace) -> tuple[str, dict]:
+    """(name, config) of the command line: --config (digits, or folder64 with --images), then
+    the overrides, then --images."""
+    overrides = [*args.overrides, *([f"data.images={args.images!r}"] if args.images else [])]
+    return resolve(args.config or ("folder64" if args.images else "digits"), overrides)
+
+
+def open_data(config: dict, run: RunDirectory, data_dir: str | None, download: bool):
+    """(train, test) pixel caches in the run's data directory, decoded on the first start.
+
+    A folder (data.images) holds out a fixed 5% for evaluation; a tfds dataset gives its two
+    splits. Later starts of the run reuse the caches, so they decode nothing again. Training reads
+    its batches from the cache file as it goes, for every size of dataset: the in-memory path is
+    not faster where it matters (both give hundreds of batches per second or more, far above the
+    training rate: `python bench/input_pipeline.py`), and one path is one behaviour to test.
+    """
     data = config["data"]
-    options = dict(
-        data_dir=data_dir,
-        download=download,
-        image_size=data["image_size"] or None,
-        label_key="label" if data["class_conditional"] else None,
-    )
-    train = load_arrays(data["dataset"], data["train_split"], **options)
-    test = load_arrays(data["dataset"], data["test_split"], **options)
-    return (*train, *test)
+    if data["images"]:
+        folder = scan_folder(data["images"], data["class_conditional"])
+        progress = cli.ProgressLine("decoding images", len(folder.paths), "images")
+        return folder.cache(run.data_dir, data["image_size"], data["channels"], progress)
+    caches = []
+    for role in ("train", "test"):
+        split = data[f"{role}_split"]
+        total = split_size(data["dataset"], split, data_dir, download)
+        caches.append(
+            cached_split(
+                run.data_dir / role,
+                data["dataset"],
+                split,
+                data_dir=data_dir,
+                download=download,
+                label_key="label" if data["class_conditional"] else None,
+                image_size=data["image_size"] or None,
+                progress=cli.ProgressLine(f"decoding {split}", total, "images"),
+            )
+        )
+    return tuple(caches)
 
 
 def train(args: argparse.Namespace) -> int:
     """Trains (or resumes) the run of `args`; see the module docstring."""
-    name, config = resolve(args.config, args.overrides)
+    name, config = resolve_args(args)
     run = RunDirectory(args.run_dir or Path("runs") / name, keep=config["run"]["keep"])
     run.check_config(config, may_change=MAY_CHANGE)  # before any work, before writing anything
     train_cfg, run_cfg = config["train"], config["run"]
     if train_cfg["mixed_precision"]:
         keras.mixed_precision.set_global_policy("mixed_float16")
-    x_train, y_train, x_test, y_test = load_data(config, args.data_dir, args.download)
-    num_classes = (
-        data_num_classes(config["data"]["dataset"], data_dir=args.data_dir)
-        if config["data"]["class_conditional"]
-        else None
-    )
+    fresh = not run.path.exists()
+    try:
+        train_cache, test_cache = open_data(config, run, args.data_dir, args.download)
+    except BaseException:
+        if fresh:  # a failed first start leaves no directory behind
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
     strategy = make_strategy(train_cfg["strategy"])
     keras.utils.set_random_seed(train_cfg["seed"])  # the initial weights follow the seed too
     with strategy.scope():
-        model = build_model(config, x_train.shape[1:], num_classes)
+        model = build_model(config, train_cache.shape, train_cache.num_classes)
     run.open(config, model)
     start = run.restore(model)
     total = train_cfg["steps"]
     print(
-        f"run {run.path}: {config['data']['dataset']} {x_train.shape[0]} train / "
-        f"{x_test.shape[0]} test images {x_train.shape[1:]}, "
+        f"run {run.path}: {config['data']['dataset'] or config['data']['images']} "
+        f"{len(train_cache)} train / {len(test_cache)} test images {train_cache.shape}, "
         f"{model.network.count_params():,} parameters, "
         + (f"resuming at step {start}" if start else "starting at step 0")
         + f" of {total}",
@@ -104,15 +137,19 @@ def train(args: argparse.Namespace) -> int:
 
     batch = train_cfg["batch_size"]
     dataset = step_batches(
-        x_train,
-        y_train,
+        train_cache,
+        train_cache.labels,
         batch_size=batch,
         seed=train_cfg["seed"],
         start_step=start,
         random_flip=config["data"]["random_flip"],
     )
-    test_batch = min(batch, x_test.shape[0])
-    test_data = step_batches(x_test, y_test, batch_size=test_batch, seed=train_cfg["seed"] + 1)
+    test_data = step_batches(
+        test_cache,
+        test_cache.labels,
+        batch_size=min(batch, len(test_cache)),
+        seed=train_cfg["seed"] + 1,
+    )
     writer = tf.summary.create_file_writer(str(run.path / "logs"))
     guard = cb.NanGuard()
     checkpointer = cb.Checkpointer(run, run_cfg["checkpoint_every"], guard)
@@ -132,7 +169,7 @@ def train(args: argparse.Namespace) -> int:
             run_cfg["eval_batches"],
             run_cfg["eval_every"],
             writer,
-            bpd_images=x_test[: run_cfg["bpd_examples"]],
+            bpd_images=test_cache.head(run_cfg["bpd_examples"]),
         ),
         checkpointer,
         samples,
