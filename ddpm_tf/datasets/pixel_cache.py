@@ -82,7 +82,7 @@ class PixelCache:
                     f"{self.directory / LABELS} holds {self.labels.shape} labels for "
                     f"{self.count} images; delete {self.directory} and it is built again."
                 )
-        self._fd: int | None = None
+        self._fd = os.open(self.directory / PIXELS, os.O_RDONLY)  # pread is safe from any thread
 
     def __len__(self) -> int:
         return self.count
@@ -94,8 +94,6 @@ class PixelCache:
 
     def read(self, rows: np.ndarray) -> np.ndarray:
         """uint8 images [len(rows), H, W, C] of the examples `rows` (int, any order, repeats allowed)."""
-        if self._fd is None:
-            self._fd = os.open(self.directory / PIXELS, os.O_RDONLY)
         rows = np.asarray(rows, np.int64).reshape(-1)
         if rows.size and (rows.min() < 0 or rows.max() >= self.count):
             raise IndexError(f"rows must be in [0, {self.count}), got {rows.min()}..{rows.max()}")
@@ -123,9 +121,6 @@ class PixelCache:
     def __del__(self):
         if getattr(self, "_fd", None) is not None:
             os.close(self._fd)
-
-    def __getstate__(self):  # a file descriptor does not travel; it is reopened on first read
-        return {**self.__dict__, "_fd": None}
 
     @classmethod
     def build(
