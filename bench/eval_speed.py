@@ -3,10 +3,13 @@
 Bits/dim (`likelihood.bits_per_dim`) and sampling (`sampling.generate_uint8`) call the network T
 times per batch; their time is compared, in one run, with the same number of network calls alone
 (one compiled `tf.while_loop` of T forward passes at the same batch, the faster of graph and XLA).
-Every time includes compilation, as a program run does. A ratio of 1.0 means the loop adds nothing
-to the network's cost.
+Every time includes compilation, as a program run does, and the network-only loop runs the same
+batch sizes as the loop it is compared with. Rounds alternate the measurements so that a machine
+whose load changes affects both sides alike; the medians of the per-round ratios are reported. A
+ratio of 1.0 means the loop adds nothing to the network's cost.
 
-    python bench/eval_speed.py                                  # tiny_8 digits, 300 images
+    python bench/eval_speed.py                      # tiny_8 digits: 300 images, batch 250, T=1000
+    python bench/eval_speed.py --images 1000 --batch 256 --modes graph --rounds 1
     python bench/eval_speed.py --preset small_28 --image-size 28 --images 200 --batch 200
 """
 
@@ -32,30 +35,35 @@ from ddpm_tf import (  # noqa: E402
     get_beta_schedule,
     unet,
 )
-from ddpm_tf.likelihood import bits_per_dim  # noqa: E402
+from ddpm_tf.likelihood import bits_per_dim, even_batch  # noqa: E402
 
 
-def network_only(model: DiffusionModel, batch: int, calls: int, jit: bool) -> float:
-    """Seconds for `calls` forward passes of the EMA network at `batch`, in one compiled loop."""
+def network_only(model: DiffusionModel, batches: list[int], steps: int, jit: bool) -> float:
+    """Seconds for `steps` forward passes of the EMA network at each batch size of `batches`, each
+    batch one compiled loop (the same calls, batch by batch, as the loop it is compared with)."""
     network = model.ema_network
-    x = tf.random.normal([batch, *model.image_shape])
 
     @tf.function(jit_compile=jit)
     def loop(x):
         def body(i, x):
-            t = tf.fill([batch], tf.cast(i % 1000, tf.int32))
+            t = tf.fill(tf.shape(x)[:1], tf.cast(i % 1000, tf.int32))
             return i + 1, network([x, t], training=False)[..., : x.shape[-1]]
 
-        return tf.while_loop(lambda i, _: i < calls, body, (tf.constant(0), x))[1]
+        return tf.while_loop(lambda i, _: i < steps, body, (tf.constant(0), x))[1]
 
-    return timed(lambda: loop(x).numpy())
+    return timed(lambda: [loop(tf.random.normal([b, *model.image_shape])).numpy() for b in batches])
 
 
-def timed(fn) -> float:
-    """Seconds of one call, compilation included: what a program run sees."""
+def timed(fn, *args, **kwargs) -> float:
+    """Seconds of one call `fn(*args, **kwargs)`, compilation included: what a program run sees."""
     began = time.perf_counter()
-    fn()
+    fn(*args, **kwargs)
     return time.perf_counter() - began
+
+
+def generation_batches(count: int, batch: int) -> list[int]:
+    """The batch sizes `generate_uint8` runs: full batches, then the rest."""
+    return [min(batch, count - start) for start in range(0, count, batch)]
 
 
 def main(argv=None) -> None:
@@ -68,31 +76,51 @@ def main(argv=None) -> None:
     parser.add_argument("--timesteps", type=int, default=1000)
     parser.add_argument("--images", type=int, default=300, help="images measured / sampled")
     parser.add_argument("--batch", type=int, default=250)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--modes", nargs="+", default=["graph", "xla"], choices=["graph", "xla"])
     args = parser.parse_args(argv)
 
-    network = unet.from_preset(args.preset, image_size=args.image_size, in_channels=args.channels)
-    model = DiffusionModel(network, GaussianDiffusion(get_beta_schedule("linear", args.timesteps)))
     images = np.random.default_rng(0).integers(
         0, 256, (args.images, args.image_size, args.image_size, args.channels), dtype=np.uint8
     )
-    batches = -(-args.images // args.batch)
-    calls = args.timesteps * batches
-    base = min(network_only(model, args.batch, calls, jit) for jit in (False, True))
+    bound_batches = [even_batch(args.images, args.batch)] * -(-args.images // args.batch)
+    sample_batches = generation_batches(args.images, args.batch)
     print(f"machine: {machine()}")
     print(
-        f"preset {args.preset} {model.image_shape}, T={args.timesteps}, {args.images} images in "
-        f"batches of {args.batch}: {calls} network calls alone take {base:.1f} s"
+        f"preset {args.preset}, T={args.timesteps}, {args.images} images: bits/dim in batches "
+        f"{bound_batches}, sampling in batches {sample_batches}; {args.rounds} alternating "
+        "rounds, a fresh model each (compilation included, as in a program run)"
     )
-    print(f"{'loop':<28} {'seconds':>8} {'x network':>10}")
-    for jit in (False, True):
-        mode = "XLA" if jit else "graph"
-        seconds = timed(lambda jit=jit: bits_per_dim(model, images, args.batch, jit_compile=jit))
-        print(f"{'bits/dim ' + mode:<28} {seconds:>8.1f} {seconds / base:>10.2f}")
-        spec = SamplingSpec(jit_compile=jit)
-        seconds = timed(
-            lambda spec=spec: generate_uint8(model, args.images, 0, spec, batch_size=args.batch)
-        )
-        print(f"{'ancestral sampling ' + mode:<28} {seconds:>8.1f} {seconds / base:>10.2f}")
+    ratios: dict[str, list[float]] = {}
+    seconds: dict[str, list[float]] = {}
+
+    def record(name: str, loop: float, network: float) -> None:
+        seconds.setdefault(name, []).append(loop)
+        ratios.setdefault(name, []).append(loop / network)
+        print(f"  {name:<22} {loop:7.1f} s, network alone {network:7.1f} s: {loop / network:.3f}")
+
+    for round_ in range(args.rounds):
+        print(f"round {round_ + 1}", flush=True)
+        for mode in args.modes:
+            jit = mode == "xla"
+            model = fresh_model(args)
+            base = network_only(model, bound_batches, args.timesteps, jit)
+            loop = timed(bits_per_dim, model, images, args.batch, jit_compile=jit)
+            record(f"bits/dim {mode}", loop, base)
+            model = fresh_model(args)
+            base = network_only(model, sample_batches, args.timesteps, jit)
+            spec = SamplingSpec(jit_compile=jit)
+            loop = timed(generate_uint8, model, args.images, 0, spec, batch_size=args.batch)
+            record(f"ancestral {mode}", loop, base)
+    print(f"{'loop':<22} {'median s':>9} {'x network (median of rounds)':>30}")
+    for name in ratios:
+        print(f"{name:<22} {np.median(seconds[name]):>9.1f} {np.median(ratios[name]):>30.3f}")
+
+
+def fresh_model(args) -> DiffusionModel:
+    """A new model (no compiled loop kept from an earlier round)."""
+    network = unet.from_preset(args.preset, image_size=args.image_size, in_channels=args.channels)
+    return DiffusionModel(network, GaussianDiffusion(get_beta_schedule("linear", args.timesteps)))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from ddpm_tf import rng
 from ddpm_tf.checks import check_int
 from ddpm_tf.pixels import scale_to_unit
 
-__all__ = ["bits_per_dim"]
+__all__ = ["bits_per_dim", "even_batch"]
 
 # model -> {(use_ema, jit_compile): compiled loop}; entries go with their model.
 _LOOPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -43,6 +43,13 @@ def _bound_loop(model: Any, use_ema: bool, jit_compile: bool) -> Callable:
     return loops[key]
 
 
+def even_batch(count: int, batch_size: int) -> int:
+    """The batch that covers `count` items in the fewest batches of at most `batch_size`, with the
+    least padding of the last: ceil(count / ceil(count / batch_size))."""
+    batches = -(-count // batch_size)
+    return -(-count // batches)
+
+
 def bits_per_dim(
     model: Any,
     images: np.ndarray,
@@ -55,16 +62,18 @@ def bits_per_dim(
 ) -> dict[str, float | int | None]:
     """Mean of the exact bound over uint8 `images` [N, H, W, C] for a `DiffusionModel`, in bits/dim.
 
-    Class-conditional models are measured unconditionally (the null label). Returns dict(bpd,
-    bpd_stderr (None for one image), prior_bpd, decoder_bpd, num_examples). `progress` is called
-    with the number of images done after each batch.
+    Class-conditional models are measured unconditionally (the null label). The images go in as
+    few batches of at most `batch_size` as possible, of equal size (`even_batch`: 300 images at
+    250 run as 2 x 150, not 250 + 50 padded to 250). Returns dict(bpd, bpd_stderr (None for one
+    image), prior_bpd, decoder_bpd, num_examples). `progress` is called with the number of images
+    done after each batch.
     """
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[0] == 0:
         raise ValueError(
             f"images must be uint8 [N, H, W, C] with N >= 1, got {images.dtype} {images.shape}."
         )
-    batch = min(check_int(batch_size, "batch_size"), images.shape[0])
+    batch = even_batch(images.shape[0], check_int(batch_size, "batch_size"))
     loop = _bound_loop(model, use_ema, jit_compile)
     seed = rng.as_seed(seed)
     totals, priors, decoders = [], [], []

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ddpm_tf import GaussianDiffusion, get_beta_schedule, unet
-from ddpm_tf.likelihood import _bound_loop, bits_per_dim
+from ddpm_tf.likelihood import _bound_loop, bits_per_dim, even_batch
 from ddpm_tf.model import DiffusionModel
 from ddpm_tf.pixels import scale_to_unit
 
@@ -62,3 +62,19 @@ def test_bad_images_are_refused_before_any_work(model):
         bits_per_dim(model, np.zeros((2, 8, 8, 1), np.float32))
     with pytest.raises(ValueError, match="batch_size"):
         bits_per_dim(model, np.zeros((2, 8, 8, 1), np.uint8), batch_size=0)
+
+
+def test_even_batches_are_as_few_as_allowed_with_the_least_padding():
+    assert [even_batch(n, b) for n, b in [(300, 250), (1000, 256), (5, 3), (7, 7), (1, 250)]] == [
+        150,
+        250,
+        3,
+        7,
+        1,
+    ]
+    for count in range(1, 200):
+        for limit in range(1, 60):
+            batch = even_batch(count, limit)
+            batches = -(-count // batch)
+            assert batch <= limit and batches == -(-count // limit)
+            assert batches * batch - count < batches  # at most one padded row per batch
