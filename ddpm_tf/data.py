@@ -22,7 +22,9 @@ from ddpm_tf.pixels import scale_to_unit
 __all__ = [
     "RESIZE_METHODS",
     "DatasetNotPreparedError",
+    "check_global_batch",
     "distribute",
+    "distributed_step_batches",
     "load_arrays",
     "load_images",
     "step_batches",
@@ -245,6 +247,7 @@ def step_batches(
     seed: int = 0,
     start_step: int = 0,
     random_flip: bool = False,
+    input_context: tf.distribute.InputContext | None = None,
 ) -> tf.data.Dataset:
     """An endless stream of global batches in [-1, 1] whose batch s depends only on (seed, s).
 
@@ -254,7 +257,12 @@ def step_batches(
     `start_step` therefore gives exactly the batches an uninterrupted run sees from that step on,
     at no cost for skipping.
 
-    Yields float32 images [B, H, W, C] (or (images, int32 labels [B])).
+    With an `input_context` (of `strategy.distribute_datasets_from_function`), input pipeline k
+    of K yields only rows [k B / K, (k + 1) B / K) of each global batch, flips included, so the
+    workers together read exactly the global batch of one process (`batch_size` stays global).
+
+    Yields float32 images [B, H, W, C] (or (images, int32 labels [B])), B / K rows per batch with
+    an input context.
     """
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4:
@@ -271,12 +279,13 @@ def step_batches(
     if labels is not None and len(labels) != count:
         raise ValueError(f"`labels` has {len(labels)} entries for {count} images.")
     check_int(start_step, "start_step", 0)
+    share, offset = _pipeline_rows(batch_size, input_context)
     pixels = tf.constant(images)
     classes = None if labels is None else tf.constant(np.asarray(labels, np.int32))
     n = tf.constant(count, tf.int64)
 
     def batch(step: tf.Tensor):
-        index = step * batch_size + tf.range(batch_size, dtype=tf.int64)
+        index = step * batch_size + offset + tf.range(share, dtype=tf.int64)
         epoch = index // n
         first = epoch[0]
         position = index % n
@@ -290,13 +299,68 @@ def step_batches(
         x = tf.gather(pixels, rows)
         if random_flip:
             flip_seed = tf.stack([tf.constant(seed, tf.int64) + 1, step])
-            flip = tf.random.stateless_uniform([batch_size], flip_seed, alg="philox") < 0.5
+            flips = tf.random.stateless_uniform([batch_size], flip_seed, alg="philox")
+            flip = flips[offset : offset + share] < 0.5  # drawn for the global batch
             x = tf.where(flip[:, None, None, None], tf.reverse(x, axis=[2]), x)
         x = scale_to_unit(x)
         return x if classes is None else (x, tf.gather(classes, rows))
 
     steps = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)
     return steps.map(batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def check_global_batch(batch_size: int, replicas: int) -> None:
+    """Raises a one-line ValueError unless the global batch splits evenly over the replicas."""
+    if batch_size % replicas:
+        raise ValueError(
+            f"the global batch size {batch_size} is not divisible by the {replicas} replicas in "
+            f"sync; use a multiple of {replicas}."
+        )
+
+
+def _pipeline_rows(batch_size: int, context: tf.distribute.InputContext | None) -> tuple[int, int]:
+    """(rows, first row) of each global batch that the context's input pipeline reads."""
+    if context is None:
+        return batch_size, 0
+    check_global_batch(batch_size, context.num_replicas_in_sync)
+    rows = batch_size // context.num_input_pipelines
+    return rows, context.input_pipeline_id * rows
+
+
+def distributed_step_batches(
+    strategy: tf.distribute.Strategy,
+    images: np.ndarray,
+    labels: np.ndarray | None = None,
+    *,
+    batch_size: int,
+    seed: int = 0,
+    start_step: int = 0,
+    random_flip: bool = False,
+) -> tf.data.Dataset | tf.distribute.DistributedDataset:
+    """`step_batches` for `strategy`: each worker builds only its own rows of every global batch.
+
+    Through `strategy.distribute_datasets_from_function`: worker k's pipeline yields its rows of
+    global batch s (see `step_batches`), split in order among its replicas, so replica r holds
+    rows [r B / R, (r + 1) B / R), the rows whose noise `DiffusionModel.train_step` draws for it.
+    With the default strategy this is `step_batches` itself.
+    """
+    check_global_batch(batch_size, strategy.num_replicas_in_sync)
+
+    def pipeline(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        stream = step_batches(
+            images,
+            labels,
+            batch_size=batch_size,
+            seed=seed,
+            start_step=start_step,
+            random_flip=random_flip,
+            input_context=context,
+        )
+        per_replica = context.get_per_replica_batch_size(batch_size)
+        rows, _ = _pipeline_rows(batch_size, context)
+        return stream if per_replica == rows else stream.rebatch(per_replica)
+
+    return strategy.distribute_datasets_from_function(pipeline)
 
 
 def load_images(
@@ -408,11 +472,7 @@ def distribute(
     Raises:
         ValueError: if the static global batch size is not divisible by the replica count.
     """
-    replicas = strategy.num_replicas_in_sync
     batch = tf.nest.flatten(dataset.element_spec)[0].shape[0]
-    if batch is not None and batch % replicas:
-        raise ValueError(
-            f"global batch size {batch} is not divisible by the {replicas} replicas of "
-            f"{type(strategy).__name__}"
-        )
+    if batch is not None:
+        check_global_batch(batch, strategy.num_replicas_in_sync)
     return strategy.experimental_distribute_dataset(dataset)

@@ -47,6 +47,34 @@ def test_flips_are_seeded_by_step():
     np.testing.assert_array_equal(next(iter(again)).numpy(), batches[7])
 
 
+@pytest.mark.parametrize("pipelines", [2, 4])
+def test_input_pipelines_read_their_rows_of_each_global_batch(pipelines):
+    """Pipeline k of K yields rows [kB/K, (k+1)B/K) of global batch s, flips included, from any
+    start step and across epoch boundaries: together they are the single-process stream."""
+    images = np.random.default_rng(0).integers(0, 256, (10, 2, 3, 1), dtype=np.uint8)
+    args = dict(batch_size=8, seed=5, start_step=3, random_flip=True)
+    whole = list(step_batches(images, np.arange(10), **args).take(4))
+    parts = [
+        list(step_batches(images, np.arange(10), **args, input_context=context).take(4))
+        for context in (
+            tf.distribute.InputContext(pipelines, k, num_replicas_in_sync=pipelines)
+            for k in range(pipelines)
+        )
+    ]
+    for s, (x, y) in enumerate(whole):
+        assert all(part[s][1].shape == (8 // pipelines,) for part in parts)
+        np.testing.assert_array_equal(np.concatenate([p[s][0] for p in parts]), x.numpy())
+        np.testing.assert_array_equal(np.concatenate([p[s][1] for p in parts]), y.numpy())
+    unflipped = step_batches(images, np.arange(10), **{**args, "random_flip": False}).take(4)
+    assert any(not np.array_equal(x, u) for (x, _), (u, _) in zip(whole, unflipped, strict=True))
+
+
+def test_a_global_batch_that_does_not_split_over_the_replicas_is_refused():
+    context = tf.distribute.InputContext(2, 0, num_replicas_in_sync=4)
+    with pytest.raises(ValueError, match=r"batch size 6 is not divisible by the 4 replicas"):
+        step_batches(IMAGES, batch_size=6, input_context=context)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
