@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -333,28 +334,21 @@ def distributed_step_batches(
     labels: np.ndarray | None = None,
     *,
     batch_size: int,
-    seed: int = 0,
-    start_step: int = 0,
-    random_flip: bool = False,
+    **options: Any,
 ) -> tf.data.Dataset | tf.distribute.DistributedDataset:
     """`step_batches` for `strategy`: each worker builds only its own rows of every global batch.
 
     Through `strategy.distribute_datasets_from_function`: worker k's pipeline yields its rows of
     global batch s (see `step_batches`), split in order among its replicas, so replica r holds
     rows [r B / R, (r + 1) B / R), the rows whose noise `DiffusionModel.train_step` draws for it.
-    With the default strategy this is `step_batches` itself.
+    With the default strategy this is `step_batches` itself. `options` are those of
+    `step_batches` (seed, start_step, random_flip).
     """
     check_global_batch(batch_size, strategy.num_replicas_in_sync)
 
     def pipeline(context: tf.distribute.InputContext) -> tf.data.Dataset:
         stream = step_batches(
-            images,
-            labels,
-            batch_size=batch_size,
-            seed=seed,
-            start_step=start_step,
-            random_flip=random_flip,
-            input_context=context,
+            images, labels, batch_size=batch_size, input_context=context, **options
         )
         per_replica = context.get_per_replica_batch_size(batch_size)
         rows, _ = _pipeline_rows(batch_size, context)

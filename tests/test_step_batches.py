@@ -1,8 +1,11 @@
 """The step-indexed data stream of the training program: epochs are permutations, resume is free."""
 
+import textwrap
+
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import run_script
 
 from ddpm_tf.data import load_arrays, step_batches
 
@@ -67,6 +70,38 @@ def test_input_pipelines_read_their_rows_of_each_global_batch(pipelines):
         np.testing.assert_array_equal(np.concatenate([p[s][1] for p in parts]), y.numpy())
     unflipped = step_batches(images, np.arange(10), **{**args, "random_flip": False}).take(4)
     assert any(not np.array_equal(x, u) for (x, _), (u, _) in zip(whole, unflipped, strict=True))
+
+
+# Logical devices must be configured before TensorFlow initialises: a fresh process.
+MIRRORED_SCRIPT = textwrap.dedent(
+    """
+    import json
+    from ddpm_tf.distribute import logical_cpus
+    devices = logical_cpus(2)
+    import numpy as np
+    import tensorflow as tf
+    from ddpm_tf.data import distributed_step_batches, step_batches
+
+    strategy = tf.distribute.MirroredStrategy(devices)
+    args = dict(batch_size=4, seed=3, start_step=2)
+    labels = np.arange(10)
+    images = labels.astype(np.uint8).reshape(10, 1, 1, 1)
+    stream = iter(distributed_step_batches(strategy, images, labels, **args))
+    replicas = [
+        [y.numpy().tolist() for y in strategy.experimental_local_results(next(stream)[1])]
+        for _ in range(3)
+    ]
+    whole = [y.numpy().tolist() for _, y in step_batches(images, labels, **args).take(3)]
+    print(json.dumps({"replicas": replicas, "whole": whole}))
+    """
+)
+
+
+def test_the_replicas_of_one_worker_take_its_rows_in_order():
+    """Two replicas on one machine: replica r holds rows [rB/2, (r+1)B/2) of each global batch."""
+    result = run_script(MIRRORED_SCRIPT)
+    assert [sum(parts, []) for parts in result["replicas"]] == result["whole"]
+    assert all(len(part) == 2 for parts in result["replicas"] for part in parts)
 
 
 def test_a_global_batch_that_does_not_split_over_the_replicas_is_refused():
