@@ -7,6 +7,9 @@ none) and the versions it was checked against: TensorFlow 2.21.0 and tensorflow-
 
 - :func:`merge_call` wraps ``tf.__internal__.distribute.interim.maybe_merge_call``.
 - :func:`in_multi_worker_mode` wraps ``MultiWorkerMirroredStrategy.extended._in_multi_worker_mode``.
+- :func:`preemption_checkpoint_handler` shadows ``failure_handling_util.on_gcp`` of
+  ``tf.distribute.experimental.PreemptionCheckpointHandler``'s module while it makes one.
+- :func:`stop_preemption_watch` calls ``PreemptionCheckpointHandler._stop_*_thread``.
 - :class:`LocalFilesDownloadManager` overrides ``tfds.download.DownloadManager._download``.
 - :func:`use_download_manager` shadows ``tfds.core.DatasetBuilder._make_download_manager``.
 """
@@ -30,6 +33,8 @@ __all__ = [
     "check_private_apis",
     "in_multi_worker_mode",
     "merge_call",
+    "preemption_checkpoint_handler",
+    "stop_preemption_watch",
     "use_download_manager",
 ]
 
@@ -45,6 +50,14 @@ def _mwms_module() -> object:
     return importlib.import_module(tf.distribute.MultiWorkerMirroredStrategy.__module__)
 
 
+def _failure_handling_module() -> object:
+    # The module that defines PreemptionCheckpointHandler imports failure_handling_util, whose
+    # detect_platform() it calls when a handler is made.
+    return importlib.import_module(
+        tf.distribute.experimental.PreemptionCheckpointHandler.__module__
+    )
+
+
 # Name shown to users -> (root object, dotted attribute path below it). Looked up, never called.
 PRIVATE_APIS: dict[str, tuple[Callable[[], object], str]] = {
     "tf.__internal__.distribute.interim.maybe_merge_call": (
@@ -54,6 +67,18 @@ PRIVATE_APIS: dict[str, tuple[Callable[[], object], str]] = {
     "tf.distribute.MultiWorkerMirroredStrategy.extended._in_multi_worker_mode": (
         _mwms_module,
         "CollectiveAllReduceExtended._in_multi_worker_mode",
+    ),
+    "tf.distribute.experimental.PreemptionCheckpointHandler: failure_handling_util.on_gcp": (
+        _failure_handling_module,
+        "failure_handling_util.on_gcp",
+    ),
+    "tf.distribute.experimental.PreemptionCheckpointHandler._stop_poll_termination_signal_thread": (
+        lambda: tf.distribute.experimental,
+        "PreemptionCheckpointHandler._stop_poll_termination_signal_thread",
+    ),
+    "tf.distribute.experimental.PreemptionCheckpointHandler._stop_cluster_wise_termination_watcher_thread": (
+        lambda: tf.distribute.experimental,
+        "PreemptionCheckpointHandler._stop_cluster_wise_termination_watcher_thread",
     ),
     "tfds.download.DownloadManager._download": (lambda: tfds, "download.DownloadManager._download"),
     "tfds.core.DatasetBuilder._make_download_manager": (
@@ -112,6 +137,46 @@ def in_multi_worker_mode(strategy: tf.distribute.Strategy) -> bool:
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and bool(
         strategy.extended._in_multi_worker_mode()
     )
+
+
+def preemption_checkpoint_handler(
+    cluster_resolver: tf.distribute.cluster_resolver.ClusterResolver | None,
+    manager: tf.train.CheckpointManager,
+    termination_config: tf.distribute.experimental.TerminationConfig,
+) -> tf.distribute.experimental.PreemptionCheckpointHandler:
+    """A ``PreemptionCheckpointHandler`` that takes SIGTERM as the preemption notice on any machine.
+
+    Making a handler asks ``failure_handling_util.detect_platform()`` (TensorFlow 2.21.0) for the
+    platform, which first calls ``on_gcp()``: an HTTP request to Google Compute Engine's metadata
+    server (a DNS look-up and up to 5 s on machines without that server). On GCE the handler then
+    polls GCE's maintenance events instead of SIGTERM, and on GCE CPU machines does nothing at
+    all. This wrapper answers ``on_gcp`` with False while the handler is made, so that SIGTERM is
+    the notice everywhere (TensorFlow's own behaviour off Google's platforms) and nothing goes to
+    the network. No public option skips the detection.
+    """
+    util = _failure_handling_module().failure_handling_util
+    on_gcp = util.on_gcp
+    util.on_gcp = lambda: False
+    try:
+        return tf.distribute.experimental.PreemptionCheckpointHandler(
+            cluster_resolver, manager, termination_config=termination_config
+        )
+    finally:
+        util.on_gcp = on_gcp
+
+
+def stop_preemption_watch(handler: tf.distribute.experimental.PreemptionCheckpointHandler) -> None:
+    """Stops the threads with which ``handler`` watches for a SIGTERM to this or another worker.
+
+    Calls the private ``_stop_poll_termination_signal_thread`` and
+    ``_stop_cluster_wise_termination_watcher_thread`` (TensorFlow 2.21.0), which the handler
+    itself calls after its preemption checkpoint and from ``__del__``. When training ends
+    normally, ``__del__`` may come too late: the thread that waits on the cluster's coordination
+    service for another worker's SIGTERM is still waiting when the chief, which serves it, exits,
+    and dies with an UnavailableError traceback. There is no public way to stop watching.
+    """
+    handler._stop_poll_termination_signal_thread()
+    handler._stop_cluster_wise_termination_watcher_thread()
 
 
 # --------------------------------------------------------------------------- tensorflow-datasets

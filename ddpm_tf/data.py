@@ -12,6 +12,7 @@ import difflib
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -24,8 +25,10 @@ from ddpm_tf.pixels import resize_square, scale_to_unit
 __all__ = [
     "RESIZE_METHODS",
     "DatasetNotPreparedError",
+    "check_global_batch",
     "distribute",
     "cached_split",
+    "distributed_step_batches",
     "load_arrays",
     "load_images",
     "split_size",
@@ -246,6 +249,7 @@ def step_batches(
     seed: int = 0,
     start_step: int = 0,
     random_flip: bool = False,
+    input_context: tf.distribute.InputContext | None = None,
 ) -> tf.data.Dataset:
     """An endless stream of global batches in [-1, 1] whose batch s depends only on (seed, s).
 
@@ -256,8 +260,13 @@ def step_batches(
     at no cost for skipping.
 
     `images` are uint8 [N, H, W, C] in memory or a `PixelCache` on disk (rows read as needed,
-    so memory does not grow with N). Yields float32 images [B, H, W, C] (or (images, int32
-    labels [B])).
+    so memory does not grow with N). With an `input_context` (of
+    `strategy.distribute_datasets_from_function`), input pipeline k of K yields only rows
+    [k B / K, (k + 1) B / K) of each global batch, flips included, so the workers together read
+    exactly the global batch of one process (`batch_size` stays global).
+
+    Yields float32 images [B, H, W, C] (or (images, int32 labels [B])), B / K rows per batch with
+    an input context.
     """
     gather = _row_reader(images)
     count = len(images)
@@ -270,11 +279,12 @@ def step_batches(
     if labels is not None and len(labels) != count:
         raise ValueError(f"`labels` has {len(labels)} entries for {count} images.")
     check_int(start_step, "start_step", 0)
+    share, offset = _pipeline_rows(batch_size, input_context)
     classes = None if labels is None else tf.constant(np.asarray(labels, np.int32))
     n = tf.constant(count, tf.int64)
 
     def batch(step: tf.Tensor):
-        index = step * batch_size + tf.range(batch_size, dtype=tf.int64)
+        index = step * batch_size + offset + tf.range(share, dtype=tf.int64)
         epoch = index // n
         first = epoch[0]
         position = index % n
@@ -288,13 +298,61 @@ def step_batches(
         x = gather(rows)
         if random_flip:
             flip_seed = tf.stack([tf.constant(seed, tf.int64) + 1, step])
-            flip = tf.random.stateless_uniform([batch_size], flip_seed, alg="philox") < 0.5
+            flips = tf.random.stateless_uniform([batch_size], flip_seed, alg="philox")
+            flip = flips[offset : offset + share] < 0.5  # drawn for the global batch
             x = tf.where(flip[:, None, None, None], tf.reverse(x, axis=[2]), x)
         x = scale_to_unit(x)
         return x if classes is None else (x, tf.gather(classes, rows))
 
     steps = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)
     return steps.map(batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def check_global_batch(batch_size: int, replicas: int) -> None:
+    """Raises a one-line ValueError unless the global batch splits evenly over the replicas."""
+    if batch_size % replicas:
+        raise ValueError(
+            f"the global batch size {batch_size} is not divisible by the {replicas} replicas in "
+            f"sync; use a multiple of {replicas}."
+        )
+
+
+def _pipeline_rows(batch_size: int, context: tf.distribute.InputContext | None) -> tuple[int, int]:
+    """(rows, first row) of each global batch that the context's input pipeline reads."""
+    if context is None:
+        return batch_size, 0
+    check_global_batch(batch_size, context.num_replicas_in_sync)
+    rows = batch_size // context.num_input_pipelines
+    return rows, context.input_pipeline_id * rows
+
+
+def distributed_step_batches(
+    strategy: tf.distribute.Strategy,
+    images: np.ndarray | PixelCache,
+    labels: np.ndarray | None = None,
+    *,
+    batch_size: int,
+    **options: Any,
+) -> tf.data.Dataset | tf.distribute.DistributedDataset:
+    """`step_batches` for `strategy`: each worker builds only its own rows of every global batch.
+
+    Through `strategy.distribute_datasets_from_function`: worker k's pipeline yields its rows of
+    global batch s (see `step_batches`), split in order among its replicas, so replica r holds
+    rows [r B / R, (r + 1) B / R), the rows whose noise `DiffusionModel.train_step` draws for it.
+    With the default strategy this is `step_batches` itself. `options` are those of
+    `step_batches` (seed, start_step, random_flip).
+    """
+    check_global_batch(batch_size, strategy.num_replicas_in_sync)
+
+    def pipeline(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        stream = step_batches(
+            images, labels, batch_size=batch_size, input_context=context, **options
+        )
+        per_replica = context.get_per_replica_batch_size(batch_size)
+        rows, _ = _pipeline_rows(batch_size, context)
+        return stream if per_replica == rows else stream.rebatch(per_replica)
+
+    return strategy.distribute_datasets_from_function(pipeline)
 
 
 def load_images(
@@ -459,11 +517,7 @@ def distribute(
     Raises:
         ValueError: if the static global batch size is not divisible by the replica count.
     """
-    replicas = strategy.num_replicas_in_sync
     batch = tf.nest.flatten(dataset.element_spec)[0].shape[0]
-    if batch is not None and batch % replicas:
-        raise ValueError(
-            f"global batch size {batch} is not divisible by the {replicas} replicas of "
-            f"{type(strategy).__name__}"
-        )
+    if batch is not None:
+        check_global_batch(batch, strategy.num_replicas_in_sync)
     return strategy.experimental_distribute_dataset(dataset)

@@ -14,12 +14,18 @@ Restoring it and continuing therefore gives the same weights as a run that was n
 
 Saving is atomic: TensorFlow writes the checkpoint files first and then replaces the small
 `checkpoint` index file in one rename, so a run killed mid-save resumes from the previous one.
+
+In a cluster of workers (MultiWorkerMirroredStrategy) only the chief writes the directory. The
+other workers read it (to check the config and to resume) and take part in every save, as
+TensorFlow requires, but write their checkpoints to temporary directories of their own, removed
+at once.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -99,11 +105,13 @@ class RunDirectory:
     Args:
         path: the directory (created on `open`).
         keep: how many checkpoints to keep (the newest).
+        chief: False for a worker of a cluster other than the chief: it writes nothing here.
     """
 
-    def __init__(self, path: str | os.PathLike, keep: int = 3):
+    def __init__(self, path: str | os.PathLike, keep: int = 3, *, chief: bool = True):
         self.path = Path(path)
         self.keep = check_int(keep, "keep")
+        self.chief = chief
         self.checkpoint_dir = self.path / CHECKPOINT_DIR
         self.data_dir = self.path / DATA_DIR
         self._manager: tf.train.CheckpointManager | None = None
@@ -144,7 +152,9 @@ class RunDirectory:
         return True
 
     def open(self, config: dict, model: DiffusionModel) -> None:
-        """Creates the directory and writes the config and the model's Keras config."""
+        """Creates the directory and writes the config and the model's Keras config (the chief)."""
+        if not self.chief:
+            return
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         _write_json_atomic(self.path / CONFIG_FILE, _json_roundtrip(config))
         _write_json_atomic(self.path / MODEL_FILE, keras.saving.serialize_keras_object(model))
@@ -164,8 +174,16 @@ class RunDirectory:
         return tf.train.latest_checkpoint(self.checkpoint_dir)
 
     def save(self, model: DiffusionModel) -> str:
-        """Writes a checkpoint numbered by the model's step counter; returns its path prefix."""
-        return self._manager_for(model).save(checkpoint_number=model.step)
+        """Writes a checkpoint numbered by the model's step counter; returns its path prefix.
+
+        A worker that is not the chief saves into a temporary directory and removes it (the path
+        returned no longer exists): TensorFlow's pattern for the other workers of a cluster.
+        """
+        if self.chief:
+            return self._manager_for(model).save(checkpoint_number=model.step)
+        with tempfile.TemporaryDirectory(prefix="ddpm-train-worker-") as scratch:
+            manager = tf.train.CheckpointManager(training_checkpoint(model), scratch, max_to_keep=1)
+            return manager.save(checkpoint_number=model.step)
 
     def restore(self, model: DiffusionModel) -> int:
         """Restores the newest checkpoint into a compiled `model`; returns its step (0 if none)."""

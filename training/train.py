@@ -7,22 +7,38 @@
 Rerunning the same command continues from the newest checkpoint of the run directory; a run
 directory holding a run with another config is refused (only `train.steps`, the `run.*`
 bookkeeping and the `[sampling]` of the grids may change, so a finished run can be extended).
+
+Several machines: every worker runs the same command with `train.strategy=multi_worker` and its
+own TF_CONFIG. Only the chief writes the run directory and prints progress; a SIGTERM to any
+worker makes all of them save a checkpoint and stop, and rerunning the commands resumes.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import shutil
+import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from ddpm_tf import cli
-from ddpm_tf.data import cached_split, split_size, step_batches
+from ddpm_tf.data import cached_split, check_global_batch, distributed_step_batches, split_size
 from ddpm_tf.datasets.image_folder import scan_folder
-from ddpm_tf.distribute import make_strategy
+from ddpm_tf.distribute import (
+    ClusterTask,
+    PreemptionCheckpoint,
+    check_cluster,
+    make_strategy,
+    replica_values,
+)
 from ddpm_tf.recipe import build_model
 from ddpm_tf.runs import RunDirectory
 from ddpm_tf.sampling_spec import SamplingSpec
@@ -68,8 +84,8 @@ def resolve_args(args: argparse.Namespace) -> tuple[str, dict]:
     return resolve(args.config or ("folder64" if args.images else "digits"), overrides)
 
 
-def open_data(config: dict, run: RunDirectory, data_dir: str | None, download: bool):
-    """(train, test) pixel caches in the run's data directory, decoded on the first start.
+def open_data(config: dict, root: Path, data_dir: str | None, download: bool):
+    """(train, test) pixel caches under `root` (the run's data/), decoded on the first start.
 
     A folder (data.images) holds out a fixed 5% for evaluation; a tfds dataset gives its two
     splits. Later starts of the run reuse the caches, so they decode nothing again. Training reads
@@ -81,14 +97,14 @@ def open_data(config: dict, run: RunDirectory, data_dir: str | None, download: b
     if data["images"]:
         folder = scan_folder(data["images"], data["class_conditional"])
         progress = cli.ProgressLine("decoding images", len(folder.paths), "images")
-        return folder.cache(run.data_dir, data["image_size"], data["channels"], progress)
+        return folder.cache(root, data["image_size"], data["channels"], progress)
     caches = []
     for role in ("train", "test"):
         split = data[f"{role}_split"]
         total = split_size(data["dataset"], split, data_dir, download)
         caches.append(
             cached_split(
-                run.data_dir / role,
+                root / role,
                 data["dataset"],
                 split,
                 data_dir=data_dir,
@@ -101,30 +117,142 @@ def open_data(config: dict, run: RunDirectory, data_dir: str | None, download: b
     return tuple(caches)
 
 
-def train(args: argparse.Namespace) -> int:
-    """Trains (or resumes) the run of `args`; see the module docstring."""
+class _Discard(io.TextIOBase):
+    """A stream that drops what is written: the progress lines of workers other than the chief."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+
+def _start(
+    args: argparse.Namespace,
+) -> tuple[dict, ClusterTask | None, RunDirectory, tf.distribute.Strategy]:
+    """(config, cluster task, run directory, strategy), all checked before anything is written.
+
+    The strategy is made before TensorFlow runs any op: a cluster's collective ops can only be
+    configured at program start.
+    """
     name, config = resolve_args(args)
+    task = check_cluster(config["train"]["strategy"])  # TF_CONFIG
     run = RunDirectory(args.run_dir or Path("runs") / name, keep=config["run"]["keep"])
     run.check_config(config, may_change=MAY_CHANGE)  # before any work, before writing anything
-    train_cfg, run_cfg = config["train"], config["run"]
+    strategy = make_strategy(config["train"]["strategy"])
+    check_global_batch(config["train"]["batch_size"], strategy.num_replicas_in_sync)
+    run.chief = strategy.extended.should_checkpoint  # a worker other than the chief writes nowhere
+    return config, task, run, strategy
+
+
+def _check_same_start(strategy: tf.distribute.Strategy, start: int) -> None:
+    """Raises unless every worker resumes at the same step (they read one run directory)."""
+    starts = replica_values(strategy, start)
+    if len(set(starts)) > 1:
+        raise ValueError(
+            f"the workers found checkpoints of different steps {starts}: resuming needs one run "
+            "directory that every worker reads (a shared file system). Pass the shared "
+            "directory as --run-dir on every worker, or a new one to start afresh."
+        )
+
+
+def _describe(run: RunDirectory, task: ClusterTask | None, replicas: int) -> str:
+    """Who this process is in the run, for its first line."""
+    if task is None or run.chief:
+        return f"run {run.path}" + (f" ({replicas} replicas)" if replicas > 1 else "")
+    return f"{task} of {task.size} (not the chief, which writes {run.path} and reports)"
+
+
+@dataclass
+class _Callbacks:
+    """The callbacks of one training run; the chief's alone write files and print progress."""
+
+    guard: cb.NanGuard
+    checkpointer: cb.Checkpointer
+    logs: list[keras.callbacks.Callback]  # progress and evaluation
+    samples: cb.Samples | None  # the chief's
+    preemption: PreemptionCheckpoint | None  # in a cluster
+
+    def all(self) -> list[keras.callbacks.Callback]:
+        extra = [c for c in (self.samples, self.preemption) if c is not None]
+        return [self.guard, *self.logs, self.checkpointer, *extra]
+
+
+def _callbacks(
+    config: dict,
+    run: RunDirectory,
+    strategy: tf.distribute.Strategy,
+    task: ClusterTask | None,
+    writer: tf.summary.SummaryWriter,
+    test_data: tf.data.Dataset | tf.distribute.DistributedDataset,
+    test_images: np.ndarray,
+) -> _Callbacks:
+    """The run's callbacks; a worker other than the chief logs nowhere and draws no grids."""
+    run_cfg = config["run"]
+    stream = None if run.chief else _Discard()
+    guard = cb.NanGuard()
+    checkpointer = cb.Checkpointer(run, run_cfg["checkpoint_every"], guard)
+    logs = [
+        cb.Progress(config["train"]["steps"], run_cfg["log_every"], writer, stream),
+        cb.Evaluation(
+            test_data,
+            run_cfg["eval_batches"],
+            run_cfg["eval_every"],
+            writer,
+            bpd_images=test_images[: run_cfg["bpd_examples"]] if run.chief else None,
+            stream=stream,
+        ),
+    ]
+    samples = cb.Samples(
+        run.path / "samples",
+        run_cfg["sample_every"],
+        writer,
+        run_cfg["num_samples"],
+        SAMPLE_SEED,
+        SamplingSpec.from_dict(config["sampling"]),
+    )
+    preemption = PreemptionCheckpoint(strategy, checkpointer.save) if task is not None else None
+    return _Callbacks(guard, checkpointer, logs, samples if run.chief else None, preemption)
+
+
+def train(args: argparse.Namespace) -> int:
+    """Trains (or resumes) the run of `args`; see the module docstring."""
+    config, task, run, strategy = _start(args)
+    train_cfg = config["train"]
     if train_cfg["mixed_precision"]:
         keras.mixed_precision.set_global_policy("mixed_float16")
-    fresh = not run.path.exists()
-    try:
-        train_cache, test_cache = open_data(config, run, args.data_dir, args.download)
-    except BaseException:
-        if fresh:  # a failed first start leaves no directory behind
-            shutil.rmtree(run.path, ignore_errors=True)
-        raise
-    strategy = make_strategy(train_cfg["strategy"])
+    with _data_directory(run) as root:
+        fresh = run.chief and not run.path.exists()
+        try:
+            train_cache, test_cache = open_data(config, root, args.data_dir, args.download)
+        except BaseException:
+            if fresh:  # a failed first start leaves no directory behind
+                shutil.rmtree(run.path, ignore_errors=True)
+            raise
+        return _fit(config, task, run, strategy, train_cache, test_cache)
+
+
+@contextlib.contextmanager
+def _data_directory(run: RunDirectory) -> Iterator[Path]:
+    """Where this worker decodes the data: the run's data/ for the chief, a temporary directory
+    (removed at the end) for the others, which write nothing in the run directory."""
+    if run.chief:
+        yield run.data_dir
+    else:
+        with tempfile.TemporaryDirectory(prefix="ddpm-train-data-") as scratch:
+            yield Path(scratch)
+
+
+def _fit(config, task, run, strategy, train_cache, test_cache) -> int:
+    """Builds or restores the model and trains it to train.steps; returns the exit code."""
+    train_cfg = config["train"]
     keras.utils.set_random_seed(train_cfg["seed"])  # the initial weights follow the seed too
     with strategy.scope():
         model = build_model(config, train_cache.shape, train_cache.num_classes)
     run.open(config, model)
     start = run.restore(model)
-    total = train_cfg["steps"]
+    if task is not None:
+        _check_same_start(strategy, start)
+    total, replicas = train_cfg["steps"], strategy.num_replicas_in_sync
     print(
-        f"run {run.path}: {config['data']['dataset'] or config['data']['images']} "
+        f"{_describe(run, task, replicas)}: {config['data']['dataset'] or config['data']['images']} "
         f"{len(train_cache)} train / {len(test_cache)} test images {train_cache.shape}, "
         f"{model.network.count_params():,} parameters, "
         + (f"resuming at step {start}" if start else "starting at step 0")
@@ -136,7 +264,8 @@ def train(args: argparse.Namespace) -> int:
         return 0
 
     batch = train_cfg["batch_size"]
-    dataset = step_batches(
+    dataset = distributed_step_batches(
+        strategy,
         train_cache,
         train_cache.labels,
         batch_size=batch,
@@ -144,60 +273,53 @@ def train(args: argparse.Namespace) -> int:
         start_step=start,
         random_flip=config["data"]["random_flip"],
     )
-    test_data = step_batches(
-        test_cache,
-        test_cache.labels,
-        batch_size=min(batch, len(test_cache)),
-        seed=train_cfg["seed"] + 1,
+    test_batch = min(batch, len(test_cache) // replicas * replicas)
+    test_data = distributed_step_batches(
+        strategy, test_cache, test_cache.labels, batch_size=test_batch, seed=train_cfg["seed"] + 1
     )
-    writer = tf.summary.create_file_writer(str(run.path / "logs"))
-    guard = cb.NanGuard()
-    checkpointer = cb.Checkpointer(run, run_cfg["checkpoint_every"], guard)
-    samples = cb.Samples(
-        run.path / "samples",
-        run_cfg["sample_every"],
-        writer,
-        run_cfg["num_samples"],
-        SAMPLE_SEED,
-        SamplingSpec.from_dict(config["sampling"]),
+    writer = (
+        tf.summary.create_file_writer(str(run.path / "logs"))
+        if run.chief
+        else tf.summary.create_noop_writer()
     )
-    callbacks = [
-        guard,
-        cb.Progress(total, run_cfg["log_every"], writer),
-        cb.Evaluation(
-            test_data,
-            run_cfg["eval_batches"],
-            run_cfg["eval_every"],
-            writer,
-            bpd_images=test_cache.head(run_cfg["bpd_examples"]),
-        ),
-        checkpointer,
-        samples,
-    ]
+    test_images = test_cache.head(config["run"]["bpd_examples"])
+    callbacks = _callbacks(config, run, strategy, task, writer, test_data, test_images)
     began = time.perf_counter()
     model.fit(
         dataset,
         epochs=1,
         steps_per_epoch=total - start,
-        callbacks=callbacks,
+        callbacks=callbacks.all(),
         shuffle=False,
         verbose=0,
     )
-    if guard.failed_step is not None:
+    _stop_if_interrupted(model, run, callbacks)
+    callbacks.checkpointer.save()
+    grid = callbacks.samples.write() if callbacks.samples else None
+    writer.flush()
+    done = f"done: step {model.step} in {time.perf_counter() - began:.0f} s"
+    if run.chief:
+        print(f"{done}; checkpoint {run.latest_checkpoint()}; samples {grid}", flush=True)
+    else:
+        print(f"{task}: {done}; the chief wrote the checkpoints and samples", flush=True)
+    return 0
+
+
+def _stop_if_interrupted(model: keras.Model, run: RunDirectory, callbacks: _Callbacks) -> None:
+    """Raises if `fit` stopped early: a non-finite loss, or a SIGTERM (preemption)."""
+    failed = callbacks.guard.failed_step
+    if failed is not None:
         raise cli.NonFiniteLoss(
-            f"the loss became NaN or infinite at step {guard.failed_step}. The newest good "
+            f"the loss became NaN or infinite at step {failed}. The newest good "
             f"checkpoint is kept: {run.latest_checkpoint() or 'none yet'}. Try a lower train.lr, "
             "train.grad_clip=1.0, or turn off train.mixed_precision."
         )
-    checkpointer.save()
-    grid = samples.write()
-    writer.flush()
-    print(
-        f"done: step {model.step} in {time.perf_counter() - began:.0f} s; "
-        f"checkpoint {run.latest_checkpoint()}; samples {grid}",
-        flush=True,
-    )
-    return 0
+    if callbacks.preemption is not None and callbacks.preemption.preempted:
+        raise cli.Failed(
+            f"stopped at step {model.step} after a SIGTERM to a worker; every worker saved a "
+            f"checkpoint of that step (the chief's in {run.checkpoint_dir}). Rerun the same "
+            "command on every worker to resume."
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
