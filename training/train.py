@@ -32,6 +32,7 @@ import tensorflow as tf
 from ddpm_tf import cli
 from ddpm_tf.data import cached_split, check_global_batch, distributed_step_batches, split_size
 from ddpm_tf.datasets.image_folder import scan_folder
+from ddpm_tf.datasets.pixel_cache import PixelCache
 from ddpm_tf.distribute import (
     ClusterTask,
     PreemptionCheckpoint,
@@ -84,11 +85,18 @@ def resolve_args(args: argparse.Namespace) -> tuple[str, dict]:
     return resolve(args.config or ("folder64" if args.images else "digits"), overrides)
 
 
-def open_data(config: dict, root: Path, data_dir: str | None, download: bool):
+def _progress(label: str, total: int, report: bool) -> cli.ProgressLine | None:
+    return cli.ProgressLine(label, total, "images") if report else None
+
+
+def open_data(
+    config: dict, root: Path, data_dir: str | None, download: bool, report: bool = True
+) -> tuple[PixelCache, PixelCache]:
     """(train, test) pixel caches under `root` (the run's data/), decoded on the first start.
 
     A folder (data.images) holds out a fixed 5% for evaluation; a tfds dataset gives its two
-    splits. Later starts of the run reuse the caches, so they decode nothing again. Training reads
+    splits. Later starts of the run reuse the caches, so they decode nothing again; `report`
+    prints a progress line while decoding (workers other than the chief stay quiet). Training reads
     its batches from the cache file as it goes, for every size of dataset: the in-memory path is
     not faster where it matters (both give hundreds of batches per second or more, far above the
     training rate: `python bench/input_pipeline.py`), and one path is one behaviour to test.
@@ -96,7 +104,7 @@ def open_data(config: dict, root: Path, data_dir: str | None, download: bool):
     data = config["data"]
     if data["images"]:
         folder = scan_folder(data["images"], data["class_conditional"])
-        progress = cli.ProgressLine("decoding images", len(folder.paths), "images")
+        progress = _progress("decoding images", len(folder.paths), report)
         return folder.cache(root, data["image_size"], data["channels"], progress)
     caches = []
     for role in ("train", "test"):
@@ -111,7 +119,7 @@ def open_data(config: dict, root: Path, data_dir: str | None, download: bool):
                 download=download,
                 label_key="label" if data["class_conditional"] else None,
                 image_size=data["image_size"] or None,
-                progress=cli.ProgressLine(f"decoding {split}", total, "images"),
+                progress=_progress(f"decoding {split}", total, report),
             )
         )
     return tuple(caches)
@@ -221,7 +229,9 @@ def train(args: argparse.Namespace) -> int:
     with _data_directory(run) as root:
         fresh = run.chief and not run.path.exists()
         try:
-            train_cache, test_cache = open_data(config, root, args.data_dir, args.download)
+            train_cache, test_cache = open_data(
+                config, root, args.data_dir, args.download, report=run.chief
+            )
         except BaseException:
             if fresh:  # a failed first start leaves no directory behind
                 shutil.rmtree(run.path, ignore_errors=True)
