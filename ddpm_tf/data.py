@@ -164,18 +164,15 @@ def _prepared_builder(name: str, data_dir: str | None, download: bool) -> tfds.c
 
 
 def _examples(
-    name: str,
+    builder: tfds.core.DatasetBuilder,
     split: str,
-    data_dir: str | None,
-    download: bool,
     image_key: str,
     label_key: str | None,
     image_size: int | None,
     resize_method: str,
     center_crop: bool,
 ) -> tf.data.Dataset:
-    """(uint8 image [H, W, C], int32 label) pairs of a split, in the dataset's fixed order."""
-    builder = _prepared_builder(name, data_dir, download)
+    """(uint8 image [H, W, C], int32 label) pairs of a prepared builder's split, in its fixed order."""
     ds = builder.as_dataset(split=split, shuffle_files=False)
     _check_features(ds.element_spec, image_key, label_key, image_size)
 
@@ -203,22 +200,13 @@ def load_arrays(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """A whole split in memory: uint8 images [N, H, W, C] and int32 labels [N] (or None).
 
-    For datasets that fit in RAM (digits, MNIST, CIFAR-10: up to ~150 MB); the training program
-    draws its batches from these arrays by index (:func:`step_batches`), which makes the data
-    stream a pure function of the step and resuming exact.
+    For datasets that fit in RAM (digits, MNIST, CIFAR-10: up to ~150 MB), e.g. the test split
+    that ddpm-eval scores; :func:`step_batches` draws batches from such arrays by index as it does
+    from a :func:`cached_split` on disk.
     """
     _validate_args(name, split, 1, image_size, resize_method, 0, 0)
-    ds = _examples(
-        name,
-        split,
-        data_dir,
-        download,
-        image_key,
-        label_key,
-        image_size,
-        resize_method,
-        center_crop,
-    )
+    builder = _prepared_builder(name, data_dir, download)
+    ds = _examples(builder, split, image_key, label_key, image_size, resize_method, center_crop)
     images, labels = [], []
     for image, label in ds.batch(4096).as_numpy_iterator():
         images.append(image)
@@ -410,17 +398,8 @@ def load_images(
         DatasetNotPreparedError: the dataset is not on disk and ``download`` is False.
     """
     _validate_args(name, split, batch_size, image_size, resize_method, shuffle_buffer, seed)
-    ds = _examples(
-        name,
-        split,
-        data_dir,
-        download,
-        image_key,
-        label_key,
-        image_size,
-        resize_method,
-        center_crop,
-    )
+    builder = _prepared_builder(name, data_dir, download)
+    ds = _examples(builder, split, image_key, label_key, image_size, resize_method, center_crop)
     if cache:
         ds = ds.cache() if cache is True else ds.cache(cache)
     if shuffle_buffer > 0:
@@ -473,13 +452,10 @@ def cached_split(
     cache = PixelCache.reuse(directory, source)
     if cache is not None:
         return cache
-    examples = _examples(
-        name, split, data_dir, download, "image", label_key, image_size, "area", False
-    )
     return PixelCache.build(
         directory,
-        examples,
-        num_classes=None if label_key is None else num_classes(name, label_key, data_dir),
+        _examples(builder, split, "image", label_key, image_size, "area", False),
+        num_classes=None if label_key is None else _class_count(builder, label_key),
         source=source,
         progress=progress,
     )
@@ -501,7 +477,11 @@ def split_size(name: str, split: str, data_dir: str | None = None, download: boo
 
 def num_classes(name: str, label_key: str = "label", data_dir: str | None = None) -> int:
     """Number of classes of a tfds ClassLabel feature, e.g. to size a class embedding."""
-    feature = _get_builder(name, data_dir).info.features[label_key]
+    return _class_count(_get_builder(name, data_dir), label_key)
+
+
+def _class_count(builder: tfds.core.DatasetBuilder, label_key: str) -> int:
+    feature = builder.info.features[label_key]
     if not isinstance(feature, tfds.features.ClassLabel):
         raise ValueError(f"label_key={label_key!r} is a {type(feature).__name__}, not a ClassLabel")
     return feature.num_classes

@@ -87,11 +87,6 @@ class PixelCache:
     def __len__(self) -> int:
         return self.count
 
-    @property
-    def nbytes(self) -> int:
-        """Bytes of all pixels (what holding the split in memory would cost)."""
-        return self.count * self.row_bytes
-
     def read(self, rows: np.ndarray) -> np.ndarray:
         """uint8 images [len(rows), H, W, C] of the examples `rows` (int, any order, repeats allowed)."""
         rows = np.asarray(rows, np.int64).reshape(-1)
