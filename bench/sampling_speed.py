@@ -15,6 +15,11 @@ T=1000 linear betas 1e-4..0.02. Configurations (`--only` picks some):
     dpm++-graph      ddpm_tf `SamplingSpec("dpm_solver++", steps="logsnrN")` (order 2), graph mode
     dpm++-xla        the same with XLA
     dpm++-diffusers  `DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2)`
+    ancestral-graph  ddpm_tf `SamplingSpec("ancestral", steps=N)`: the DDPM reverse process on N
+                     respaced steps (fixed_large variance, fresh Philox noise every step)
+    ancestral-xla    the same with XLA
+    ancestral-diffusers  `DDPMScheduler(variance_type="fixed_large")` with `set_timesteps(N)` and
+                     a seeded torch.Generator passed to every `step` for its noise
     net-graph, net-xla, net-diffusers   (only with --only) N calls of the network alone, in a
                      tf.function (graph or XLA) or under torch.no_grad(): what a step costs
                      without the sampler, to tell the loop's overhead from the network's time
@@ -67,7 +72,7 @@ from train_throughput import (  # noqa: E402
 
 BETA_START, BETA_END = 1e-4, 0.02  # Ho et al.'s linear schedule, ddpm_tf's default diffusion
 DIFFUSERS_CONFIGS: dict[str, dict[str, Any]] = {"ddpm_cifar10": DIFFUSERS_CIFAR10}
-METHOD_LABELS = {"ddim": "ddim", "dpm_solver++": "dpm++"}
+METHOD_LABELS = {"ddim": "ddim", "dpm_solver++": "dpm++", "ancestral": "ancestral"}
 BUSY_WARNING = 0.25  # cores kept busy by other processes above which the table warns
 
 
@@ -77,7 +82,7 @@ class Config:
 
     name: str
     framework: str  # "tf" or "torch"
-    method: str | None  # "ddim", "dpm_solver++", or None for the network alone
+    method: str | None  # "ddim", "dpm_solver++", "ancestral", or None for the network alone
     jit_compile: bool = False
     in_default_run: bool = True
 
@@ -97,6 +102,9 @@ CONFIGS: dict[str, Config] = {
         Config("dpm++-graph", "tf", "dpm_solver++"),
         Config("dpm++-xla", "tf", "dpm_solver++", jit_compile=True),
         Config("dpm++-diffusers", "torch", "dpm_solver++"),
+        Config("ancestral-graph", "tf", "ancestral"),
+        Config("ancestral-xla", "tf", "ancestral", jit_compile=True),
+        Config("ancestral-diffusers", "torch", "ancestral"),
         Config("net-graph", "tf", None, in_default_run=False),
         Config("net-xla", "tf", None, jit_compile=True, in_default_run=False),
         Config("net-diffusers", "torch", None, in_default_run=False),
@@ -117,8 +125,8 @@ class TFBench:
         self.params = int(self.model.network.count_params())
 
     def spec(self, method: str, jit_compile: bool):
-        """The `SamplingSpec` of a method: DDIM on N evenly spaced steps, DPM-Solver++ on logsnrN."""
-        steps = self.steps if method == "ddim" else f"logsnr{self.steps}"
+        """The `SamplingSpec` of a method: N evenly spaced steps, DPM-Solver++ on logsnrN."""
+        steps = f"logsnr{self.steps}" if method == "dpm_solver++" else self.steps
         return self.ddpm_tf.SamplingSpec(method=method, steps=steps, jit_compile=jit_compile)
 
     def sampler_call(self, method: str, jit_compile: bool) -> Callable[[], object]:
@@ -170,21 +178,23 @@ class TorchBench:
 
     def scheduler(self, method: str):
         """The diffusers scheduler of a method, on ddpm_tf's default betas."""
-        from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+        from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
         betas = dict(
             num_train_timesteps=T, beta_start=BETA_START, beta_end=BETA_END, beta_schedule="linear"
         )
         if method == "ddim":
             return DDIMScheduler(**betas)
+        if method == "ancestral":  # ddpm_tf's default variance: beta_t (Ho et al.'s sigma^2 = beta)
+            return DDPMScheduler(**betas, variance_type="fixed_large")
         return DPMSolverMultistepScheduler(**betas, algorithm_type="dpmsolver++", solver_order=2)
 
     def sampler_call(self, method: str) -> Callable[[], object]:
         """One sampling call as diffusers users write it: set_timesteps, x_T, the scheduler loop."""
         torch, unet = self.torch, self.unet
         scheduler = self.scheduler(method)
-        step_kwargs = {"eta": 0.0} if method == "ddim" else {}
         generator = torch.Generator().manual_seed(0)
+        step_kwargs = {"ddim": {"eta": 0.0}, "ancestral": {"generator": generator}}.get(method, {})
 
         def run():
             with torch.no_grad():

@@ -475,6 +475,22 @@ def split_size(name: str, split: str, data_dir: str | None = None, download: boo
         ) from None
 
 
+def image_shape(
+    name: str,
+    data_dir: str | None = None,
+    download: bool = False,
+    image_size: int | None = None,
+) -> tuple[int, int, int]:
+    """(H, W, C) of a tfds dataset's images as read here (square `image_size` if given)."""
+    feature = _prepared_builder(name, data_dir, download).info.features["image"]
+    height, width, channels = feature.shape
+    if image_size:
+        height = width = image_size
+    if None in (height, width, channels):
+        raise ValueError(f"{name!r} has images of varying size {feature.shape}: set image_size.")
+    return int(height), int(width), int(channels)
+
+
 def num_classes(name: str, label_key: str = "label", data_dir: str | None = None) -> int:
     """Number of classes of a tfds ClassLabel feature, e.g. to size a class embedding."""
     return _class_count(_get_builder(name, data_dir), label_key)

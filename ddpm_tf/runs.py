@@ -38,6 +38,7 @@ from ddpm_tf.model import DiffusionModel
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.json"
 CHECKPOINT_DIR = "checkpoints"
+CURVE_FILE = "curve.csv"  # the training program's curve: step, minutes, losses, bound, FID
 DATA_DIR = "data"  # the run's decoded training data (pixel caches), made before the run starts
 
 __all__ = [

@@ -11,16 +11,23 @@ import sys
 import time
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from ddpm_tf import rng
 from ddpm_tf.data import load_arrays
+from ddpm_tf.evaluation import fid_from_features
+from ddpm_tf.features import ClassifierFeatures
 from ddpm_tf.pixels import scale_to_unit, unit_to_uint8
-from ddpm_tf.runs import CheckpointError, RunConfigError, RunDirectory, load_model
+from ddpm_tf.runs import CURVE_FILE, CheckpointError, RunConfigError, RunDirectory, load_model
+from ddpm_tf.sampling import generate_uint8
+from ddpm_tf.sampling_spec import SamplingSpec
 from ddpm_tf.training import config as cfg
+from ddpm_tf.training import train as train_program
 from ddpm_tf.training.classifier import main as classifier_main
+from ddpm_tf.training.curve import TrainingCurve, read_curve
 from ddpm_tf.training.evaluate import main as eval_main
 from ddpm_tf.training.sample import main as sample_main
 from ddpm_tf.training.train import main as train_main
@@ -160,6 +167,14 @@ def test_extending_a_run_equals_one_long_run(tmp_path, data_dir, long_run, capsy
     evaluations = [line for line in capsys.readouterr().out.splitlines() if "eval at" in line]
     assert len(evaluations) == 2 and all("(exact bound, 32 test images)" in e for e in evaluations)
     _assert_same_checkpoints(tmp_path, long_run)
+    # The training curve of the two sessions is the one of the single run, minutes aside.
+    extended, single = read_curve(tmp_path / CURVE_FILE), read_curve(long_run / CURVE_FILE)
+    assert [r["step"] for r in extended] == [r["step"] for r in single] == [4, 8, 12, 16]
+    for key in ("loss", "grad_norm", "lr"):
+        assert [r[key] for r in extended] == pytest.approx([r[key] for r in single], rel=1e-6)
+    assert [r["bpd"] is not None for r in single] == [False, True, False, True]
+    minutes = [r["minutes"] for r in extended]
+    assert minutes == sorted(minutes) and minutes[0] > 0
     checkpoints = sorted(p.name for p in (long_run / "checkpoints").glob("*.index"))
     assert checkpoints == ["ckpt-12.index", "ckpt-16.index", "ckpt-8.index"]  # keep=3
     assert (long_run / "samples" / "step_00000016.png").is_file()
@@ -268,10 +283,16 @@ def test_a_corrupt_checkpoint_is_reported_not_trained_over(long_run, tmp_path, d
         load_model(run)
 
 
-def test_eval_cli_reports_bits_per_dim_and_fid(long_run, tmp_path, data_dir):
-    classifier = tmp_path / "classifier.keras"
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory, data_dir) -> Path:
+    """A digits classifier from ddpm-classifier (2 epochs: features good enough to score)."""
+    path = tmp_path_factory.mktemp("classifier") / "classifier.keras"
     args = ["--dataset", "sklearn_digits", "--data-dir", data_dir, "--epochs", "2"]
-    assert classifier_main([*args, "--out", str(classifier)]) == 0
+    assert classifier_main([*args, "--out", str(path)]) == 0
+    return path
+
+
+def test_eval_cli_reports_bits_per_dim_and_fid(long_run, tmp_path, data_dir, classifier):
     out = tmp_path / "eval"
     code = eval_main(
         [str(long_run), "--data-dir", data_dir, "--classifier", str(classifier)]
@@ -315,3 +336,68 @@ def test_eval_cli_reports_bits_per_dim_and_fid(long_run, tmp_path, data_dir):
     assert rows[1]["fid"] == pytest.approx(quality["fid"], rel=1e-6)
     assert (compared / "quality.png").stat().st_size > 10_000
     assert (compared / "samples_dpm_solver++_logsnr4.png").is_file()
+
+
+# ------------------------------------------------------------------------ curve and FID in training
+def test_a_resumed_curve_drops_the_steps_trained_again(tmp_path):
+    """Rows after the checkpoint a run resumes from are dropped; minutes count on from the last kept."""
+    path = tmp_path / CURVE_FILE
+    first = TrainingCurve(path, start_step=0)
+    for step in (4, 8, 12, 16, 20):
+        first.record(step, {"loss": 1.0 / step, "not_a_column": 5.0})
+    first.flush()
+    assert [r["step"] for r in read_curve(path)] == [4, 8, 12, 16, 20]
+    kept_minutes = read_curve(path)[2]["minutes"]
+    resumed = TrainingCurve(path, start_step=12)  # the checkpoint of step 12
+    assert [r["step"] for r in read_curve(path)] == [4, 8, 12]
+    resumed.record(16, {"loss": 0.5})
+    resumed.record(16, {"fid": 30.0})  # a second callback's values of the same step: one row
+    resumed.flush()
+    rows = read_curve(path)
+    assert [r["step"] for r in rows] == [4, 8, 12, 16]
+    assert rows[-1]["loss"] == 0.5 and rows[-1]["fid"] == 30.0 and rows[-1]["bpd"] is None
+    assert rows[-1]["minutes"] >= kept_minutes
+    assert rows[0]["loss"] == pytest.approx(0.25) and "not_a_column" not in rows[0]
+
+
+def test_training_logs_the_fid_of_its_samples(tmp_path, data_dir, classifier, capsys):
+    run = tmp_path / "run"
+    overrides = ["train.steps=8", "run.fid_samples=40", f"run.classifier={classifier}"]
+    assert _train(run, data_dir, *overrides) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("eval at step 8"))
+    assert "40 samples" in line
+    logged = read_curve(run / CURVE_FILE)[-1]
+    assert logged["step"] == 8 and 0 < logged["fid_floor"] < logged["fid"]
+    assert f"fid {logged['fid']:.4g} (floor {logged['fid_floor']:.3g}" in line
+    # The same score recomputed from the saved model: its samples against the test images.
+    model = load_model(run)
+    spec = SamplingSpec.from_dict(RunDirectory(run).saved_config()["sampling"])
+    images = generate_uint8(model, 40, train_program.SAMPLE_SEED, spec)
+    features = ClassifierFeatures(classifier)
+    test, _ = load_arrays("sklearn_digits", "test", data_dir=data_dir, label_key=None)
+    assert logged["fid"] == pytest.approx(fid_from_features(features(images), features(test)), 1e-4)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["run.fid_samples=8"], "run.classifier='' is not a file"),
+        (
+            ["run.fid_samples=1", "run.classifier=x.keras"],
+            "run.fid_samples must be 0 (off) or >= 2",
+        ),
+        (["run.fid_samples=8", "run.classifier={wrong}"], "takes (28, 28, 1) images but this run"),
+    ],
+)
+def test_bad_fid_settings_fail_before_anything_is_written(
+    tmp_path, data_dir, capsys, overrides, message
+):
+    wrong = tmp_path / "wrong.keras"  # a classifier of another image shape
+    inputs = keras.Input((28, 28, 1))
+    features = keras.layers.Dense(4, name="features")(keras.layers.Flatten()(inputs))
+    keras.Model(inputs, keras.layers.Dense(10)(features)).save(wrong)
+    run = tmp_path / "run"
+    code = _train(run, data_dir, "train.steps=4", *(o.format(wrong=wrong) for o in overrides))
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not run.exists()

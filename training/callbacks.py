@@ -1,5 +1,8 @@
 """Keras callbacks of the training program: progress, logs, samples, evaluation, checkpoints, NaN guard.
 
+Progress and Evaluation print a line, write TensorBoard scalars and record the same values in
+the run's training curve (`curve.TrainingCurve`, curve.csv).
+
 All of them key on the model's step counter (the number of finished training steps), which is
 restored with a checkpoint, so a resumed run logs, samples and saves at the same steps as an
 uninterrupted one.
@@ -18,10 +21,14 @@ import numpy as np
 import tensorflow as tf
 
 from ddpm_tf.cli import format_duration
+from ddpm_tf.evaluation import fid_from_features, real_floor
+from ddpm_tf.features import FeatureExtractor
 from ddpm_tf.likelihood import bits_per_dim
 from ddpm_tf.pixels import make_grid, save_grid, unit_to_uint8
 from ddpm_tf.runs import RunDirectory
+from ddpm_tf.sampling import generate_uint8
 from ddpm_tf.sampling_spec import SamplingSpec
+from ddpm_tf.training.curve import TrainingCurve
 
 
 class NanGuard(keras.callbacks.Callback):
@@ -70,9 +77,11 @@ class Progress(keras.callbacks.Callback):
         every: int,
         writer: tf.summary.SummaryWriter,
         stream: TextIO | None = None,
+        curve: TrainingCurve | None = None,
     ):
         super().__init__()
         self.total, self.every, self.writer, self.stream = total_steps, every, writer, stream
+        self.curve = curve
         self._t0: float | None = None
         self._step0 = 0
 
@@ -88,6 +97,8 @@ class Progress(keras.callbacks.Callback):
             for name, value in logs.items():
                 tf.summary.scalar(f"train/{name}", value)
             tf.summary.scalar("train/lr", lr)
+        if self.curve is not None:
+            self.curve.record(step, {**logs, "lr": lr})
         elapsed = time.perf_counter() - self._t0
         rate = (step - self._step0) / elapsed if elapsed > 0 and step > self._step0 else math.nan
         eta = (self.total - step) / rate if rate > 0 else math.nan
@@ -138,13 +149,56 @@ class Samples(keras.callbacks.Callback):
             self.write()
 
 
+class SampleFid:
+    """FID of `num_samples` fresh samples against the test images, on a classifier's features.
+
+    A cheap score to watch during training: the same seeds and `spec` at every evaluation, so the
+    curve moves with the model only. FID is biased upwards at small counts, so the floor (as many
+    training images scored against the same test images) is computed once, at the same count,
+    and reported beside it.
+
+    Args:
+        extractor: the features, e.g. `ClassifierFeatures("runs/digits_classifier.keras")`.
+        test_images: uint8 [N, H, W, C], the real images the samples are compared with.
+        floor_images: uint8 [num_samples, H, W, C] training images for the floor.
+        spec: how the samples are drawn; seed: their seed.
+    """
+
+    def __init__(
+        self,
+        extractor: FeatureExtractor,
+        test_images: np.ndarray,
+        floor_images: np.ndarray,
+        spec: SamplingSpec,
+        seed: int,
+    ):
+        self.extractor, self.spec, self.seed = extractor, spec, seed
+        self.num_samples = len(floor_images)
+        self.real = extractor(test_images)
+        self.floor = real_floor(self.real, extractor(floor_images), size=self.num_samples)
+
+    def __call__(self, model: keras.Model) -> dict[str, float]:
+        """{"fid", "fid_floor", "fid_seconds"} of the model's samples now."""
+        began = time.perf_counter()
+        classes = getattr(model, "num_classes", None)  # conditional: every class in turn
+        labels = None if classes is None else np.arange(self.num_samples) % classes
+        images = generate_uint8(model, self.num_samples, self.seed, self.spec, labels=labels)
+        fid = fid_from_features(self.extractor(images), self.real)
+        return {
+            "fid": fid,
+            "fid_floor": self.floor["fid_floor"],
+            "fid_seconds": time.perf_counter() - began,
+        }
+
+
 class Evaluation(keras.callbacks.Callback):
     """Every `every` steps, with the EMA weights: the test loss on a few batches and the bound.
 
     The bound is the exact one (`likelihood.bits_per_dim`: L_T + every L_t + the decoder, T network
     calls per image) on a fixed subset of test images, reported as its mean with the standard
     error over the subset: an estimate whose spread is known, unlike the single-t estimate
-    `vlb_bpd` of `test_step` (unbiased but heavy-tailed), which is logged beside it.
+    `vlb_bpd` of `test_step` (unbiased but heavy-tailed), which is logged beside it. With
+    `fid`, also the FID of a few samples (`SampleFid`).
     """
 
     def __init__(
@@ -155,10 +209,13 @@ class Evaluation(keras.callbacks.Callback):
         writer: tf.summary.SummaryWriter,
         bpd_images: np.ndarray | None = None,
         stream: TextIO | None = None,
+        curve: TrainingCurve | None = None,
+        fid: SampleFid | None = None,
     ):
         super().__init__()
         self.dataset, self.batches, self.every = dataset, batches, every
         self.writer, self.bpd_images, self.stream = writer, bpd_images, stream
+        self.curve, self.fid = curve, fid
 
     def on_train_batch_end(self, batch, logs=None):
         step = self.model.step
@@ -174,8 +231,20 @@ class Evaluation(keras.callbacks.Callback):
                 f" | bpd {bound['bpd']:.4g} +- {results['bpd_stderr']:.2g} "
                 f"(exact bound, {bound['num_examples']} test images)"
             )
+        if self.fid is not None:
+            results.update(self.fid(self.model))
+            line += (
+                f" | fid {results['fid']:.4g} (floor {results['fid_floor']:.3g}, "
+                f"{self.fid.num_samples} samples, {self.fid.spec.describe()}, "
+                f"{results['fid_seconds']:.0f} s)"
+            )
         with self.writer.as_default(step=step):
             for name, value in results.items():
                 tf.summary.scalar(f"eval/{name}", value)
+        if self.curve is not None:
+            named = {"bpd", "bpd_stderr", "fid", "fid_floor"}
+            self.curve.record(
+                step, {k if k in named else f"test_{k}": v for k, v in results.items()}
+            )
         print(line, file=self.stream or sys.stdout, flush=True)
         self.model.reset_metrics()

@@ -69,6 +69,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "eval_batches": 4,
         "bpd_examples": 32,  # test images whose exact bound is logged at each evaluation (0: off)
         "num_samples": 64,
+        "fid_samples": 0,  # samples scored by FID at each evaluation (0: off; needs classifier)
+        "classifier": "",  # a .keras classifier from ddpm-classifier, for fid_samples
     },
     # How the sample grids of a run are drawn: the fields of ddpm_tf.SamplingSpec.
     "sampling": SamplingSpec(method="ddim", steps=100).to_dict(),
@@ -202,6 +204,14 @@ def validate(config: dict) -> None:
             raise ConfigError(f"run.{key} must be >= 1, got {run[key]}.")
     if run["bpd_examples"] < 0:
         raise ConfigError(f"run.bpd_examples must be >= 0, got {run['bpd_examples']}.")
+    if run["fid_samples"] < 0 or run["fid_samples"] == 1:
+        raise ConfigError(f"run.fid_samples must be 0 (off) or >= 2, got {run['fid_samples']}.")
+    if run["fid_samples"] and not Path(run["classifier"]).is_file():
+        raise ConfigError(
+            f"run.fid_samples={run['fid_samples']} scores samples with a classifier, but "
+            f"run.classifier={run['classifier']!r} is not a file: train one with `ddpm-classifier "
+            "--dataset NAME --out PATH.keras` and pass run.classifier=PATH.keras."
+        )
     if not train["lr"] > 0:
         raise ConfigError(f"train.lr must be > 0, got {train['lr']}.")
     try:

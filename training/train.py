@@ -30,7 +30,13 @@ import numpy as np
 import tensorflow as tf
 
 from ddpm_tf import cli
-from ddpm_tf.data import cached_split, check_global_batch, distributed_step_batches, split_size
+from ddpm_tf.data import (
+    cached_split,
+    check_global_batch,
+    distributed_step_batches,
+    image_shape,
+    split_size,
+)
 from ddpm_tf.datasets.image_folder import scan_folder
 from ddpm_tf.datasets.pixel_cache import PixelCache
 from ddpm_tf.distribute import (
@@ -40,13 +46,16 @@ from ddpm_tf.distribute import (
     make_strategy,
     replica_values,
 )
+from ddpm_tf.features import ClassifierFeatures
 from ddpm_tf.recipe import build_model
-from ddpm_tf.runs import RunDirectory
+from ddpm_tf.runs import CURVE_FILE, RunDirectory
 from ddpm_tf.sampling_spec import SamplingSpec
 from ddpm_tf.training import callbacks as cb
 from ddpm_tf.training.config import MAY_CHANGE, preset_names, resolve
+from ddpm_tf.training.curve import TrainingCurve
 
 SAMPLE_SEED = 1234  # the grids of one run always show the same noise, so progress is visible
+FID_TEST_IMAGES = 10_000  # at most this many test images are the FID's real statistics
 
 
 def build_parser() -> cli.ProgramParser:
@@ -191,14 +200,17 @@ def _callbacks(
     writer: tf.summary.SummaryWriter,
     test_data: tf.data.Dataset | tf.distribute.DistributedDataset,
     test_images: np.ndarray,
+    start: int,
+    fid: cb.SampleFid | None,
 ) -> _Callbacks:
     """The run's callbacks; a worker other than the chief logs nowhere and draws no grids."""
     run_cfg = config["run"]
     stream = None if run.chief else _Discard()
+    curve = TrainingCurve(run.path / CURVE_FILE, start) if run.chief else None
     guard = cb.NanGuard()
     checkpointer = cb.Checkpointer(run, run_cfg["checkpoint_every"], guard)
     logs = [
-        cb.Progress(config["train"]["steps"], run_cfg["log_every"], writer, stream),
+        cb.Progress(config["train"]["steps"], run_cfg["log_every"], writer, stream, curve),
         cb.Evaluation(
             test_data,
             run_cfg["eval_batches"],
@@ -206,7 +218,10 @@ def _callbacks(
             writer,
             bpd_images=test_images[: run_cfg["bpd_examples"]] if run.chief else None,
             stream=stream,
+            curve=curve,
+            fid=fid if run.chief else None,
         ),
+        *([curve] if curve else []),  # after the two: their values of a step share one row
     ]
     samples = cb.Samples(
         run.path / "samples",
@@ -229,14 +244,62 @@ def train(args: argparse.Namespace) -> int:
     with _data_directory(run) as root:
         fresh = run.chief and not run.path.exists()
         try:
+            extractor = _fid_classifier(config, run, args)  # checked before the data is read
             train_cache, test_cache = open_data(
                 config, root, args.data_dir, args.download, report=run.chief
             )
+            fid = _sample_fid(config, extractor, train_cache, test_cache)
         except BaseException:
             if fresh:  # a failed first start leaves no directory behind
                 shutil.rmtree(run.path, ignore_errors=True)
             raise
-        return _fit(config, task, run, strategy, train_cache, test_cache)
+        return _fit(config, task, run, strategy, train_cache, test_cache, fid)
+
+
+def _fid_classifier(
+    config: dict, run: RunDirectory, args: argparse.Namespace
+) -> ClassifierFeatures | None:
+    """The classifier of `run.fid_samples` (the chief's), checked against the run's image shape."""
+    run_cfg, data = config["run"], config["data"]
+    if not run_cfg["fid_samples"] or not run.chief:
+        return None
+    extractor = ClassifierFeatures(run_cfg["classifier"])
+    if data["images"]:
+        shape = (data["image_size"], data["image_size"], data["channels"])
+    else:
+        shape = image_shape(data["dataset"], args.data_dir, args.download, data["image_size"])
+    if extractor.image_shape is not None and tuple(extractor.image_shape) != shape:
+        raise ValueError(
+            f"run.classifier={run_cfg['classifier']!r} takes {extractor.image_shape} images but "
+            f"this run trains on {shape}: give a classifier trained on this dataset "
+            "(ddpm-classifier) or set run.fid_samples=0."
+        )
+    return extractor
+
+
+def _sample_fid(
+    config: dict,
+    extractor: ClassifierFeatures | None,
+    train_cache: PixelCache,
+    test_cache: PixelCache,
+) -> cb.SampleFid | None:
+    """The FID probe of `run.fid_samples`: samples of the run's [sampling] against test images."""
+    if extractor is None:
+        return None
+    count = config["run"]["fid_samples"]
+    if count > len(train_cache):
+        raise ValueError(
+            f"run.fid_samples={count} exceeds the {len(train_cache)} training images its floor "
+            "draws from; lower it."
+        )
+    rows = np.sort(np.random.default_rng(0).choice(len(train_cache), count, replace=False))
+    return cb.SampleFid(
+        extractor,
+        test_cache.head(FID_TEST_IMAGES),
+        train_cache.read(rows),
+        SamplingSpec.from_dict(config["sampling"]),
+        SAMPLE_SEED,
+    )
 
 
 @contextlib.contextmanager
@@ -250,7 +313,7 @@ def _data_directory(run: RunDirectory) -> Iterator[Path]:
             yield Path(scratch)
 
 
-def _fit(config, task, run, strategy, train_cache, test_cache) -> int:
+def _fit(config, task, run, strategy, train_cache, test_cache, fid) -> int:
     """Builds or restores the model and trains it to train.steps; returns the exit code."""
     train_cfg = config["train"]
     keras.utils.set_random_seed(train_cfg["seed"])  # the initial weights follow the seed too
@@ -293,7 +356,7 @@ def _fit(config, task, run, strategy, train_cache, test_cache) -> int:
         else tf.summary.create_noop_writer()
     )
     test_images = test_cache.head(config["run"]["bpd_examples"])
-    callbacks = _callbacks(config, run, strategy, task, writer, test_data, test_images)
+    callbacks = _callbacks(config, run, strategy, task, writer, test_data, test_images, start, fid)
     began = time.perf_counter()
     model.fit(
         dataset,
