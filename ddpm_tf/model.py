@@ -9,8 +9,9 @@ with the EMA network, as does `generate`.
 Distribution: the noise, t and label dropout of a step are drawn for the whole global batch from one
 seed and each replica takes its own rows, so N replicas make the same update as one device on the
 same global batch. Gradients are all-reduced before clipping so the clip sees the global norm.
-Under `mixed_float16` the network computes in float16 with a float32 output head while the diffusion
-math, the loss and the EMA stay in float32; the loss is scaled by Keras' `LossScaleOptimizer`.
+Under `mixed_float16` (or `mixed_bfloat16`) the network computes in float16 (bfloat16) with a float32
+output head while the diffusion math, the loss and the EMA stay in float32; under float16 the loss
+is scaled by Keras' `LossScaleOptimizer`.
 """
 
 from __future__ import annotations

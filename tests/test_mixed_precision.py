@@ -1,4 +1,5 @@
-"""mixed_float16 training on CPU: loss scaling, float32 head and math, close to float32 training."""
+"""Mixed precision training on CPU (mixed_float16 with loss scaling, mixed_bfloat16 without):
+float32 weights, head and math, losses close to float32 training."""
 
 import keras
 import numpy as np
@@ -38,5 +39,26 @@ def test_mixed_float16_trains_close_to_float32(float32_run, mixed_precision):
     assert np.all(np.isfinite(losses))
     np.testing.assert_allclose(losses, ref, rtol=0.02)
     assert weight_distance(init, model.network.get_weights()) > 1e-3  # steps were not all skipped
+    samples = model.generate(2, seed=0, method="ddim", steps=5)
+    assert samples.dtype == tf.float32 and np.all(np.isfinite(samples.numpy()))
+
+
+def test_mixed_bfloat16_trains_close_to_float32(float32_run):
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model, history, init = _fit()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    _, reference, ref_init = float32_run
+    assert not isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)  # bf16's range
+    assert model.network.compute_dtype == "bfloat16"
+    assert all(w.dtype == "float32" for w in model.network.weights)
+    out = model.network([tf.zeros((2, 8, 8, 1)), tf.constant([0, 99])])
+    assert out.dtype == tf.float32
+    assert weight_distance(init, ref_init) < 1e-6
+    losses, ref = np.array(history["loss"]), np.array(reference["loss"])
+    assert np.all(np.isfinite(losses))
+    np.testing.assert_allclose(losses, ref, rtol=0.05)  # 8 mantissa bits against float16's 11
+    assert weight_distance(init, model.network.get_weights()) > 1e-3
     samples = model.generate(2, seed=0, method="ddim", steps=5)
     assert samples.dtype == tf.float32 and np.all(np.isfinite(samples.numpy()))

@@ -97,7 +97,8 @@ def test_overrides_are_typed():
         ("train.stepz=3", "Did you mean"),
         ("nosection=3", "section.name"),
         ("train.steps=many", "must be a int"),
-        ("train.mixed_precision=1", "true or false"),
+        ("train.mixed_precision=1", 'must be false, "float16" or "bfloat16"'),
+        ("train.mixed_precision=float64", 'must be false, "float16" or "bfloat16"'),
         ("train.steps=0", "train.steps must be >= 1"),
         ("sampling.method=euler", "method"),
     ],
@@ -401,3 +402,12 @@ def test_bad_fid_settings_fail_before_anything_is_written(
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not run.exists()
+
+
+def test_a_bfloat16_run_trains_and_leaves_the_policy_as_it_was(tmp_path, data_dir):
+    assert _train(tmp_path, data_dir, "train.steps=4", "train.mixed_precision=bfloat16") == 0
+    assert keras.mixed_precision.global_policy().name == "float32"
+    model = load_model(tmp_path)
+    assert model.network.compute_dtype == "bfloat16" and model.step == 4
+    rows = read_curve(tmp_path / CURVE_FILE)
+    assert rows[-1]["step"] == 4 and np.isfinite(rows[-1]["loss"])

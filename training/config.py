@@ -56,7 +56,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "timestep_sampler": "uniform",
         "label_dropout": 0.1,
         "seed": 0,
-        "mixed_precision": False,
+        "mixed_precision": False,  # false | "float16" (loss-scaled) | "bfloat16"; true = "float16"
         "jit_compile": False,
         "strategy": "default",  # default | mirrored | multi_worker | tpu
     },
@@ -84,6 +84,23 @@ PRESETS_PACKAGE = "ddpm_tf.training.configs"
 
 class ConfigError(ValueError):
     """A preset, a file or an override is not valid."""
+
+
+# train.mixed_precision -> the Keras dtype policy of the network. The diffusion mathematics, the
+# losses, the EMA and the network's output head stay float32 under every policy.
+PRECISION_POLICIES = {"float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
+
+
+def precision_policy(value: bool | str) -> str:
+    """The Keras dtype policy of a `train.mixed_precision` value (false, "float16", "bfloat16")."""
+    if isinstance(value, bool):
+        return "mixed_float16" if value else "float32"
+    if value not in PRECISION_POLICIES:
+        raise ConfigError(
+            f'train.mixed_precision must be false, "float16" or "bfloat16" (true means '
+            f'"float16"), got {value!r}.'
+        )
+    return PRECISION_POLICIES[value]
 
 
 def preset_names() -> list[str]:
@@ -145,7 +162,9 @@ def _set(config: dict, key: str, value: Any) -> None:
         close = difflib.get_close_matches(name, config[section], n=3)
         hint = f" Did you mean {[f'{section}.{c}' for c in close]}?" if close else ""
         raise ConfigError(f"unknown config key {key!r}.{hint}")
-    if section == "sampling":  # typed and checked as a whole by SamplingSpec in `validate`
+    if (
+        section == "sampling" or key == "train.mixed_precision"
+    ):  # typed and checked as a whole by SamplingSpec in `validate`
         config[section][name] = value
     else:
         config[section][name] = _check_type(key, DEFAULTS[section][name], value)
@@ -196,6 +215,7 @@ def _choose_data_source(data: dict, dataset_given: bool) -> None:
 def validate(config: dict) -> None:
     """Range checks the library would otherwise raise later, after data loading."""
     train, run = config["train"], config["run"]
+    precision_policy(train["mixed_precision"])
     for key in ("steps", "batch_size"):
         if train[key] < 1:
             raise ConfigError(f"train.{key} must be >= 1, got {train[key]}.")

@@ -51,7 +51,7 @@ from ddpm_tf.recipe import build_model
 from ddpm_tf.runs import CURVE_FILE, RunDirectory
 from ddpm_tf.sampling_spec import SamplingSpec
 from ddpm_tf.training import callbacks as cb
-from ddpm_tf.training.config import MAY_CHANGE, preset_names, resolve
+from ddpm_tf.training.config import MAY_CHANGE, precision_policy, preset_names, resolve
 from ddpm_tf.training.curve import TrainingCurve
 
 SAMPLE_SEED = 1234  # the grids of one run always show the same noise, so progress is visible
@@ -239,9 +239,10 @@ def train(args: argparse.Namespace) -> int:
     """Trains (or resumes) the run of `args`; see the module docstring."""
     config, task, run, strategy = _start(args)
     train_cfg = config["train"]
-    if train_cfg["mixed_precision"]:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    with _data_directory(run) as root:
+    with (
+        _data_directory(run) as root,
+        _dtype_policy(precision_policy(train_cfg["mixed_precision"])),
+    ):
         fresh = run.chief and not run.path.exists()
         try:
             extractor = _fid_classifier(config, run, args)  # checked before the data is read
@@ -300,6 +301,17 @@ def _sample_fid(
         SamplingSpec.from_dict(config["sampling"]),
         SAMPLE_SEED,
     )
+
+
+@contextlib.contextmanager
+def _dtype_policy(name: str) -> Iterator[None]:
+    """Keras' global dtype policy `name` while the run builds and trains its model."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 @contextlib.contextmanager
