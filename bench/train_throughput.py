@@ -9,6 +9,12 @@ Configurations (each runs in its own subprocess, so the peak resident set size i
     cifar10-diffusers the same CIFAR-10 architecture as `diffusers.UNet2DModel` in PyTorch, batch 8,
                       with the same step: random t, noise, x_t, MSE on eps, backward, clip 1.0, Adam
                       2e-4 and an EMA update; run only when torch and diffusers are importable
+    small28-diffusers a UNet2DModel with small_28's widths (32, 64, 64), one residual block per level,
+                      attention at 7x7 and in the middle, 8 groups; batch 32
+    cifar10-bf16, cifar10-bf16-xla, small28-bf16, small28-bf16-xla   the ddpm_tf steps under Keras'
+                      `mixed_bfloat16` policy (bfloat16 network, float32 weights, head and loss)
+    cifar10-diffusers-bf16, small28-diffusers-bf16   the diffusers steps with the forward pass and
+                      loss under `torch.autocast("cpu", dtype=torch.bfloat16)`
     cifar10-graph-onednn  cifar10-graph with TF_ENABLE_ONEDNN_OPTS=1 (only with --only): TF turns
                       its oneDNN kernels on by default only on some x86 CPUs, PyTorch always uses them
 
@@ -60,6 +66,7 @@ class Config:
     jit_compile: bool = False
     onednn: bool | None = None  # TF_ENABLE_ONEDNN_OPTS for the child; None: TF's default
     in_default_run: bool = True
+    precision: str = "float32"  # or "bfloat16" (mixed: float32 weights)
 
 
 CONFIGS: dict[str, Config] = {
@@ -70,6 +77,13 @@ CONFIGS: dict[str, Config] = {
         Config("small28-graph", "tf", "small_28", 32),
         Config("small28-xla", "tf", "small_28", 32, jit_compile=True),
         Config("cifar10-diffusers", "torch", "ddpm_cifar10", 8),
+        Config("small28-diffusers", "torch", "small_28", 32),
+        Config("cifar10-bf16", "tf", "ddpm_cifar10", 8, precision="bfloat16"),
+        Config("cifar10-bf16-xla", "tf", "ddpm_cifar10", 8, True, precision="bfloat16"),
+        Config("cifar10-diffusers-bf16", "torch", "ddpm_cifar10", 8, precision="bfloat16"),
+        Config("small28-bf16", "tf", "small_28", 32, precision="bfloat16"),
+        Config("small28-bf16-xla", "tf", "small_28", 32, True, precision="bfloat16"),
+        Config("small28-diffusers-bf16", "torch", "small_28", 32, precision="bfloat16"),
         Config("cifar10-graph-onednn", "tf", "ddpm_cifar10", 8, onednn=True, in_default_run=False),
     )
 }
@@ -95,6 +109,28 @@ DIFFUSERS_CIFAR10 = {
     "resnet_time_scale_shift": "default",
     "mid_block_scale_factor": 1,
     "dropout": 0.1,
+}
+
+# ddpm_tf's small_28 preset in diffusers' terms: widths 32, 64, 64 at 28, 14 and 7 pixels, one
+# residual block per level (two on the way up), attention at 7x7 and in the middle, 8 groups.
+DIFFUSERS_SMALL28 = {
+    **DIFFUSERS_CIFAR10,
+    "sample_size": 28,
+    "in_channels": 1,
+    "out_channels": 1,
+    "layers_per_block": 1,
+    "block_out_channels": (32, 64, 64),
+    "down_block_types": ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+    "up_block_types": ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+    "norm_num_groups": 8,
+}
+DIFFUSERS_CONFIGS = {"ddpm_cifar10": DIFFUSERS_CIFAR10, "small_28": DIFFUSERS_SMALL28}
+# The pairs compared in the table: a diffusers configuration and the ddpm_tf ones that do its work.
+COMPARISONS = {
+    "cifar10-diffusers": ("cifar10-graph", "cifar10-xla", "cifar10-graph-onednn"),
+    "small28-diffusers": ("small28-graph", "small28-xla"),
+    "cifar10-diffusers-bf16": ("cifar10-bf16", "cifar10-bf16-xla"),
+    "small28-diffusers-bf16": ("small28-bf16", "small28-bf16-xla"),
 }
 
 
@@ -171,6 +207,8 @@ def run_tf(config: Config, repeats: int, warmup: int, threads: int, breakdown: b
 
     import_rss = rss_mib()
 
+    if config.precision == "bfloat16":
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
     keras.utils.set_random_seed(0)
     network = from_preset(config.preset)
     model = DiffusionModel(network)
@@ -272,7 +310,7 @@ def torch_available() -> str | None:
 
 
 def run_torch(config: Config, repeats: int, warmup: int, threads: int, breakdown: bool) -> dict:
-    """Times the same training step on `diffusers.UNet2DModel` with Ho et al.'s CIFAR-10 config."""
+    """Times the same training step on `diffusers.UNet2DModel` with the preset's architecture."""
     import diffusers
     import torch
     from diffusers import UNet2DModel
@@ -280,7 +318,9 @@ def run_torch(config: Config, repeats: int, warmup: int, threads: int, breakdown
     import_rss = rss_mib()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = UNet2DModel(**DIFFUSERS_CIFAR10)
+    architecture = DIFFUSERS_CONFIGS[config.preset]
+    model = UNet2DModel(**architecture)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision == "bfloat16")
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     ema = [p.detach().clone() for p in params]
@@ -289,7 +329,7 @@ def run_torch(config: Config, repeats: int, warmup: int, threads: int, breakdown
     alphas_cumprod = torch.cumprod(1.0 - betas, 0)
     sqrt_ab = alphas_cumprod.sqrt().float()
     sqrt_1mab = (1.0 - alphas_cumprod).sqrt().float()
-    size, channels = DIFFUSERS_CIFAR10["sample_size"], DIFFUSERS_CIFAR10["in_channels"]
+    size, channels = architecture["sample_size"], architecture["in_channels"]
     images = torch.rand(config.batch, channels, size, size) * 2.0 - 1.0
     counter = [0]
 
@@ -304,7 +344,8 @@ def run_torch(config: Config, repeats: int, warmup: int, threads: int, breakdown
         t = torch.randint(0, T, (config.batch,))
         noise = torch.randn_like(images)
         x_t = sqrt_ab[t].view(-1, 1, 1, 1) * images + sqrt_1mab[t].view(-1, 1, 1, 1) * noise
-        loss = torch.nn.functional.mse_loss(model(x_t, t).sample, noise)
+        with autocast:
+            loss = torch.nn.functional.mse_loss(model(x_t, t).sample.float(), noise)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -398,6 +439,7 @@ def run_one(name: str, args: argparse.Namespace) -> None:
         preset=config.preset,
         batch=config.batch,
         jit_compile=config.jit_compile,
+        precision=config.precision,
         images_per_s=config.batch / result["median_s"],
     )
     print(RESULT_PREFIX + json.dumps(result), flush=True)
@@ -524,26 +566,30 @@ def print_table(results: list[dict], machine_line: str) -> None:
             ratio = by_name[b]["images_per_s"] / by_name[a]["images_per_s"]
             print(f"XLA / graph throughput, {a.split('-')[0]}: {ratio:.2f}x")
 
-    torch_result = by_name.get("cifar10-diffusers")
-    if torch_result:
+    for torch_name, ours_names in COMPARISONS.items():
+        torch_result = by_name.get(torch_name)
+        if not torch_result:
+            continue
         print()
         print(
-            f"diffusers UNet2DModel ({torch_result['versions']}): {torch_result['params']:,} parameters, "
-            f"attention at {torch_result['attention_resolutions']}"
+            f"{torch_name}: UNet2DModel ({torch_result['versions']}), "
+            f"{torch_result['params']:,} parameters, attention at "
+            f"{torch_result['attention_resolutions']}"
         )
         print(
-            f"{'ddpm-tf config':<20} {'ddpm-tf img/s':>13} {'diffusers img/s':>15} {'ours/diffusers':>14}"
+            f"{'ddpm-tf config':<20} {'params':>11} {'ddpm-tf img/s':>13} {'diffusers img/s':>15} "
+            f"{'ours/diffusers':>14}"
         )
-        ours_names = [
-            n for n in ("cifar10-graph", "cifar10-xla", "cifar10-graph-onednn") if n in by_name
-        ]
-        if not ours_names:
-            print("(no ddpm-tf cifar10 configuration in this run to compare with)")
-        for name in ours_names:
-            if name in by_name:
-                ours = by_name[name]["images_per_s"]
-                theirs = torch_result["images_per_s"]
-                print(f"{name:<20} {ours:>13.2f} {theirs:>15.2f} {ours / theirs:>14.2f}")
+        present = [n for n in ours_names if n in by_name]
+        if not present:
+            print(f"(no ddpm-tf configuration of {ours_names} in this run to compare with)")
+        for name in present:
+            ours, theirs = by_name[name]["images_per_s"], torch_result["images_per_s"]
+            print(
+                f"{name:<20} {by_name[name]['params']:>11,} {ours:>13.2f} {theirs:>15.2f} "
+                f"{ours / theirs:>14.2f}"
+            )
+    if any(name in by_name for name in COMPARISONS):
         print("ratio > 1: ddpm-tf trains faster on this machine.")
 
     for r in results:
@@ -593,11 +639,11 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     names = args.only or [c.name for c in CONFIGS.values() if c.in_default_run]
-    if "cifar10-diffusers" in names:
+    if any(CONFIGS[n].framework == "torch" for n in names):
         reason = "--no-torch given" if args.no_torch else torch_available()
         if reason:
-            print(f"Skipping cifar10-diffusers (PyTorch comparison): {reason}")
-            names = [n for n in names if n != "cifar10-diffusers"]
+            print(f"Skipping the diffusers configurations (PyTorch comparison): {reason}")
+            names = [n for n in names if CONFIGS[n].framework != "torch"]
 
     from common import machine
 

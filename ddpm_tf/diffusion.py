@@ -74,6 +74,7 @@ class GaussianDiffusion:
         *,
         timestep_map: Sequence[int] | np.ndarray | None = None,
         dtype: str | tf.DType = "float32",
+        min_snr_gamma: float = 0.0,
     ):
         self.betas = validate_betas(betas)
         self.model_mean_type = check_choice(model_mean_type, MODEL_MEAN_TYPES, "model_mean_type")
@@ -84,6 +85,15 @@ class GaussianDiffusion:
             raise ValueError(f"`dtype` must be a float dtype, got {self.dtype.name}.")
         self.num_timesteps = int(self.betas.size)
         self.timestep_map = self._check_timestep_map(timestep_map)
+        gamma = float(min_snr_gamma)
+        if not (gamma == 0.0 or 0.0 < gamma < math.inf):
+            raise ValueError(f"`min_snr_gamma` must be 0 (off) or a positive number, got {gamma}.")
+        if gamma and self.loss_type in ("kl", "rescaled_kl"):
+            raise ValueError(
+                f"`min_snr_gamma` weights the mse term; loss_type={self.loss_type!r} has none. Use "
+                "an mse loss type or min_snr_gamma=0."
+            )
+        self.min_snr_gamma = gamma
         self._build_tables()
 
     # ----------------------------------------------------------------------------------- tables
@@ -120,6 +130,21 @@ class GaussianDiffusion:
         self.log_betas = np.log(betas)
         # fixed_large: sigma_t^2 = beta_t, except t = 0 which takes the posterior variance of t = 1.
         self.large_variance = np.append(first, betas[1:])
+        self.mse_weights = self._min_snr_weights()
+
+    def _min_snr_weights(self) -> np.ndarray:
+        """Per-step weights [T] of the mse term: min-SNR-gamma (Hang et al. 2023), or ones.
+
+        The weight makes every parameterization's loss min(SNR_t, gamma) ||x_0 - x_0_hat||^2 with
+        SNR_t = abar_t / (1 - abar_t): epsilon's mse is SNR_t times that error, v's (SNR_t + 1)
+        times, x_0's once; so the weights are min(SNR, gamma) / SNR, / (SNR + 1) and / 1.
+        """
+        if not self.min_snr_gamma:
+            return np.ones(self.num_timesteps)
+        snr = self.alphas_cumprod / (1.0 - self.alphas_cumprod)
+        clipped = np.minimum(snr, self.min_snr_gamma)
+        per_error = {"epsilon": snr, "v": snr + 1.0, "x_start": np.ones_like(snr)}
+        return clipped / per_error[self.model_mean_type]
 
     def _gather(self, table: np.ndarray, t: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
         """table[t] as [B, 1, 1, ...] in the dtype of `like`, ready to broadcast against it."""
@@ -410,7 +435,10 @@ class GaussianDiffusion:
         if target is None:
             target = self.v_target(x_start, t, noise)
         terms["mse"] = losses.mean_over_dims(tf.square(target - mean_output))
-        terms["loss"] = terms["mse"] + terms.get("vb", 0.0)
+        mse = terms["mse"]
+        if self.min_snr_gamma:
+            mse = mse * tf.reshape(self._gather(self.mse_weights, t, mse), [-1])
+        terms["loss"] = mse + terms.get("vb", 0.0)
         return terms
 
     # ------------------------------------------------------------------------------ step functions
@@ -785,6 +813,7 @@ class GaussianDiffusion:
             self.loss_type,
             timestep_map=self.timestep_map[keep],
             dtype=self.dtype,
+            min_snr_gamma=self.min_snr_gamma,
         )
 
     def get_config(self) -> dict:
@@ -796,6 +825,7 @@ class GaussianDiffusion:
             "loss_type": self.loss_type,
             "timestep_map": self.timestep_map.tolist(),
             "dtype": self.dtype.name,
+            "min_snr_gamma": self.min_snr_gamma,
         }
 
     @classmethod

@@ -24,6 +24,7 @@ def build_diffusion(section: dict[str, Any]) -> GaussianDiffusion:
         model_mean_type=section["mean_type"],
         model_var_type=section["var_type"],
         loss_type=section["loss_type"],
+        min_snr_gamma=section.get("min_snr_gamma", 0.0),
     )
 
 

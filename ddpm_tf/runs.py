@@ -77,9 +77,14 @@ def _flatten(config: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def config_diff(old: dict, new: dict, ignore: tuple[str, ...] = ()) -> list[str]:
-    """Dotted keys whose values differ between two nested configs ("a.b: old -> new")."""
-    a, b = _flatten(old), _flatten(new)
+def config_diff(
+    old: dict, new: dict, ignore: tuple[str, ...] = (), defaults: dict | None = None
+) -> list[str]:
+    """Dotted keys whose values differ between two nested configs ("a.b: old -> new").
+
+    A key `old` lacks (a config written before the key existed) reads as its value in `defaults`.
+    """
+    a, b = {**_flatten(_json_roundtrip(defaults or {})), **_flatten(old)}, _flatten(new)
     changed = []
     for key in sorted(set(a) | set(b)):
         if any(key == p or key.startswith(f"{p}.") for p in ignore):
@@ -127,11 +132,14 @@ class RunDirectory:
         except json.JSONDecodeError as err:
             raise RunConfigError(f"{file} is not valid JSON ({err}); fix or remove it.") from err
 
-    def check_config(self, config: dict, may_change: tuple[str, ...] = ()) -> bool:
+    def check_config(
+        self, config: dict, may_change: tuple[str, ...] = (), defaults: dict | None = None
+    ) -> bool:
         """Raises `RunConfigError` if the directory holds a run with another config.
 
         Keys listed in `may_change` (dotted prefixes, e.g. "train.steps") may differ: a finished run
-        can be extended. Returns True if the directory already holds this run. Writes nothing.
+        can be extended. A key the saved config lacks counts as its value in `defaults` (a run saved
+        before the key existed). Returns True if the directory already holds this run. Writes nothing.
         """
         if self.path.exists() and not self.path.is_dir():
             raise RunConfigError(f"run directory {self.path} exists and is not a directory.")
@@ -143,7 +151,7 @@ class RunDirectory:
                     "directory. Choose another --run-dir."
                 )
             return False
-        changes = config_diff(saved, _json_roundtrip(config), ignore=may_change)
+        changes = config_diff(saved, _json_roundtrip(config), may_change, defaults)
         if changes:
             raise RunConfigError(
                 f"{self.path} holds a run with a different config; refusing to overwrite it. "

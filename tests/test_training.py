@@ -132,6 +132,16 @@ def test_run_directory_refuses_another_config(tmp_path):
     other = cfg.resolve("digits", ["train.lr=1e-3"])[1]
     with pytest.raises(RunConfigError, match=r"train\.lr: 0\.0005 -> 0\.001"):
         run.check_config(other, may_change=cfg.MAY_CHANGE)
+    # A run saved before a key existed resumes when the key keeps its default, and only then.
+    older = json.loads(json.dumps(config))
+    del older["diffusion"]["min_snr_gamma"]
+    (tmp_path / "run" / "config.json").write_text(json.dumps(older))
+    assert run.check_config(config, cfg.MAY_CHANGE, cfg.DEFAULTS) is True
+    weighted = cfg.resolve("digits", ["diffusion.min_snr_gamma=5.0"])[1]
+    with pytest.raises(RunConfigError, match=r"diffusion\.min_snr_gamma: 0\.0 -> 5\.0"):
+        run.check_config(weighted, cfg.MAY_CHANGE, cfg.DEFAULTS)
+    with pytest.raises(RunConfigError, match="<unset>"):
+        run.check_config(config, cfg.MAY_CHANGE)  # without defaults a missing key is a change
 
 
 def test_a_foreign_directory_is_not_taken_over(tmp_path, data_dir, capsys):

@@ -81,3 +81,43 @@ def test_seeded_noise_is_reproducible(np_rng):
     c = d.training_losses(fn, x0, t, seed=4)["loss"].numpy()
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)
+
+
+@pytest.mark.parametrize("mean_type", ["epsilon", "x_start", "v"])
+@pytest.mark.parametrize("gamma", [0.5, 5.0])
+def test_min_snr_weighting_is_the_clipped_snr_times_the_x0_error(np_rng, mean_type, gamma):
+    """Hang et al.: the loss is min(SNR_t, gamma) * mean (x_0 - x_0_hat)^2 for every parameterization,
+    with x_0_hat recovered from the network output by the parameterization's own inversion."""
+    x0, noise, t = _inputs(np_rng)
+    output = np_rng.normal(size=x0.shape)
+    ab = AB[t].reshape(-1, 1, 1, 1)
+    x_t = np.sqrt(ab) * x0 + np.sqrt(1 - ab) * noise
+    x0_hat = {
+        "epsilon": (x_t - np.sqrt(1 - ab) * output) / np.sqrt(ab),
+        "x_start": output,
+        "v": np.sqrt(ab) * x_t - np.sqrt(1 - ab) * output,
+    }[mean_type]
+    snr = AB[t] / (1 - AB[t])
+    expected = np.minimum(snr, gamma) * ((x0 - x0_hat) ** 2).mean(axis=(1, 2, 3))
+    d = GaussianDiffusion(BETAS, mean_type, min_snr_gamma=gamma, dtype="float64")
+    terms = d.training_losses(lambda x, t: tf.constant(output), x0, t, noise=noise)
+    np.testing.assert_allclose(terms["loss"].numpy(), expected, rtol=1e-9)
+    unweighted = GaussianDiffusion(BETAS, mean_type, dtype="float64")
+    plain = unweighted.training_losses(lambda x, t: tf.constant(output), x0, t, noise=noise)
+    np.testing.assert_allclose(terms["mse"].numpy(), plain["mse"].numpy(), rtol=1e-12)
+    respaced = d.respace(range(0, T, 10))
+    assert respaced.min_snr_gamma == gamma
+    np.testing.assert_allclose(
+        respaced.mse_weights, d.mse_weights[respaced.timestep_map], rtol=1e-12
+    )
+
+
+def test_min_snr_gamma_is_checked():
+    with pytest.raises(ValueError, match="min_snr_gamma"):
+        GaussianDiffusion(BETAS, min_snr_gamma=-1.0)
+    with pytest.raises(ValueError, match="mse term"):
+        GaussianDiffusion(BETAS, loss_type="kl", min_snr_gamma=5.0)
+    rebuilt = GaussianDiffusion.from_config(
+        GaussianDiffusion(BETAS, min_snr_gamma=5.0).get_config()
+    )
+    assert rebuilt.min_snr_gamma == 5.0

@@ -14,8 +14,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ddpm_tf.recipe import build_diffusion
 from ddpm_tf.sampling_spec import SamplingSpec
-from ddpm_tf.schedules import get_beta_schedule
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {
@@ -45,6 +45,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "mean_type": "epsilon",
         "var_type": "fixed_large",
         "loss_type": "mse",
+        "min_snr_gamma": 0.0,  # > 0: min-SNR-gamma loss weighting (Hang et al. 2023), e.g. 5
     },
     "train": {
         "steps": 6000,
@@ -238,8 +239,7 @@ def validate(config: dict) -> None:
         SamplingSpec.from_dict(config["sampling"])
     except ValueError as err:
         raise ConfigError(f"[sampling] {err}") from None
-    diffusion = config["diffusion"]
     try:  # NumPy only: no TensorFlow op may run before a multi-worker strategy exists
-        get_beta_schedule(diffusion["schedule"], num_timesteps=diffusion["timesteps"])
+        build_diffusion(config["diffusion"])
     except ValueError as err:
         raise ConfigError(f"[diffusion] {err}") from None

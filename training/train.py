@@ -51,7 +51,13 @@ from ddpm_tf.recipe import build_model
 from ddpm_tf.runs import CURVE_FILE, RunDirectory
 from ddpm_tf.sampling_spec import SamplingSpec
 from ddpm_tf.training import callbacks as cb
-from ddpm_tf.training.config import MAY_CHANGE, precision_policy, preset_names, resolve
+from ddpm_tf.training.config import (
+    DEFAULTS,
+    MAY_CHANGE,
+    precision_policy,
+    preset_names,
+    resolve,
+)
 from ddpm_tf.training.curve import TrainingCurve
 
 SAMPLE_SEED = 1234  # the grids of one run always show the same noise, so progress is visible
@@ -152,7 +158,7 @@ def _start(
     name, config = resolve_args(args)
     task = check_cluster(config["train"]["strategy"])  # TF_CONFIG
     run = RunDirectory(args.run_dir or Path("runs") / name, keep=config["run"]["keep"])
-    run.check_config(config, may_change=MAY_CHANGE)  # before any work, before writing anything
+    run.check_config(config, MAY_CHANGE, DEFAULTS)  # before any work, before writing anything
     strategy = make_strategy(config["train"]["strategy"])
     check_global_batch(config["train"]["batch_size"], strategy.num_replicas_in_sync)
     run.chief = strategy.extended.should_checkpoint  # a worker other than the chief writes nowhere
