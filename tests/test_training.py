@@ -369,6 +369,17 @@ def test_a_resumed_curve_drops_the_steps_trained_again(tmp_path):
     assert rows[-1]["loss"] == 0.5 and rows[-1]["fid"] == 30.0 and rows[-1]["bpd"] is None
     assert rows[-1]["minutes"] >= kept_minutes
     assert rows[0]["loss"] == pytest.approx(0.25) and "not_a_column" not in rows[0]
+    with open(path, "a") as f:  # a row cut short by a kill
+        f.write("20,0.5")
+    assert read_curve(path)[-1] == {"step": 20, "minutes": 0.5} | {
+        k: None for k in rows[0] if k not in ("step", "minutes")
+    }
+    assert [r["step"] for r in read_curve(TrainingCurve(path, start_step=16).path)] == [
+        4,
+        8,
+        12,
+        16,
+    ]
 
 
 def test_training_logs_the_fid_of_its_samples(tmp_path, data_dir, classifier, capsys):

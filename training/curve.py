@@ -46,8 +46,9 @@ def read_curve(path: str | os.PathLike) -> list[dict[str, float | None]]:
         rows = list(csv.DictReader(f))
     return [
         {
-            key: (int(value) if key == "step" else float(value)) if value != "" else None
+            key: (int(value) if key == "step" else float(value)) if value else None
             for key, value in row.items()
+            if key in COLUMNS  # a row cut short by a kill reads None for its missing cells
         }
         for row in rows
     ]
