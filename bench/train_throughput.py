@@ -17,6 +17,8 @@ Configurations (each runs in its own subprocess, so the peak resident set size i
                       loss under `torch.autocast("cpu", dtype=torch.bfloat16)`
     cifar10-graph-onednn  cifar10-graph with TF_ENABLE_ONEDNN_OPTS=1 (only with --only): TF turns
                       its oneDNN kernels on by default only on some x86 CPUs, PyTorch always uses them
+    cifar10-graph-inter1, small28-graph-inter1   (only with --only) one inter-op thread: TF runs
+                      one op at a time, each on the intra-op threads, as PyTorch does
 
 A step's time is the median of `--repeats` timed steps after `--warmup` steps (the first of which
 traces and compiles; its time is reported apart). Both frameworks use `--threads` intra-op threads.
@@ -65,6 +67,7 @@ class Config:
     batch: int
     jit_compile: bool = False
     onednn: bool | None = None  # TF_ENABLE_ONEDNN_OPTS for the child; None: TF's default
+    inter_op: int | None = None  # TF inter-op threads (ops run at once); None: TF's default
     in_default_run: bool = True
     precision: str = "float32"  # or "bfloat16" (mixed: float32 weights)
 
@@ -85,6 +88,8 @@ CONFIGS: dict[str, Config] = {
         Config("small28-bf16-xla", "tf", "small_28", 32, True, precision="bfloat16"),
         Config("small28-diffusers-bf16", "torch", "small_28", 32, precision="bfloat16"),
         Config("cifar10-graph-onednn", "tf", "ddpm_cifar10", 8, onednn=True, in_default_run=False),
+        Config("cifar10-graph-inter1", "tf", "ddpm_cifar10", 8, inter_op=1, in_default_run=False),
+        Config("small28-graph-inter1", "tf", "small_28", 32, inter_op=1, in_default_run=False),
     )
 }
 
@@ -127,8 +132,13 @@ DIFFUSERS_SMALL28 = {
 DIFFUSERS_CONFIGS = {"ddpm_cifar10": DIFFUSERS_CIFAR10, "small_28": DIFFUSERS_SMALL28}
 # The pairs compared in the table: a diffusers configuration and the ddpm_tf ones that do its work.
 COMPARISONS = {
-    "cifar10-diffusers": ("cifar10-graph", "cifar10-xla", "cifar10-graph-onednn"),
-    "small28-diffusers": ("small28-graph", "small28-xla"),
+    "cifar10-diffusers": (
+        "cifar10-graph",
+        "cifar10-xla",
+        "cifar10-graph-onednn",
+        "cifar10-graph-inter1",
+    ),
+    "small28-diffusers": ("small28-graph", "small28-xla", "small28-graph-inter1"),
     "cifar10-diffusers-bf16": ("cifar10-bf16", "cifar10-bf16-xla"),
     "small28-diffusers-bf16": ("small28-bf16", "small28-bf16-xla"),
 }
@@ -203,6 +213,8 @@ def run_tf(config: Config, repeats: int, warmup: int, threads: int, breakdown: b
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
+    if config.inter_op is not None:
+        tf.config.threading.set_inter_op_parallelism_threads(config.inter_op)
     from ddpm_tf import DiffusionModel, from_preset
 
     import_rss = rss_mib()

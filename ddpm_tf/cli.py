@@ -129,7 +129,10 @@ SAMPLING_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "noise_source": ("--noise-source", {"choices": NOISE_SOURCES, "help": "noise generator"}),
     "jit_compile": (
         "--xla",
-        {"action": argparse.BooleanOptionalAction, "help": "compile the sampling loop with XLA"},
+        {
+            "action": argparse.BooleanOptionalAction,
+            "help": "compile the sampling loop (and ddpm-eval's bound) with XLA",
+        },
     ),
 }
 

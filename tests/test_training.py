@@ -20,6 +20,7 @@ from ddpm_tf import rng
 from ddpm_tf.data import load_arrays
 from ddpm_tf.evaluation import fid_from_features
 from ddpm_tf.features import ClassifierFeatures
+from ddpm_tf.likelihood import bits_per_dim
 from ddpm_tf.pixels import scale_to_unit, unit_to_uint8
 from ddpm_tf.runs import CURVE_FILE, CheckpointError, RunConfigError, RunDirectory, load_model
 from ddpm_tf.sampling import generate_uint8
@@ -326,6 +327,14 @@ def test_eval_cli_reports_bits_per_dim_and_fid(long_run, tmp_path, data_dir, cla
     # moves them by far more.
     assert report["likelihood"]["bpd"] == pytest.approx(float(np.mean(direct)), rel=2e-3)
     assert report["likelihood"]["num_examples"] == 8
+    # --no-ema and --xla reach the bound as they reach the samplers.
+    raw = tmp_path / "raw"
+    args = ["--bpd-examples", "4", "--bpd-batch", "4", "--num-samples", "0", "--no-ema", "--xla"]
+    assert eval_main([str(long_run), "--data-dir", data_dir, *args, "--out", str(raw)]) == 0
+    raw_bpd = json.loads((raw / "report.json").read_text())["likelihood"]["bpd"]
+    direct = bits_per_dim(model, test[:4], 4, use_ema=False, jit_compile=True)["bpd"]
+    assert raw_bpd == pytest.approx(direct, rel=1e-5)
+    assert abs(raw_bpd - bits_per_dim(model, test[:4], 4)["bpd"]) > 1e-3  # not the EMA's
     quality = report["sample_quality"]
     assert quality["num_fake"] == 40 and quality["fid"] > quality["fid_floor"] > 0
     assert (out / "samples.png").is_file()

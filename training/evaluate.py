@@ -5,7 +5,7 @@
         --method ddim --steps 100 --out runs/cifar10/eval
 
 Bits/dim is the exact bound `calc_bpd_loop` sums over all T steps (L_T + sum L_t + L_0) with the
-EMA weights, averaged over test images. FID and KID compare generated images with the test split
+EMA weights (--no-ema: the trained ones; --xla compiles its loop too), averaged over test images. FID and KID compare generated images with the test split
 on the features of the project's classifier (`ddpm-classifier`) or of Inception-v3 (weights file
 supplied by the user); beside each score stands the real-vs-real floor: training images of the
 same count scored against the test split, what a perfect generator would get at this sample size.
@@ -118,7 +118,14 @@ def evaluate(args: argparse.Namespace) -> dict:
     if args.bpd_examples != 0:
         count = len(test) if args.bpd_examples < 0 else min(args.bpd_examples, len(test))
         progress = cli.ProgressLine("bits/dim", count, "images")
-        report["likelihood"] = bits_per_dim(model, test[:count], args.bpd_batch, progress=progress)
+        report["likelihood"] = bits_per_dim(
+            model,
+            test[:count],
+            args.bpd_batch,
+            use_ema=spec.use_ema,
+            jit_compile=spec.jit_compile,  # --xla: the bound's loop too (faster on CPU)
+            progress=progress,
+        )
         report["likelihood"]["seconds"] = round(time.perf_counter() - began, 1)
     num = len(test) if args.num_samples < 0 else args.num_samples
     if compared:
