@@ -239,6 +239,24 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, data_dir):
     _assert_same_checkpoints(killed, tmp_path / "fresh")
 
 
+def test_sigterm_saves_the_step_and_stops(tmp_path, data_dir):
+    """A scheduler's SIGTERM: the run finishes its step, checkpoints it, says so and exits 1."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    command = [*_cli(tmp_path, data_dir, steps=4000), "run.checkpoint_every=1000"]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while not (tmp_path / CURVE_FILE).exists() or len(read_curve(tmp_path / CURVE_FILE)) < 2:
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = (stream.decode() for stream in proc.communicate(timeout=120))
+    assert proc.returncode == 1, out + err
+    stopped = int(err.split("stopped at step ")[1].split(" ")[0])
+    assert "after a SIGTERM; saved a checkpoint of that step" in err
+    assert 8 <= stopped < 4000 and stopped % 1000
+    assert tf.train.latest_checkpoint(tmp_path / "checkpoints").endswith(f"ckpt-{stopped}")
+
+
 def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir, capsys):
     code = _train(
         tmp_path,

@@ -11,8 +11,10 @@ uninterrupted one.
 from __future__ import annotations
 
 import math
+import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -62,6 +64,38 @@ class Checkpointer(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if self.model.step % self.every == 0:
             self.save()
+
+
+class SignalCheckpoint(keras.callbacks.Callback):
+    """A single-process run's answer to SIGTERM (a scheduler's or `timeout`'s stop): finish the
+    current step, save a checkpoint of it and stop `fit`; `preempted` then is True.
+
+    Installs its handler when training begins (in the main thread) and puts the previous one back
+    when training ends. A cluster uses `ddpm_tf.distribute.PreemptionCheckpoint` instead, which
+    agrees on the step with the other workers.
+    """
+
+    def __init__(self, save: Callable[[], object]):
+        super().__init__()
+        self.save, self.preempted = save, False
+        self._signalled = False
+        self._previous = None
+
+    def _on_signal(self, signum, frame) -> None:
+        self._signalled = True
+
+    def on_train_begin(self, logs=None):
+        self._previous = signal.signal(signal.SIGTERM, self._on_signal)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._signalled and not self.preempted:
+            self.save()
+            self.preempted = True
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 class Progress(keras.callbacks.Callback):

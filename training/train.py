@@ -191,11 +191,11 @@ class _Callbacks:
     checkpointer: cb.Checkpointer
     logs: list[keras.callbacks.Callback]  # progress and evaluation
     samples: cb.Samples | None  # the chief's
-    preemption: PreemptionCheckpoint | None  # in a cluster
+    preemption: PreemptionCheckpoint | cb.SignalCheckpoint  # SIGTERM: save, stop
 
     def all(self) -> list[keras.callbacks.Callback]:
-        extra = [c for c in (self.samples, self.preemption) if c is not None]
-        return [self.guard, *self.logs, self.checkpointer, *extra]
+        samples = [self.samples] if self.samples is not None else []
+        return [self.guard, *self.logs, self.checkpointer, *samples, self.preemption]
 
 
 def _callbacks(
@@ -237,7 +237,11 @@ def _callbacks(
         SAMPLE_SEED,
         SamplingSpec.from_dict(config["sampling"]),
     )
-    preemption = PreemptionCheckpoint(strategy, checkpointer.save) if task is not None else None
+    preemption = (
+        PreemptionCheckpoint(strategy, checkpointer.save)
+        if task is not None
+        else cb.SignalCheckpoint(checkpointer.save)
+    )
     return _Callbacks(guard, checkpointer, logs, samples if run.chief else None, preemption)
 
 
@@ -384,7 +388,7 @@ def _fit(config, task, run, strategy, train_cache, test_cache, fid) -> int:
         shuffle=False,
         verbose=0,
     )
-    _stop_if_interrupted(model, run, callbacks)
+    _stop_if_interrupted(model, run, callbacks, task)
     callbacks.checkpointer.save()
     grid = callbacks.samples.write() if callbacks.samples else None
     writer.flush()
@@ -396,7 +400,9 @@ def _fit(config, task, run, strategy, train_cache, test_cache, fid) -> int:
     return 0
 
 
-def _stop_if_interrupted(model: keras.Model, run: RunDirectory, callbacks: _Callbacks) -> None:
+def _stop_if_interrupted(
+    model: keras.Model, run: RunDirectory, callbacks: _Callbacks, task: ClusterTask | None
+) -> None:
     """Raises if `fit` stopped early: a non-finite loss, or a SIGTERM (preemption)."""
     failed = callbacks.guard.failed_step
     if failed is not None:
@@ -405,11 +411,16 @@ def _stop_if_interrupted(model: keras.Model, run: RunDirectory, callbacks: _Call
             f"checkpoint is kept: {run.latest_checkpoint() or 'none yet'}. Try a lower train.lr, "
             "train.grad_clip=1.0, or turn off train.mixed_precision."
         )
-    if callbacks.preemption is not None and callbacks.preemption.preempted:
+    if callbacks.preemption.preempted:
+        saved = (
+            f"saved a checkpoint of that step in {run.checkpoint_dir}. Rerun the same command"
+            if task is None
+            else "every worker saved a checkpoint of that step (the chief's in "
+            f"{run.checkpoint_dir}). Rerun the same command on every worker"
+        )
         raise cli.Failed(
-            f"stopped at step {model.step} after a SIGTERM to a worker; every worker saved a "
-            f"checkpoint of that step (the chief's in {run.checkpoint_dir}). Rerun the same "
-            "command on every worker to resume."
+            f"stopped at step {model.step} after a SIGTERM{'' if task is None else ' to a worker'}; "
+            f"{saved} to resume."
         )
 
 
