@@ -12,7 +12,7 @@ checkpoint (the programs' own resume), a missing score is computed.
 
     python bench/recipe_study.py --preset fashion_mnist --data-dir ~/tfds \\
         --classifier runs/fashion_classifier.keras --root runs/study --markdown docs/study.md
-    python bench/recipe_study.py ... --only baseline lr1e-3   # some rows
+    python bench/recipe_study.py ... --only preset no-min-snr       # some rows
 """
 
 from __future__ import annotations
@@ -25,21 +25,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-# The rows: name -> overrides on the preset. Every row trains at batch 32 with 500 warm-up steps;
-# in-training FID is off so that the minutes are training alone.
-BASE = ["train.batch_size=32", "train.warmup=500", "run.sample_every=1000000", "run.bpd_examples=0"]
-FAST = ["train.lr=1e-3", "model.dropout=0.0", "train.ema_decay=0.999"]
+# The rows: name -> overrides on the preset (the preset as written is the row "preset").
+OLD = [
+    "train.lr=2e-4",
+    "model.dropout=0.1",
+    "train.ema_decay=0.9995",
+    "diffusion.min_snr_gamma=0.0",
+]
 ROWS: dict[str, list[str]] = {
-    "baseline-3k": ["train.steps=3000"],
-    "baseline-8k": ["train.steps=8000"],
-    "fast-8k": ["train.steps=8000", *FAST],
-    "fast-minsnr-8k": ["train.steps=8000", *FAST, "diffusion.min_snr_gamma=5.0"],
-    "fast-v-cosine-8k": [
-        "train.steps=8000",
-        *FAST,
-        "diffusion.mean_type=v",
-        "diffusion.schedule=cosine",
-    ],
+    "preset": [],
+    "old-recipe-3k": ["train.steps=3000", *OLD],
+    "old-recipe": OLD,
+    "no-min-snr": ["diffusion.min_snr_gamma=0.0"],
+    "v-cosine": ["diffusion.mean_type=v", "diffusion.schedule=cosine"],
+    "batch64-7.5k": ["train.batch_size=64", "train.steps=7500"],
 }
 SAMPLER = ["--method", "dpm_solver++", "--steps", "logsnr20"]
 
@@ -48,8 +47,8 @@ def commands(args: argparse.Namespace, name: str) -> tuple[list[str], list[str]]
     """The ddpm-train and ddpm-eval command lines of a row."""
     run = Path(args.root) / name
     data = ["--data-dir", args.data_dir] if args.data_dir else []
-    train = ["ddpm-train", "--config", args.preset, "--run-dir", str(run), *data, *BASE]
-    train += ROWS[name]
+    train = ["ddpm-train", "--config", args.preset, "--run-dir", str(run), *data, *ROWS[name]]
+    train += args.set
     evaluate = ["ddpm-eval", str(run), *data, "--classifier", args.classifier, "--bpd-examples"]
     evaluate += ["0", "--num-samples", str(args.num_samples), *SAMPLER, "--out", str(run / "eval")]
     return train, evaluate
@@ -115,6 +114,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--root", required=True, help="directory of the rows' run directories")
     parser.add_argument("--num-samples", type=int, default=1000, help="samples scored per row")
     parser.add_argument("--only", nargs="+", choices=list(ROWS), help="run only these rows")
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides added to every row (e.g. train.steps=100 for a quick look)",
+    )
     parser.add_argument("--json", help="write the results as JSON")
     parser.add_argument("--markdown", help="write the table and commands as Markdown")
     args = parser.parse_args(argv)
