@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.log_y:
         axes.set_yscale("log")
     axes.set_xlabel("training minutes (wall time)" if args.x == "minutes" else "step")
-    axes.set_ylabel(args.column)
+    axes.set_ylabel("FID" if args.column == "fid" else args.column)
     axes.set_title(args.title)
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize="small")

@@ -430,7 +430,8 @@ def test_training_logs_the_fid_of_its_samples(tmp_path, data_dir, classifier, ca
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["run.fid_samples=8"], "run.classifier='' is not a file"),
+        (["run.fid_samples=8"], "set run.classifier=PATH.keras"),
+        (["run.fid_samples=8", "run.classifier=missing.keras"], "'missing.keras' is not a file"),
         (
             ["run.fid_samples=1", "run.classifier=x.keras"],
             "run.fid_samples must be 0 (off) or >= 2",

@@ -227,11 +227,10 @@ def validate(config: dict) -> None:
         raise ConfigError(f"run.bpd_examples must be >= 0, got {run['bpd_examples']}.")
     if run["fid_samples"] < 0 or run["fid_samples"] == 1:
         raise ConfigError(f"run.fid_samples must be 0 (off) or >= 2, got {run['fid_samples']}.")
-    if run["fid_samples"] and not Path(run["classifier"]).is_file():
+    if run["fid_samples"] and not run["classifier"]:  # the file is checked when the run starts
         raise ConfigError(
-            f"run.fid_samples={run['fid_samples']} scores samples with a classifier, but "
-            f"run.classifier={run['classifier']!r} is not a file: train one with `ddpm-classifier "
-            "--dataset NAME --out PATH.keras` and pass run.classifier=PATH.keras."
+            f"run.fid_samples={run['fid_samples']} scores samples with a classifier: train one "
+            "with `ddpm-classifier --dataset NAME --out PATH.keras` and set run.classifier=PATH.keras."
         )
     if not train["lr"] > 0:
         raise ConfigError(f"train.lr must be > 0, got {train['lr']}.")
