@@ -94,8 +94,8 @@ PRECISION_POLICIES = {"float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 
 def precision_policy(value: bool | str) -> str:
     """The Keras dtype policy of a `train.mixed_precision` value (false, "float16", "bfloat16")."""
-    if isinstance(value, bool):
-        return "mixed_float16" if value else "float32"
+    if isinstance(value, bool):  # true: float16, as before "bfloat16" existed
+        return PRECISION_POLICIES["float16"] if value else "float32"
     if value not in PRECISION_POLICIES:
         raise ConfigError(
             f'train.mixed_precision must be false, "float16" or "bfloat16" (true means '
@@ -163,9 +163,9 @@ def _set(config: dict, key: str, value: Any) -> None:
         close = difflib.get_close_matches(name, config[section], n=3)
         hint = f" Did you mean {[f'{section}.{c}' for c in close]}?" if close else ""
         raise ConfigError(f"unknown config key {key!r}.{hint}")
-    if (
-        section == "sampling" or key == "train.mixed_precision"
-    ):  # typed and checked as a whole by SamplingSpec in `validate`
+    if section == "sampling" or key == "train.mixed_precision":
+        # Checked in `validate`: [sampling] as a whole by SamplingSpec, the precision (a bool or a
+        # dtype name) by `precision_policy`.
         config[section][name] = value
     else:
         config[section][name] = _check_type(key, DEFAULTS[section][name], value)

@@ -5,10 +5,11 @@
         --method ddim --steps 100 --out runs/cifar10/eval
 
 Bits/dim is the exact bound `calc_bpd_loop` sums over all T steps (L_T + sum L_t + L_0) with the
-EMA weights (--no-ema: the trained ones; --xla compiles its loop too), averaged over test images. FID and KID compare generated images with the test split
-on the features of the project's classifier (`ddpm-classifier`) or of Inception-v3 (weights file
-supplied by the user); beside each score stands the real-vs-real floor: training images of the
-same count scored against the test split, what a perfect generator would get at this sample size.
+EMA weights (--no-ema: the trained ones; --xla compiles its loop too), averaged over test images.
+FID and KID compare generated images with the test split on the features of the project's
+classifier (`ddpm-classifier`) or of Inception-v3 (weights file supplied by the user); beside each
+score stands the real-vs-real floor: training images of the same count scored against the test
+split, what a perfect generator would get at this sample size.
 Writes `report.json` and `samples.png` to --out.
 """
 

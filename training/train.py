@@ -225,7 +225,7 @@ def _callbacks(
             bpd_images=test_images[: run_cfg["bpd_examples"]] if run.chief else None,
             stream=stream,
             curve=curve,
-            fid=fid if run.chief else None,
+            fid=fid,  # None on a worker other than the chief (`_fid_classifier`)
         ),
         *([curve] if curve else []),  # after the two: their values of a step share one row
     ]
