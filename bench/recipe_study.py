@@ -34,6 +34,7 @@ OLD = [
 ]
 ROWS: dict[str, list[str]] = {
     "preset": [],
+    "constant-lr": ["train.lr_decay=constant"],
     "old-recipe-3k": ["train.steps=3000", *OLD],
     "old-recipe": OLD,
     "no-min-snr": ["diffusion.min_snr_gamma=0.0"],

@@ -16,12 +16,14 @@ is scaled by Keras' `LossScaleOptimizer`.
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Literal, get_args
 
 import keras
 import tensorflow as tf
 
 from ddpm_tf import compat, rng
+from ddpm_tf.checks import check_choice
 from ddpm_tf.diffusion import GaussianDiffusion
 from ddpm_tf.sampling import (
     Sampler,
@@ -37,26 +39,70 @@ from ddpm_tf.timesteps import TimestepSampler, TimestepSamplerName, create_times
 _REPLICATED = "only_first_replica"
 
 
+LrDecay = Literal["constant", "cosine", "linear"]
+LR_DECAYS: tuple[str, ...] = get_args(LrDecay)
+
+
 @keras.saving.register_keras_serializable(package="ddpm_tf")
 class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear learning-rate warm-up to a constant: lr * min(1, (step + 1) / warmup_steps)."""
+    """Linear warm-up, then a constant or decaying learning rate (per optimizer step).
 
-    def __init__(self, learning_rate: float = 2e-4, warmup_steps: int = 5000):
+    lr(step) = learning_rate * min(1, (step + 1) / warmup_steps) * d(f), where
+    f = (step - warmup_steps) / (decay_steps - warmup_steps) clipped to [0, 1] is how far the decay
+    has gone and d is 1 ("constant"), (1 + cos(pi f)) / 2 ("cosine") or 1 - f ("linear"): a decay
+    reaches 0 at `decay_steps`, the run's last step, so the final weights (and their EMA) settle.
+
+    Args:
+        learning_rate: the peak learning rate, > 0.
+        warmup_steps: steps of the linear warm-up (0: none).
+        decay: the shape after the warm-up.
+        decay_steps: the step at which a decay reaches 0; must exceed `warmup_steps` unless
+            `decay` is "constant" (where it is ignored).
+    """
+
+    def __init__(
+        self,
+        learning_rate: float = 2e-4,
+        warmup_steps: int = 5000,
+        decay: LrDecay = "constant",
+        decay_steps: int = 0,
+    ):
         if learning_rate <= 0:
             raise ValueError(f"`learning_rate` must be > 0, got {learning_rate}.")
         if warmup_steps < 0:
             raise ValueError(f"`warmup_steps` must be >= 0, got {warmup_steps}.")
+        decay = check_choice(decay, LR_DECAYS, "decay")
+        if decay != "constant" and decay_steps <= warmup_steps:
+            raise ValueError(
+                f"a {decay} decay needs `decay_steps` ({decay_steps}) > `warmup_steps` "
+                f"({warmup_steps}): the decay runs from the end of the warm-up to `decay_steps`."
+            )
         self.learning_rate = float(learning_rate)
         self.warmup_steps = int(warmup_steps)
+        self.decay = decay
+        self.decay_steps = int(decay_steps) if decay != "constant" else 0
 
     def __call__(self, step):
-        if self.warmup_steps == 0:
-            return tf.constant(self.learning_rate, tf.float32)
-        frac = (tf.cast(step, tf.float32) + 1.0) / float(self.warmup_steps)
-        return self.learning_rate * tf.minimum(1.0, frac)
+        step = tf.cast(step, tf.float32)
+        lr = tf.constant(self.learning_rate, tf.float32)
+        if self.warmup_steps:
+            lr *= tf.minimum(1.0, (step + 1.0) / float(self.warmup_steps))
+        if self.decay == "constant":
+            return lr
+        # 1 - f, computed from the steps left so that the last steps' small rates keep precision
+        span = float(self.decay_steps - self.warmup_steps)
+        left = tf.clip_by_value((float(self.decay_steps) - step) / span, 0.0, 1.0)
+        if self.decay == "cosine":
+            return lr * tf.square(tf.sin(0.5 * math.pi * left))  # = (1 + cos(pi f)) / 2
+        return lr * left
 
     def get_config(self) -> dict:
-        return {"learning_rate": self.learning_rate, "warmup_steps": self.warmup_steps}
+        return {
+            "learning_rate": self.learning_rate,
+            "warmup_steps": self.warmup_steps,
+            "decay": self.decay,
+            "decay_steps": self.decay_steps,
+        }
 
 
 def _blend(ema: tf.Variable, weight: tf.Variable, decay) -> tf.Tensor:
@@ -66,10 +112,13 @@ def _blend(ema: tf.Variable, weight: tf.Variable, decay) -> tf.Tensor:
 
 
 def default_optimizer(
-    learning_rate: float = 2e-4, warmup_steps: int = 5000
+    learning_rate: float = 2e-4,
+    warmup_steps: int = 5000,
+    decay: LrDecay = "constant",
+    decay_steps: int = 0,
 ) -> keras.optimizers.Optimizer:
-    """Ho et al.'s optimizer: Adam at 2e-4 after a linear warm-up of 5000 steps."""
-    return keras.optimizers.Adam(WarmupSchedule(learning_rate, warmup_steps))
+    """Adam on a `WarmupSchedule`; the defaults are Ho et al.'s: 2e-4 after 5000 warm-up steps."""
+    return keras.optimizers.Adam(WarmupSchedule(learning_rate, warmup_steps, decay, decay_steps))
 
 
 def default_diffusion() -> GaussianDiffusion:

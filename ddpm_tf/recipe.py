@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import keras
+
 from ddpm_tf.diffusion import GaussianDiffusion
-from ddpm_tf.model import DiffusionModel, default_optimizer
+from ddpm_tf.model import DiffusionModel, WarmupSchedule
 from ddpm_tf.schedules import get_beta_schedule
 from ddpm_tf.unet import from_preset
 
-__all__ = ["build_diffusion", "build_model"]
+__all__ = ["build_diffusion", "build_model", "build_schedule"]
 
 
 def build_diffusion(section: dict[str, Any]) -> GaussianDiffusion:
@@ -25,6 +27,16 @@ def build_diffusion(section: dict[str, Any]) -> GaussianDiffusion:
         model_var_type=section["var_type"],
         loss_type=section["loss_type"],
         min_snr_gamma=section.get("min_snr_gamma", 0.0),
+    )
+
+
+def build_schedule(section: dict[str, Any]) -> WarmupSchedule:
+    """The learning-rate schedule of a config's `train` section: a decay ends at train.steps."""
+    return WarmupSchedule(
+        section["lr"],
+        section["warmup"],
+        decay=section.get("lr_decay", "constant"),
+        decay_steps=section["steps"],
     )
 
 
@@ -63,5 +75,6 @@ def build_model(
         label_dropout=train["label_dropout"],
         seed=train["seed"],
     )
-    model.compile(default_optimizer(train["lr"], train["warmup"]), jit_compile=train["jit_compile"])
+    optimizer = keras.optimizers.Adam(build_schedule(train))
+    model.compile(optimizer, jit_compile=train["jit_compile"])
     return model

@@ -1,5 +1,7 @@
 """DiffusionModel: fit on tfds, EMA, clipping, warm-up, evaluate, save/load, functional networks."""
 
+import math
+
 import keras
 import numpy as np
 import pytest
@@ -110,6 +112,27 @@ def test_warmup_schedule_closed_form():
     assert float(WarmupSchedule(1e-3, 0)(0)) == pytest.approx(1e-3)
     with pytest.raises(ValueError, match="warmup_steps"):
         WarmupSchedule(1e-3, -1)
+
+
+def test_decaying_schedules_closed_form():
+    # warm-up of 100 steps to 1e-3, then a decay over steps 100..1100 (f = (step - 100) / 1000)
+    cosine = WarmupSchedule(1e-3, 100, decay="cosine", decay_steps=1100)
+    linear = WarmupSchedule(1e-3, 100, decay="linear", decay_steps=1100)
+    for step in (0, 49, 99, 100, 350, 600, 850, 1099, 1100, 5000):
+        warm = min(1.0, (step + 1) / 100)
+        f = min(1.0, max(0.0, (step - 100) / 1000))
+        want_cos = 1e-3 * warm * (1 + math.cos(math.pi * f)) / 2
+        want_lin = 1e-3 * warm * (1 - f)
+        assert float(cosine(step)) == pytest.approx(want_cos, rel=1e-5, abs=1e-12)
+        assert float(linear(step)) == pytest.approx(want_lin, rel=1e-5, abs=1e-12)
+    assert float(cosine(600)) == pytest.approx(5e-4, rel=1e-5)  # half-way: half the peak
+    assert float(cosine(1100)) == 0.0
+    restored = WarmupSchedule.from_config(cosine.get_config())
+    assert float(restored(777)) == float(cosine(777))
+    with pytest.raises(ValueError, match="decay_steps"):
+        WarmupSchedule(1e-3, 100, decay="cosine", decay_steps=100)
+    with pytest.raises(ValueError, match="decay"):
+        WarmupSchedule(1e-3, 100, decay="exponential", decay_steps=1000)
 
 
 def test_default_compile_is_ho_et_al_adam_with_warmup():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -17,7 +18,7 @@ import pytest
 import tensorflow as tf
 
 from ddpm_tf import rng
-from ddpm_tf.data import load_arrays
+from ddpm_tf.data import image_shape, load_arrays
 from ddpm_tf.evaluation import fid_from_features
 from ddpm_tf.features import ClassifierFeatures
 from ddpm_tf.likelihood import bits_per_dim
@@ -51,7 +52,9 @@ SMALL = [
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> str:
-    return str(tmp_path_factory.mktemp("tfds"))
+    path = str(tmp_path_factory.mktemp("tfds"))
+    image_shape("sklearn_digits", path)  # built here, so no test's stderr holds tfds' progress bars
+    return path
 
 
 def _train(run_dir, data_dir, *overrides: str) -> int:
@@ -102,11 +105,17 @@ def test_overrides_are_typed():
         ("train.mixed_precision=float64", 'must be false, "float16" or "bfloat16"'),
         ("train.steps=0", "train.steps must be >= 1"),
         ("sampling.method=euler", "method"),
+        ("train.lr=0", r"train\.lr must be > 0"),
+        ("train.lr_decay=cos", r"Unknown train\.lr_decay 'cos'"),
+        (
+            "train.lr_decay=cosine train.warmup=9000",
+            r"train\.steps \(\d+\) > train\.warmup \(9000\)",
+        ),
     ],
 )
 def test_bad_overrides_are_named(override, message):
     with pytest.raises(cfg.ConfigError, match=message):
-        cfg.resolve("digits", [override])
+        cfg.resolve("digits", override.split())
 
 
 def test_a_bad_schedule_is_refused_with_the_config():
@@ -431,7 +440,10 @@ def test_training_logs_the_fid_of_its_samples(tmp_path, data_dir, classifier, ca
     ("overrides", "message"),
     [
         (["run.fid_samples=8"], "set run.classifier=PATH.keras"),
-        (["run.fid_samples=8", "run.classifier=missing.keras"], "'missing.keras' is not a file"),
+        (
+            ["run.fid_samples=8", "run.classifier=missing.keras"],
+            "run.classifier: classifier model 'missing.keras' does not exist",
+        ),
         (
             ["run.fid_samples=1", "run.classifier=x.keras"],
             "run.fid_samples must be 0 (off) or >= 2",
@@ -451,6 +463,16 @@ def test_bad_fid_settings_fail_before_anything_is_written(
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not run.exists()
+
+
+def test_a_cosine_decay_falls_to_zero_at_the_last_step(tmp_path, data_dir):
+    assert _train(tmp_path, data_dir, "train.steps=8", "train.lr_decay=cosine") == 0
+    peak = RunDirectory(tmp_path).saved_config()["train"]["lr"]
+    rows = read_curve(tmp_path / CURVE_FILE)
+    # after step s the optimizer's next rate: warm-up over 2 steps, then the decay over steps 2..8
+    want = [peak * math.sin(0.5 * math.pi * (8 - s) / 6) ** 2 for s in (4, 8)]
+    assert [r["lr"] for r in rows] == pytest.approx(want, rel=1e-5, abs=1e-12)
+    assert rows[-1]["lr"] == 0.0
 
 
 def test_a_bfloat16_run_trains_and_leaves_the_policy_as_it_was(tmp_path, data_dir):

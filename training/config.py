@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ddpm_tf.recipe import build_diffusion
+from ddpm_tf.recipe import build_diffusion, build_schedule
 from ddpm_tf.sampling_spec import SamplingSpec
 
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -52,6 +52,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "batch_size": 64,
         "lr": 2e-4,
         "warmup": 500,
+        "lr_decay": "constant",  # constant | cosine | linear: after the warm-up, down to 0 at steps
         "ema_decay": 0.999,
         "grad_clip": 1.0,
         "timestep_sampler": "uniform",
@@ -85,6 +86,22 @@ PRESETS_PACKAGE = "ddpm_tf.training.configs"
 
 class ConfigError(ValueError):
     """A preset, a file or an override is not valid."""
+
+
+# WarmupSchedule's argument -> the train key that sets it (build_schedule).
+_SCHEDULE_KEYS = {
+    "`learning_rate`": "train.lr",
+    "`warmup_steps`": "train.warmup",
+    "`decay_steps`": "train.steps",
+    "`decay`": "train.lr_decay",
+}
+
+
+def _schedule_keys(message: str) -> str:
+    """A WarmupSchedule error in the words of the config."""
+    for arg, key in _SCHEDULE_KEYS.items():
+        message = message.replace(arg, key)
+    return message
 
 
 # train.mixed_precision -> the Keras dtype policy of the network. The diffusion mathematics, the
@@ -232,8 +249,10 @@ def validate(config: dict) -> None:
             f"run.fid_samples={run['fid_samples']} scores samples with a classifier: train one "
             "with `ddpm-classifier --dataset NAME --out PATH.keras` and set run.classifier=PATH.keras."
         )
-    if not train["lr"] > 0:
-        raise ConfigError(f"train.lr must be > 0, got {train['lr']}.")
+    try:
+        build_schedule(train)
+    except ValueError as err:
+        raise ConfigError(_schedule_keys(str(err))) from None
     try:
         SamplingSpec.from_dict(config["sampling"])
     except ValueError as err:

@@ -274,12 +274,10 @@ def _fid_classifier(
     run_cfg, data = config["run"], config["data"]
     if not run_cfg["fid_samples"] or not run.chief:
         return None
-    if not Path(run_cfg["classifier"]).is_file():
-        raise ValueError(
-            f"run.classifier={run_cfg['classifier']!r} is not a file: train one with "
-            "`ddpm-classifier --dataset NAME --out PATH.keras` or set run.fid_samples=0."
-        )
-    extractor = ClassifierFeatures(run_cfg["classifier"])
+    try:
+        extractor = ClassifierFeatures(run_cfg["classifier"])
+    except FileNotFoundError as err:
+        raise ValueError(f"run.classifier: {err}, or set run.fid_samples=0.") from None
     if data["images"]:
         shape = (data["image_size"], data["image_size"], data["channels"])
     else:
