@@ -34,7 +34,7 @@ OLD = [
 ]
 ROWS: dict[str, list[str]] = {
     "preset": [],
-    "constant-lr": ["train.lr_decay=constant"],
+    "cosine-lr": ["train.lr_decay=cosine"],
     "old-recipe-3k": ["train.steps=3000", *OLD],
     "old-recipe": OLD,
     "no-min-snr": ["diffusion.min_snr_gamma=0.0"],
@@ -87,6 +87,10 @@ def study_row(args: argparse.Namespace, name: str) -> dict:
     }
 
 
+def _code(overrides: str) -> str:
+    return f"`{overrides}`" if overrides else "(the preset as written)"
+
+
 def markdown(rows: list[dict]) -> str:
     """The table, then the commands of every row."""
     lines = [
@@ -95,7 +99,7 @@ def markdown(rows: list[dict]) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['name']} | `{' '.join(r['overrides'])}` | {r['steps']:,} | "
+            f"| {r['name']} | {_code(' '.join(r['overrides']))} | {r['steps']:,} | "
             f"{r['minutes']:.0f} | {r['fid']:.1f} ({r['fid_floor']:.2f}) |"
         )
     lines += ["", "```bash"]
