@@ -26,7 +26,9 @@ import sys
 from pathlib import Path
 
 # The rows: name -> overrides on the preset (the preset as written is the row "preset").
+EPSILON = ["diffusion.mean_type=epsilon", "diffusion.schedule=linear"]
 OLD = [
+    *EPSILON,
     "train.lr=2e-4",
     "model.dropout=0.1",
     "train.ema_decay=0.9995",
@@ -34,11 +36,12 @@ OLD = [
 ]
 ROWS: dict[str, list[str]] = {
     "preset": [],
-    "cosine-lr": ["train.lr_decay=cosine"],
+    "epsilon-linear": EPSILON,
+    "epsilon-linear-cosine-lr": [*EPSILON, "train.lr_decay=cosine"],
     "old-recipe-3k": ["train.steps=3000", *OLD],
     "old-recipe": OLD,
+    "cosine-lr": ["train.lr_decay=cosine"],
     "no-min-snr": ["diffusion.min_snr_gamma=0.0"],
-    "v-cosine": ["diffusion.mean_type=v", "diffusion.schedule=cosine"],
     "batch64-7.5k": ["train.batch_size=64", "train.steps=7500"],
 }
 SAMPLER = ["--method", "dpm_solver++", "--steps", "logsnr20"]
