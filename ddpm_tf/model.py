@@ -50,7 +50,7 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
     lr(step) = learning_rate * min(1, (step + 1) / warmup_steps) * d(f), where
     f = (step - warmup_steps) / (decay_steps - warmup_steps) clipped to [0, 1] is how far the decay
     has gone and d is 1 ("constant"), (1 + cos(pi f)) / 2 ("cosine") or 1 - f ("linear"): a decay
-    reaches 0 at `decay_steps`, the run's last step, so the final weights (and their EMA) settle.
+    reaches 0 at `decay_steps` (in `ddpm-train`, the run's `train.steps`).
 
     Args:
         learning_rate: the peak learning rate, > 0.
