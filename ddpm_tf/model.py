@@ -112,13 +112,10 @@ def _blend(ema: tf.Variable, weight: tf.Variable, decay) -> tf.Tensor:
 
 
 def default_optimizer(
-    learning_rate: float = 2e-4,
-    warmup_steps: int = 5000,
-    decay: LrDecay = "constant",
-    decay_steps: int = 0,
+    learning_rate: float = 2e-4, warmup_steps: int = 5000
 ) -> keras.optimizers.Optimizer:
-    """Adam on a `WarmupSchedule`; the defaults are Ho et al.'s: 2e-4 after 5000 warm-up steps."""
-    return keras.optimizers.Adam(WarmupSchedule(learning_rate, warmup_steps, decay, decay_steps))
+    """Ho et al.'s optimizer: Adam at 2e-4 after a linear warm-up of 5000 steps."""
+    return keras.optimizers.Adam(WarmupSchedule(learning_rate, warmup_steps))
 
 
 def default_diffusion() -> GaussianDiffusion:
