@@ -20,6 +20,7 @@ from ddpm_tf.diffusion import (  # noqa: E402
 from ddpm_tf.model import DiffusionModel, WarmupSchedule, default_optimizer  # noqa: E402
 from ddpm_tf.sampling import (  # noqa: E402
     Sampler,
+    every_class,
     generate_uint8,
     guided_denoiser,
     sample_per_replica,
@@ -62,6 +63,7 @@ __all__ = [
     "WarmupSchedule",
     "create_timestep_sampler",
     "default_optimizer",
+    "every_class",
     "from_preset",
     "generate_uint8",
     "get_beta_schedule",

@@ -10,9 +10,11 @@ from ddpm_tf import (
     DiffusionModel,
     GaussianDiffusion,
     data,
+    every_class,
     from_preset,
     get_beta_schedule,
     guided_denoiser,
+    rng,
 )
 
 NULL = 10
@@ -77,10 +79,12 @@ def conditional_model():
 def test_guided_sampling(conditional_model, method):
     model = conditional_model
     labels = [1, 2, 3]
-    plain = model.generate(labels=labels, seed=4, method=method, steps=5)
-    unit = model.generate(labels=labels, seed=4, method=method, steps=5, guidance_scale=1.0)
+    plain = model.generate(labels=labels, seed=4, method=method, steps=5)  # scale 1: no null half
+    sampler = model.sampler(method=method, steps=5)
+    unit = sampler.sample_conditional(tf.constant(labels), rng.as_seed(4), tf.constant(1.0))
     strong = model.generate(labels=labels, seed=4, method=method, steps=5, guidance_scale=4.0)
     assert plain.shape == (3, 8, 8, 1)
+    assert sampler.sample_labels.experimental_get_tracing_count() == 1  # what generate ran
     np.testing.assert_allclose(unit.numpy(), plain.numpy(), atol=1e-5)
     assert np.abs(strong.numpy() - plain.numpy()).max() > 1e-4
     unconditional = model.generate(3, seed=4, method=method, steps=5)  # the null class
@@ -93,3 +97,13 @@ def test_label_errors(conditional_model):
         conditional_model.generate(labels=[11], seed=0)
     with pytest.raises(ValueError, match="must yield \\(images, labels\\)"):
         conditional_model.fit(np.zeros((4, 8, 8, 1), np.float32), batch_size=4, verbose=0)
+
+
+@pytest.mark.parametrize(("num_samples", "num_classes"), [(25, 10), (7, 3), (2, 5), (0, 4)])
+def test_every_class_draws_each_class_equally_often(num_samples, num_classes):
+    labels = every_class(num_samples, num_classes)
+    counts = np.bincount(labels, minlength=num_classes)
+    assert labels.dtype == np.int32 and len(labels) == num_samples
+    assert counts.max() - counts.min() <= (1 if num_samples else 0) and counts.sum() == num_samples
+    assert list(labels[:num_classes]) == list(range(min(num_samples, num_classes)))  # in turn
+    assert every_class(num_samples, None) is None  # an unconditional model takes no labels

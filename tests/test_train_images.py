@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ddpm_tf import DiffusionModel
 from ddpm_tf.datasets.pixel_cache import PixelCache
+from ddpm_tf.sampling import generate_uint8
 from ddpm_tf.training import config as cfg
+from ddpm_tf.training import evaluate
 from ddpm_tf.training.evaluate import main as eval_main
 from ddpm_tf.training.train import main as train_main
 
@@ -78,7 +81,7 @@ def test_one_source_of_images(preset, overrides, message):
         cfg.resolve(preset, overrides)
 
 
-def test_training_on_a_folder_decodes_once_and_resumes(tmp_path, folder, capsys):
+def test_training_on_a_folder_decodes_once_and_resumes(tmp_path, folder, capsys, monkeypatch):
     run = tmp_path / "run"
     command = ["--images", str(folder), "--run-dir", str(run), "data.class_conditional=true"]
     assert train_main([*command, *TINY, "train.steps=2"]) == 0
@@ -95,9 +98,18 @@ def test_training_on_a_folder_decodes_once_and_resumes(tmp_path, folder, capsys)
     assert (len(train), len(test), train.num_classes) == (31, 1, 2)
     assert sorted(np.bincount(np.concatenate([train.labels, test.labels]))) == [12, 20]
 
+    grids = []  # the run's sample grid: every class in turn, as the FID samples
+    real_generate = DiffusionModel.generate
+
+    def recording(self, *args, labels=None, **kwargs):
+        grids.append(None if labels is None else list(labels))
+        return real_generate(self, *args, labels=labels, **kwargs)
+
+    monkeypatch.setattr(DiffusionModel, "generate", recording)
     assert train_main([*command, *TINY, "train.steps=4"]) == 0
     out, err = capsys.readouterr()
     assert "resuming at step 2" in out and "decoding" not in err
+    assert grids == [[0, 1]]  # run.num_samples=2
 
     # ddpm-eval measures a folder run on its held-out image, read from the run's cache
     report = tmp_path / "eval"
@@ -105,6 +117,22 @@ def test_training_on_a_folder_decodes_once_and_resumes(tmp_path, folder, capsys)
     assert eval_main([str(run), *options]) == 0
     written = json.loads((report / "report.json").read_text())
     assert written["dataset"] == str(folder) and written["likelihood"]["num_examples"] == 1
+
+    # ... and samples the class-conditional model with every class in turn, guided as asked
+    calls = []
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs)
+        return generate_uint8(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "generate_uint8", recording)
+    guided = tmp_path / "guided"
+    options = ["--bpd-examples", "0", "--num-samples", "5", "--method", "ddim", "--steps", "3"]
+    assert eval_main([str(run), *options, "--guidance-scale", "2", "--out", str(guided)]) == 0
+    written = json.loads((guided / "report.json").read_text())
+    assert written["conditioning"] == {"labels": "every class in turn", "guidance": 2.0}
+    assert [list(c["labels"]) for c in calls] == [[0, 1, 0, 1, 0]]
+    assert [c["guidance_scale"] for c in calls] == [2.0]
 
 
 @pytest.mark.parametrize(

@@ -354,6 +354,10 @@ def test_eval_cli_reports_bits_per_dim_and_fid(long_run, tmp_path, data_dir, cla
     # moves them by far more.
     assert report["likelihood"]["bpd"] == pytest.approx(float(np.mean(direct)), rel=2e-3)
     assert report["likelihood"]["num_examples"] == 8
+    # Guidance needs a class-conditional model: said before any work.
+    unguided = ["--num-samples", "4", "--guidance-scale", "2", "--out", str(tmp_path / "no")]
+    assert eval_main([str(long_run), "--data-dir", data_dir, *unguided]) == 2
+    assert not (tmp_path / "no").exists()
     # --no-ema and --xla reach the bound as they reach the samplers.
     raw = tmp_path / "raw"
     args = ["--bpd-examples", "4", "--bpd-batch", "4", "--num-samples", "0", "--no-ema", "--xla"]

@@ -28,7 +28,7 @@ from ddpm_tf.features import FeatureExtractor
 from ddpm_tf.likelihood import bits_per_dim
 from ddpm_tf.pixels import make_grid, save_grid, unit_to_uint8
 from ddpm_tf.runs import RunDirectory
-from ddpm_tf.sampling import generate_uint8
+from ddpm_tf.sampling import every_class, generate_uint8
 from ddpm_tf.sampling_spec import SamplingSpec
 from ddpm_tf.training.curve import TrainingCurve
 
@@ -147,7 +147,10 @@ class Progress(keras.callbacks.Callback):
 
 
 class Samples(keras.callbacks.Callback):
-    """Every `every` steps: a PNG grid of EMA samples (fixed seed) and the same grid in TensorBoard."""
+    """Every `every` steps: a PNG grid of EMA samples (fixed seed) and the same grid in TensorBoard.
+
+    A class-conditional model draws every class in turn (`every_class`), as the FID does.
+    """
 
     def __init__(
         self,
@@ -169,8 +172,9 @@ class Samples(keras.callbacks.Callback):
         path = self.directory / f"step_{step:08d}.png"
         if step == self.last_written:
             return path
+        labels = every_class(self.num_samples, self.model.num_classes)
         images = unit_to_uint8(
-            self.model.generate(self.num_samples, seed=self.seed, spec=self.spec)
+            self.model.generate(self.num_samples, seed=self.seed, labels=labels, spec=self.spec)
         ).numpy()
         save_grid(images, path)
         with self.writer.as_default(step=step):
@@ -214,8 +218,7 @@ class SampleFid:
     def __call__(self, model: keras.Model) -> dict[str, float]:
         """{"fid", "fid_floor", "fid_seconds"} of the model's samples now."""
         began = time.perf_counter()
-        classes = getattr(model, "num_classes", None)  # conditional: every class in turn
-        labels = None if classes is None else np.arange(self.num_samples) % classes
+        labels = every_class(self.num_samples, model.num_classes)
         images = generate_uint8(model, self.num_samples, self.seed, self.spec, labels=labels)
         fid = fid_from_features(self.extractor(images), self.real)
         return {

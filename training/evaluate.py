@@ -9,7 +9,8 @@ EMA weights (--no-ema: the trained ones; --xla compiles its loop too), averaged 
 FID and KID compare generated images with the test split on the features of the project's
 classifier (`ddpm-classifier`) or of Inception-v3 (weights file supplied by the user); beside each
 score stands the real-vs-real floor: training images of the same count scored against the test
-split, what a perfect generator would get at this sample size.
+split, what a perfect generator would get at this sample size. A class-conditional model is sampled
+with every class in turn (as the in-training FID does), guided by --guidance-scale.
 Writes `report.json` and `samples.png` to --out.
 """
 
@@ -30,7 +31,7 @@ from ddpm_tf.likelihood import bits_per_dim
 from ddpm_tf.pixels import save_grid
 from ddpm_tf.quality import parse_comparisons, plot_quality, quality_against_steps, write_table
 from ddpm_tf.runs import RunDirectory, load_model
-from ddpm_tf.sampling import generate_uint8
+from ddpm_tf.sampling import every_class, generate_uint8
 from ddpm_tf.sampling_spec import SamplingSpec
 
 DEFAULT_SPEC = SamplingSpec()  # ancestral over all T steps, EMA weights
@@ -49,6 +50,12 @@ def build_parser() -> cli.ProgramParser:
     )
     parser.add_argument("--bpd-batch", type=int, default=250)
     cli.add_num_samples(parser, -1, "images to generate (-1: as many as test images, 0: none)")
+    cli.add_guidance_scale(
+        parser,
+        1.0,
+        "class-conditional models, sampled with every class in turn: classifier-free guidance "
+        "(1: conditional, > 1: guided, 0: the unconditional null class)",
+    )
     cli.add_seed(parser)
     parser.add_argument("--batch-size", type=int, default=256, help="images per compiled call")
     features = parser.add_mutually_exclusive_group()
@@ -113,8 +120,17 @@ def evaluate(args: argparse.Namespace) -> dict:
     else:
         extractor = None
     model = load_model(args.model)
+    if model.num_classes is None and args.guidance_scale != 1.0:
+        raise ValueError(
+            f"--guidance-scale applies to class-conditional models; {args.model} is "
+            "unconditional. Leave --guidance-scale out."
+        )
     test = test()
+    num = len(test) if args.num_samples < 0 else args.num_samples
+    labels = every_class(num, model.num_classes)
     report: dict = {"model": str(args.model), "step": model.step, **dataset}
+    if labels is not None and num > 0:
+        report["conditioning"] = {"labels": "every class in turn", "guidance": args.guidance_scale}
     began = time.perf_counter()
     if args.bpd_examples != 0:
         count = len(test) if args.bpd_examples < 0 else min(args.bpd_examples, len(test))
@@ -128,7 +144,6 @@ def evaluate(args: argparse.Namespace) -> dict:
             progress=progress,
         )
         report["likelihood"]["seconds"] = round(time.perf_counter() - began, 1)
-    num = len(test) if args.num_samples < 0 else args.num_samples
     if compared:
         out.mkdir(parents=True, exist_ok=True)
         rows = quality_against_steps(
@@ -139,6 +154,8 @@ def evaluate(args: argparse.Namespace) -> dict:
             reference=reference(),
             num_samples=num,
             seed=args.seed,
+            labels=labels,
+            guidance_scale=args.guidance_scale,
             batch_size=args.batch_size,
             progress=lambda s: cli.ProgressLine(f"{s.method} {s.steps or 'all'}", num, "images"),
             on_samples=lambda s, images: save_grid(
@@ -156,6 +173,8 @@ def evaluate(args: argparse.Namespace) -> dict:
             num,
             args.seed,
             spec,
+            labels=labels,
+            guidance_scale=args.guidance_scale,
             batch_size=args.batch_size,
             progress=cli.ProgressLine("sampling", num, "images"),
         )
