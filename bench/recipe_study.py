@@ -25,8 +25,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-# The rows: name -> overrides on the preset (the preset as written is the row "preset").
+# The rows: name -> overrides on the preset (the preset as written is the row "preset"). Rows
+# name what they set, so a row may repeat a preset's own value (v-cosine on fashion_mnist).
 EPSILON = ["diffusion.mean_type=epsilon", "diffusion.schedule=linear"]
+V_COSINE = ["diffusion.mean_type=v", "diffusion.schedule=cosine", "diffusion.min_snr_gamma=5.0"]
 OLD = [
     *EPSILON,
     "train.lr=2e-4",
@@ -43,6 +45,9 @@ ROWS: dict[str, list[str]] = {
     "cosine-lr": ["train.lr_decay=cosine"],
     "no-min-snr": ["diffusion.min_snr_gamma=0.0"],
     "batch64-7.5k": ["train.batch_size=64", "train.steps=7500"],
+    "class-conditional": ["data.class_conditional=true"],
+    "v-cosine": V_COSINE,
+    "v-cosine-class-conditional": [*V_COSINE, "data.class_conditional=true"],
 }
 SAMPLER = ["--method", "dpm_solver++", "--steps", "logsnr20"]
 

@@ -17,8 +17,10 @@ Configurations (each runs in its own subprocess, so the peak resident set size i
                       loss under `torch.autocast("cpu", dtype=torch.bfloat16)`
     cifar10-graph-onednn  cifar10-graph with TF_ENABLE_ONEDNN_OPTS=1 (only with --only): TF turns
                       its oneDNN kernels on by default only on some x86 CPUs, PyTorch always uses them
-    cifar10-graph-inter1, small28-graph-inter1   (only with --only) one inter-op thread: TF runs
-                      one op at a time, each on the intra-op threads, as PyTorch does
+    cifar10-graph-inter1, small28-graph-inter1, cifar10-bf16-inter1, small28-bf16-inter1
+                      (only with --only) one inter-op thread: TF runs one op at a time, each on the
+                      intra-op threads, as PyTorch does
+    small28-graph-b64 (only with --only) small28-graph at batch 64: images/s against batch 32
 
 A step's time is the median of `--repeats` timed steps after `--warmup` steps (the first of which
 traces and compiles; its time is reported apart). Both frameworks use `--threads` intra-op threads.
@@ -31,6 +33,11 @@ times, interleaved, and reports the median of the rounds, which makes comparison
     python bench/train_throughput.py --only cifar10-graph cifar10-xla cifar10-graph-onednn \
         cifar10-diffusers --rounds 3
     python bench/train_throughput.py --only cifar10-graph cifar10-diffusers --breakdown
+    python bench/train_throughput.py --only small28-graph small28-diffusers --peak
+
+--peak also measures the machine's dense matrix-product rate and prints each step's arithmetic
+rate (the network's forward and backward GFLOP, as TF's profiler counts them, per second) beside
+it: how close a configuration runs to what the cores can do.
 """
 
 from __future__ import annotations
@@ -90,6 +97,25 @@ CONFIGS: dict[str, Config] = {
         Config("cifar10-graph-onednn", "tf", "ddpm_cifar10", 8, onednn=True, in_default_run=False),
         Config("cifar10-graph-inter1", "tf", "ddpm_cifar10", 8, inter_op=1, in_default_run=False),
         Config("small28-graph-inter1", "tf", "small_28", 32, inter_op=1, in_default_run=False),
+        Config("small28-graph-b64", "tf", "small_28", 64, in_default_run=False),
+        Config(
+            "cifar10-bf16-inter1",
+            "tf",
+            "ddpm_cifar10",
+            8,
+            inter_op=1,
+            in_default_run=False,
+            precision="bfloat16",
+        ),
+        Config(
+            "small28-bf16-inter1",
+            "tf",
+            "small_28",
+            32,
+            inter_op=1,
+            in_default_run=False,
+            precision="bfloat16",
+        ),
     )
 }
 
@@ -139,8 +165,8 @@ COMPARISONS = {
         "cifar10-graph-inter1",
     ),
     "small28-diffusers": ("small28-graph", "small28-xla", "small28-graph-inter1"),
-    "cifar10-diffusers-bf16": ("cifar10-bf16", "cifar10-bf16-xla"),
-    "small28-diffusers-bf16": ("small28-bf16", "small28-bf16-xla"),
+    "cifar10-diffusers-bf16": ("cifar10-bf16", "cifar10-bf16-xla", "cifar10-bf16-inter1"),
+    "small28-diffusers-bf16": ("small28-bf16", "small28-bf16-xla", "small28-bf16-inter1"),
 }
 
 
@@ -247,6 +273,7 @@ def run_tf(config: Config, repeats: int, warmup: int, threads: int, breakdown: b
         "inter_op": tf.config.threading.get_inter_op_parallelism_threads() or "default",
     }
     result["onednn"] = onednn_enabled()
+    result["step_gflop"] = network_gflop(network, images)
     try:
         info = tf.config.experimental.get_memory_info("CPU:0")
         result["tf_allocator_peak_mib"] = info["peak"] / 2**20
@@ -256,6 +283,43 @@ def run_tf(config: Config, repeats: int, warmup: int, threads: int, breakdown: b
     if breakdown:
         result["breakdown"] = tf_breakdown(model, images, repeats, warmup, config.jit_compile)
     return result
+
+
+def network_gflop(network, images) -> float:
+    """GFLOP of the network's forward and backward pass on `images` (TF's profiler counts).
+
+    The arithmetic a step cannot avoid: the convolutions, matrix products and their gradients
+    (a multiply-add counts 2). The diffusion arithmetic, Adam and the EMA add under 1%.
+    """
+    import tensorflow as tf
+
+    t = tf.zeros([images.shape[0]], tf.int32)
+
+    @tf.function(autograph=False)
+    def forward_backward(x, t):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(network([x, t], training=True)))
+        return tape.gradient(loss, network.trainable_variables)
+
+    graph = forward_backward.get_concrete_function(images, t).graph
+    options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+    options["output"] = "none"
+    return tf.compat.v1.profiler.profile(graph, options=options).total_float_ops / 1e9
+
+
+def matmul_peak(threads: int, repeats: int) -> dict[str, float]:
+    """GFLOP/s of one large dense matrix product per dtype: what this machine's cores can do."""
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    n = 4096
+    out = {}
+    for dtype in ("float32", "bfloat16"):
+        a = tf.cast(tf.random.uniform([n, n], seed=0), dtype)
+        product = tf.function(lambda a=a: tf.linalg.matmul(a, a)[0, 0])  # one number back
+        seconds = time_steps(lambda fn=product: fn().numpy(), repeats, 2)["median_s"]
+        out[dtype] = 2 * n**3 / seconds / 1e9
+    return out
 
 
 def onednn_enabled() -> bool | None:
@@ -477,6 +541,11 @@ def run_child(name: str, args: argparse.Namespace) -> dict:
     onednn = CONFIGS[name].onednn
     if onednn is not None:
         env["TF_ENABLE_ONEDNN_OPTS"] = "1" if onednn else "0"
+    return child_result(cmd, env, name)
+
+
+def child_result(cmd: list[str], env: dict[str, str], name: str) -> dict:
+    """Runs a child of this script; returns the JSON it printed or {"error": ...}."""
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
@@ -487,6 +556,18 @@ def run_child(name: str, args: argparse.Namespace) -> dict:
             return result
     tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
     return {"name": name, "error": f"exit code {proc.returncode}\n{tail}", "wall_s": wall}
+
+
+def measure_peak(args: argparse.Namespace) -> dict[str, float] | None:
+    """The machine's dense matrix-product GFLOP/s per dtype (a child process), or None."""
+    print("running matmul peak ...", flush=True)
+    cmd = [sys.executable, os.path.abspath(__file__), "--peak-child"]
+    cmd += ["--repeats", str(args.repeats), "--threads", str(args.threads)]
+    result = child_result(cmd, dict(os.environ), "matmul peak")
+    if "error" in result:
+        print(f"  matmul peak failed:\n{result['error']}", flush=True)
+        return None
+    return {dtype: result[dtype] for dtype in ("float32", "bfloat16")}
 
 
 def combine_rounds(rounds: list[dict]) -> dict:
@@ -520,7 +601,7 @@ def fmt_mib(value: float | None) -> str:
     return "n/a" if value is None else f"{value:,.0f}"
 
 
-def print_table(results: list[dict], machine_line: str) -> None:
+def print_table(results: list[dict], machine_line: str, peak: dict | None = None) -> None:
     """The results as a fixed-width table, then the diffusers comparison and any breakdowns."""
     print()
     print(f"machine: {machine_line}")
@@ -604,10 +685,35 @@ def print_table(results: list[dict], machine_line: str) -> None:
     if any(name in by_name for name in COMPARISONS):
         print("ratio > 1: ddpm-tf trains faster on this machine.")
 
+    print_arithmetic(results, peak)
     for r in results:
         if "breakdown" in r:
             parts = ", ".join(f"{k} {1e3 * v:,.0f} ms" for k, v in r["breakdown"].items())
             print(f"breakdown {r['name']}: {parts} (full step {1e3 * r['median_s']:,.0f} ms)")
+
+
+def print_arithmetic(results: list[dict], peak: dict | None) -> None:
+    """Each step's arithmetic rate (network GFLOP / step time), beside the machine's matmul rate.
+
+    A diffusers row uses the ddpm-tf count of its preset and batch: the two networks have the same
+    layers and parameters (the count is printed in the comparison) and do the same products.
+    """
+    gflop = {(r["preset"], r["batch"]): r["step_gflop"] for r in results if r.get("step_gflop")}
+    rows = [r for r in results if "error" not in r and (r["preset"], r["batch"]) in gflop]
+    if not rows:
+        return
+    print()
+    if peak:
+        print(
+            f"dense matmul (4096x4096, {results[0]['threads']['intra_op']} threads): float32 "
+            f"{peak['float32']:,.0f} GFLOP/s, bfloat16 {peak['bfloat16']:,.0f} GFLOP/s"
+        )
+    print(f"{'config':<24} {'GFLOP/step':>10} {'GFLOP/s':>8} {'of matmul':>9}")
+    for r in rows:
+        count = gflop[r["preset"], r["batch"]]
+        rate = count / r["median_s"]
+        share = f"{rate / peak[r['precision']]:.0%}" if peak else "n/a"
+        print(f"{r['name']:<24} {count:>10.1f} {rate:>8,.0f} {share:>9}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -639,7 +745,14 @@ def main(argv: list[str] | None = None) -> None:
         "rounds (steadier comparisons on a machine whose speed drifts)",
     )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument(
+        "--peak",
+        action="store_true",
+        help="also measure the machine's dense matrix-product rate (float32, bfloat16) and give "
+        "each step's arithmetic rate as a fraction of it",
+    )
     parser.add_argument("--one", choices=sorted(CONFIGS), help=argparse.SUPPRESS)
+    parser.add_argument("--peak-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.warmup < 1 or args.rounds < 1:
         parser.error(
@@ -648,6 +761,9 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.one:
         run_one(args.one, args)
+        return
+    if args.peak_child:
+        print(RESULT_PREFIX + json.dumps(matmul_peak(args.threads, args.repeats)), flush=True)
         return
 
     names = args.only or [c.name for c in CONFIGS.values() if c.in_default_run]
@@ -682,11 +798,18 @@ def main(argv: list[str] | None = None) -> None:
                 )
             rounds[name].append(result)
     results = [combine_rounds(rounds[name]) for name in names]
-    print_table(results, machine_line)
+    peak = measure_peak(args) if args.peak else None
+    print_table(results, machine_line, peak)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
-                {"machine": machine_line, "args": vars(args), "results": results, "rounds": rounds},
+                {
+                    "machine": machine_line,
+                    "args": vars(args),
+                    "matmul_gflop_per_s": peak,
+                    "results": results,
+                    "rounds": rounds,
+                },
                 f,
                 indent=2,
             )
