@@ -46,6 +46,7 @@ __all__ = [
     "format_duration",
     "main",
     "run",
+    "sampling_labels",
     "sampling_spec",
 ]
 
@@ -195,6 +196,20 @@ def add_guidance_scale(parser: argparse.ArgumentParser, default: float, help: st
     parser.add_argument(
         "--guidance-scale", type=float, default=default, help=f"{help} (default: {default})"
     )
+
+
+def sampling_labels(model: Any, num_samples: int, guidance_scale: float, labels: Any = None) -> Any:
+    """The labels a program samples `model` with: `labels` if given, else every class in turn
+    for a class-conditional model (`sampling.every_class`), None for an unconditional one; which
+    takes no `--guidance-scale`."""
+    from ddpm_tf.sampling import every_class  # TensorFlow: not at import, for a fast --help
+
+    if model.num_classes is None and guidance_scale != 1.0:
+        raise ValueError(
+            "--guidance-scale applies to class-conditional models; this model is unconditional. "
+            "Leave --guidance-scale out."
+        )
+    return every_class(num_samples, model.num_classes) if labels is None else labels
 
 
 def main(

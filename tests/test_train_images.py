@@ -15,6 +15,7 @@ from ddpm_tf.sampling import generate_uint8
 from ddpm_tf.training import config as cfg
 from ddpm_tf.training import evaluate
 from ddpm_tf.training.evaluate import main as eval_main
+from ddpm_tf.training.sample import main as sample_main
 from ddpm_tf.training.train import main as train_main
 
 # A tiny model and a short run; the folder64 preset's data settings are kept except the size.
@@ -133,6 +134,10 @@ def test_training_on_a_folder_decodes_once_and_resumes(tmp_path, folder, capsys,
     assert written["conditioning"] == {"labels": "every class in turn", "guidance": 2.0}
     assert [list(c["labels"]) for c in calls] == [[0, 1, 0, 1, 0]]
     assert [c["guidance_scale"] for c in calls] == [2.0]
+    # ddpm-sample draws the same classes when --labels is left out
+    drawn = tmp_path / "drawn"
+    assert sample_main([str(run), *options[2:], "--out", str(drawn)]) == 0
+    assert list(np.load(drawn / "samples.npz")["labels"]) == [0, 1, 0, 1, 0]
 
 
 @pytest.mark.parametrize(

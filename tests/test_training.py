@@ -300,6 +300,10 @@ def test_sample_cli_writes_a_grid_and_arrays(long_run, tmp_path, capsys):
     np.testing.assert_array_equal(saved["images"], unit_to_uint8(expected).numpy())
     assert sample_main([*args, "--out", str(out)]) == 2  # refuses to overwrite
     assert "--overwrite" in capsys.readouterr().err
+    guided = tmp_path / "guided"  # guidance needs a class-conditional model
+    assert sample_main([*args, "--guidance-scale", "2", "--out", str(guided)]) == 2
+    assert "applies to class-conditional models" in capsys.readouterr().err
+    assert not guided.exists()
 
 
 def test_sample_cli_names_a_missing_model(tmp_path, capsys):

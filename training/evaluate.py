@@ -31,7 +31,7 @@ from ddpm_tf.likelihood import bits_per_dim
 from ddpm_tf.pixels import save_grid
 from ddpm_tf.quality import parse_comparisons, plot_quality, quality_against_steps, write_table
 from ddpm_tf.runs import RunDirectory, load_model
-from ddpm_tf.sampling import every_class, generate_uint8
+from ddpm_tf.sampling import generate_uint8
 from ddpm_tf.sampling_spec import SamplingSpec
 
 DEFAULT_SPEC = SamplingSpec()  # ancestral over all T steps, EMA weights
@@ -120,14 +120,9 @@ def evaluate(args: argparse.Namespace) -> dict:
     else:
         extractor = None
     model = load_model(args.model)
-    if model.num_classes is None and args.guidance_scale != 1.0:
-        raise ValueError(
-            f"--guidance-scale applies to class-conditional models; {args.model} is "
-            "unconditional. Leave --guidance-scale out."
-        )
     test = test()
     num = len(test) if args.num_samples < 0 else args.num_samples
-    labels = every_class(num, model.num_classes)
+    labels = cli.sampling_labels(model, num, args.guidance_scale)
     report: dict = {"model": str(args.model), "step": model.step, **dataset}
     if labels is not None and num > 0:
         report["conditioning"] = {"labels": "every class in turn", "guidance": args.guidance_scale}

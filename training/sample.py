@@ -5,6 +5,10 @@
     ddpm-sample runs/cifar10 --steps 250 --out samples/                  # respaced ancestral
     ddpm-sample runs/cond --labels 3 --guidance-scale 2.0 --out samples/ # class 3, guided
 
+A class-conditional model without --labels draws every class in turn (0, 1, ..., K-1, 0, ...), as
+ddpm-eval and the training grids do; --labels K (K classes: K is the null class) samples it
+unconditionally.
+
 The `.npz` holds `images` (uint8 [N, H, W, C]), `labels` (if any) and the settings used.
 """
 
@@ -33,7 +37,8 @@ def build_parser() -> cli.ProgramParser:
     parser.add_argument(
         "--labels",
         default=None,
-        help="class-conditional models: one class for all images, or a comma-separated list",
+        help="class-conditional models: one class for all images, or a comma-separated list "
+        "(default: every class in turn; the null class num_classes: unconditional)",
     )
     cli.add_guidance_scale(parser, 1.0, "classifier-free guidance of class-conditional models")
     cli.add_seed(parser)
@@ -67,6 +72,7 @@ def sample(args: argparse.Namespace) -> None:
         raise ValueError(f"{existing} exist; pass --overwrite or another --out.")
     labels = _labels(args.labels, args.num_samples)
     model = load_model(args.model)
+    labels = cli.sampling_labels(model, args.num_samples, args.guidance_scale, labels)
     images = generate_uint8(
         model,
         args.num_samples,
