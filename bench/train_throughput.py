@@ -705,7 +705,7 @@ def print_arithmetic(results: list[dict], peak: dict | None) -> None:
     print()
     if peak:
         print(
-            f"dense matmul (4096x4096, {results[0]['threads']['intra_op']} threads): float32 "
+            f"dense matmul (4096x4096, {rows[0]['threads']['intra_op']} threads): float32 "
             f"{peak['float32']:,.0f} GFLOP/s, bfloat16 {peak['bfloat16']:,.0f} GFLOP/s"
         )
     print(f"{'config':<24} {'GFLOP/step':>10} {'GFLOP/s':>8} {'of matmul':>9}")

@@ -123,7 +123,7 @@ class Sampler(tf.Module):
             jit_compile=jit,
         )
         self.sample_labels = tf.function(
-            self._sample_labels,
+            self._sample_conditional,  # no scale: the conditional output alone
             input_signature=[tf.TensorSpec([None], tf.int32, name="labels"), seed_spec],
             jit_compile=jit,
         )
@@ -144,7 +144,8 @@ class Sampler(tf.Module):
             return self._run(guided_denoiser(self.network, labels), num_samples, seed)
         return self._run(guided_denoiser(self.network), num_samples, seed)
 
-    def _sample_conditional(self, labels, seed, guidance_scale) -> tf.Tensor:
+    def _sample_conditional(self, labels, seed, guidance_scale=None) -> tf.Tensor:
+        """Samples for `labels` [N]: guided by `guidance_scale`, or plainly conditional if None."""
         if self.num_classes is None:
             raise ValueError("This network is unconditional: call `sample(num_samples, seed)`.")
         denoise = guided_denoiser(
@@ -155,11 +156,6 @@ class Sampler(tf.Module):
             learns_variance=self.diffusion.learns_variance,
         )
         return self._run(denoise, tf.shape(labels)[0], seed)
-
-    def _sample_labels(self, labels, seed) -> tf.Tensor:
-        if self.num_classes is None:
-            raise ValueError("This network is unconditional: call `sample(num_samples, seed)`.")
-        return self._run(guided_denoiser(self.network, labels), tf.shape(labels)[0], seed)
 
     def __call__(
         self,

@@ -122,11 +122,11 @@ def test_training_on_a_folder_decodes_once_and_resumes(tmp_path, folder, capsys,
     # ... and samples the class-conditional model with every class in turn, guided as asked
     calls = []
 
-    def recording(*args, **kwargs):
+    def recording_eval(*args, **kwargs):
         calls.append(kwargs)
         return generate_uint8(*args, **kwargs)
 
-    monkeypatch.setattr(evaluate, "generate_uint8", recording)
+    monkeypatch.setattr(evaluate, "generate_uint8", recording_eval)
     guided = tmp_path / "guided"
     options = ["--bpd-examples", "0", "--num-samples", "5", "--method", "ddim", "--steps", "3"]
     assert eval_main([str(run), *options, "--guidance-scale", "2", "--out", str(guided)]) == 0
