@@ -26,8 +26,8 @@ import sys
 from pathlib import Path
 
 # The rows: name -> overrides on the preset (the preset as written is the row "preset"). Rows
-# name what they set, so a row may repeat a preset's own value. The fashion_mnist rows measured
-# before that preset became class-conditional keep their results with UNCONDITIONAL.
+# name what they set, so a row may repeat a preset's own value. The rows measured before the
+# fashion_mnist and digits presets became class-conditional keep their results with UNCONDITIONAL.
 UNCONDITIONAL = ["data.class_conditional=false"]
 EPSILON = [*UNCONDITIONAL, "diffusion.mean_type=epsilon", "diffusion.schedule=linear"]
 V_COSINE = ["diffusion.mean_type=v", "diffusion.schedule=cosine", "diffusion.min_snr_gamma=5.0"]
@@ -51,6 +51,7 @@ ROWS: dict[str, list[str]] = {
     "class-conditional": ["data.class_conditional=true"],
     "v-cosine": V_COSINE,
     "v-cosine-class-conditional": [*V_COSINE, "data.class_conditional=true"],
+    "v-cosine-unconditional": [*V_COSINE, *UNCONDITIONAL],
 }
 SAMPLER = ["--method", "dpm_solver++", "--steps", "logsnr20"]
 
