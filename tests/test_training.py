@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ddpm_tf import rng
+from ddpm_tf import every_class, rng
 from ddpm_tf.data import image_shape, load_arrays
 from ddpm_tf.evaluation import fid_from_features
 from ddpm_tf.features import ClassifierFeatures
@@ -181,6 +181,14 @@ def long_run(tmp_path_factory, data_dir) -> Path:
     return run
 
 
+@pytest.fixture(scope="module")
+def unconditional_run(tmp_path_factory, data_dir) -> Path:
+    """2 steps without labels (the digits preset is class-conditional): guidance is refused on it."""
+    run = tmp_path_factory.mktemp("unconditional")
+    assert _train(run, data_dir, "train.steps=2", "data.class_conditional=false") == 0
+    return run
+
+
 def test_extending_a_run_equals_one_long_run(tmp_path, data_dir, long_run, capsys):
     """Train 8 steps, then continue the same run to 16: the same state as 16 steps at once."""
     assert _train(tmp_path, data_dir, "train.steps=8") == 0
@@ -287,7 +295,7 @@ def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir, 
         assert all(np.all(np.isfinite(v)) for v in values.values() if v.dtype.kind == "f")
 
 
-def test_sample_cli_writes_a_grid_and_arrays(long_run, tmp_path, capsys):
+def test_sample_cli_writes_a_grid_and_arrays(long_run, unconditional_run, tmp_path, capsys):
     out = tmp_path / "samples"
     args = [str(long_run), "--num-samples", "3", "--method", "ddim", "--steps", "4", "--seed", "5"]
     assert sample_main([*args, "--out", str(out)]) == 0
@@ -296,12 +304,15 @@ def test_sample_cli_writes_a_grid_and_arrays(long_run, tmp_path, capsys):
     assert json.loads(str(saved["settings"]))["steps"] == 4
     assert (out / "samples.png").is_file()
     model = load_model(long_run)
-    expected = model.generate(3, seed=rng.fold_in(rng.as_seed(5), 0), method="ddim", steps=4)
+    labels = every_class(3, model.num_classes)  # without --labels: the classes in turn
+    seed = rng.fold_in(rng.as_seed(5), 0)
+    expected = model.generate(3, seed=seed, method="ddim", steps=4, labels=labels)
     np.testing.assert_array_equal(saved["images"], unit_to_uint8(expected).numpy())
     assert sample_main([*args, "--out", str(out)]) == 2  # refuses to overwrite
     assert "--overwrite" in capsys.readouterr().err
     guided = tmp_path / "guided"  # guidance needs a class-conditional model
-    assert sample_main([*args, "--guidance-scale", "2", "--out", str(guided)]) == 2
+    unguided = [str(unconditional_run), *args[1:], "--guidance-scale", "2", "--out", str(guided)]
+    assert sample_main(unguided) == 2
     assert "applies to class-conditional models" in capsys.readouterr().err
     assert not guided.exists()
 
@@ -335,7 +346,9 @@ def classifier(tmp_path_factory, data_dir) -> Path:
     return path
 
 
-def test_eval_cli_reports_bits_per_dim_and_fid(long_run, tmp_path, data_dir, classifier):
+def test_eval_cli_reports_bits_per_dim_and_fid(
+    long_run, unconditional_run, tmp_path, data_dir, classifier
+):
     out = tmp_path / "eval"
     code = eval_main(
         [str(long_run), "--data-dir", data_dir, "--classifier", str(classifier)]
@@ -348,7 +361,7 @@ def test_eval_cli_reports_bits_per_dim_and_fid(long_run, tmp_path, data_dir, cla
     # The same bound computed directly, batch by batch.
     model = load_model(long_run)
     test, _ = load_arrays("sklearn_digits", "test", data_dir=data_dir, label_key=None)
-    denoise = model.denoiser()
+    denoise = model.denoiser(labels=np.full(4, model.num_classes, np.int32))  # the null class
     direct = [
         model.diffusion.calc_bpd_loop(denoise, scale_to_unit(test[i : i + 4]))["total_bpd"]
         for i in (0, 4)
@@ -360,7 +373,7 @@ def test_eval_cli_reports_bits_per_dim_and_fid(long_run, tmp_path, data_dir, cla
     assert report["likelihood"]["num_examples"] == 8
     # Guidance needs a class-conditional model: said before any work.
     unguided = ["--num-samples", "4", "--guidance-scale", "2", "--out", str(tmp_path / "no")]
-    assert eval_main([str(long_run), "--data-dir", data_dir, *unguided]) == 2
+    assert eval_main([str(unconditional_run), "--data-dir", data_dir, *unguided]) == 2
     assert not (tmp_path / "no").exists()
     # --no-ema and --xla reach the bound as they reach the samplers.
     raw = tmp_path / "raw"
@@ -438,7 +451,8 @@ def test_training_logs_the_fid_of_its_samples(tmp_path, data_dir, classifier, ca
     # The same score recomputed from the saved model: its samples against the test images.
     model = load_model(run)
     spec = SamplingSpec.from_dict(RunDirectory(run).saved_config()["sampling"])
-    images = generate_uint8(model, 40, train_program.SAMPLE_SEED, spec)
+    labels = every_class(40, model.num_classes)
+    images = generate_uint8(model, 40, train_program.SAMPLE_SEED, spec, labels=labels)
     features = ClassifierFeatures(classifier)
     test, _ = load_arrays("sklearn_digits", "test", data_dir=data_dir, label_key=None)
     assert logged["fid"] == pytest.approx(fid_from_features(features(images), features(test)), 1e-4)
