@@ -269,6 +269,17 @@ class DiffusionModel(keras.Model):
         # Built here, outside the traced train step, so the step is traced once.
         self.optimizer.build(self.network.trainable_variables)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None) -> None:
+        """Skips Keras' symbolic build when every weight and the optimizer exist (see `compile`).
+
+        Under a strategy, Keras' own version first reduces a batch across replicas to get its
+        shapes, and an (images, labels) batch cannot be reduced under
+        `MultiWorkerMirroredStrategy`: class-conditional training on several workers failed there.
+        """
+        if self.built and self.optimizer is not None and self.optimizer.built:
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     def compile_from_config(self, config: dict) -> None:
         """Restores the compiled state of a loaded `.keras` file (optimizer included)."""
         self.compile(**keras.saving.deserialize_keras_object(config))
