@@ -7,7 +7,7 @@ them behave alike:
 
 - exit codes: 0 done, 1 failed, 2 bad input, 3 non-finite loss (stated in every `--help`);
 - every expected error is one line on stderr, "PROGRAM: error: what was wrong and how to fix it";
-  an unexpected one is one line too, with its traceback under `--verbose`;
+  an unexpected one is one line too; `--verbose` adds the traceback of either;
 - `--verbose` also shows TensorFlow's start-up lines, which a plain run holds back (see
   `ddpm_tf._startup`).
 """
@@ -99,7 +99,7 @@ class ProgramParser(argparse.ArgumentParser):
         self.add_argument(
             "--verbose",
             action="store_true",
-            help="show TensorFlow's start-up lines and the traceback of an unexpected error",
+            help="show TensorFlow's start-up lines and the traceback of an error",
         )
 
     def error(self, message: str):
@@ -285,11 +285,11 @@ def run(prog: str, body: Callable[[argparse.Namespace], Any], args: argparse.Nam
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_FAILED
     except Exception as err:  # noqa: BLE001  (sorted into bad input and failures below)
+        if getattr(args, "verbose", False):  # a ValueError may come from deep in a library too
+            traceback.print_exc()
         if isinstance(err, _bad_input_errors()):
             print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
             return EXIT_BAD_INPUT
-        if getattr(args, "verbose", False):
-            traceback.print_exc()
         hint = "" if getattr(args, "verbose", False) else " (rerun with --verbose for details)"
         print(f"{prog}: failed: {type(err).__name__}: {one_line(err)}{hint}", file=sys.stderr)
         return EXIT_FAILED

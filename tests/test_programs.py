@@ -143,3 +143,17 @@ def test_unexpected_errors_are_one_line_exit_1(capsys):
     assert cli.run("prog", body, parser.parse_args([])) == cli.EXIT_FAILED
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "RuntimeError: singular matrix" in err and "--verbose" in err
+
+
+def test_verbose_shows_the_traceback_of_bad_input_too(capsys):
+    """A ValueError can come from deep inside a library: --verbose shows where."""
+    parser = cli.ProgramParser("prog", "test")
+
+    def body(args):
+        raise ValueError("bad shape")
+
+    assert cli.run("prog", body, parser.parse_args([])) == cli.EXIT_BAD_INPUT
+    assert capsys.readouterr().err == "prog: error: bad shape\n"
+    assert cli.run("prog", body, parser.parse_args(["--verbose"])) == cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "in body" in err and err.endswith("prog: error: bad shape\n")

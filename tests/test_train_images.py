@@ -131,7 +131,7 @@ def test_training_on_a_folder_decodes_once_and_resumes(tmp_path, folder, capsys,
     options = ["--bpd-examples", "0", "--num-samples", "5", "--method", "ddim", "--steps", "3"]
     assert eval_main([str(run), *options, "--guidance-scale", "2", "--out", str(guided)]) == 0
     written = json.loads((guided / "report.json").read_text())
-    assert written["conditioning"] == {"labels": "every class in turn", "guidance": 2.0}
+    assert written["conditioning"] == {"labels": "every class in turn", "guidance_scale": 2.0}
     assert [list(c["labels"]) for c in calls] == [[0, 1, 0, 1, 0]]
     assert [c["guidance_scale"] for c in calls] == [2.0]
     # ddpm-sample draws the same classes when --labels is left out

@@ -125,7 +125,10 @@ def evaluate(args: argparse.Namespace) -> dict:
     labels = cli.sampling_labels(model, num, args.guidance_scale)
     report: dict = {"model": str(args.model), "step": model.step, **dataset}
     if labels is not None and num > 0:
-        report["conditioning"] = {"labels": "every class in turn", "guidance": args.guidance_scale}
+        report["conditioning"] = {
+            "labels": "every class in turn",
+            "guidance_scale": args.guidance_scale,
+        }
     began = time.perf_counter()
     if args.bpd_examples != 0:
         count = len(test) if args.bpd_examples < 0 else min(args.bpd_examples, len(test))
