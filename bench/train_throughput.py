@@ -21,6 +21,9 @@ Configurations (each runs in its own subprocess, so the peak resident set size i
                       (only with --only) one inter-op thread: TF runs one op at a time, each on the
                       intra-op threads, as PyTorch does
     small28-graph-b64 (only with --only) small28-graph at batch 64: images/s against batch 32
+    small28-graph-nodrop, small28-diffusers-nodrop, small28-bf16-nodrop, small28-diffusers-bf16-nodrop
+                      (only with --only) the small_28 steps with dropout 0 in both frameworks: what
+                      the preset's dropout 0.1 costs each (the fashion_mnist preset trains without)
 
 A step's time is the median of `--repeats` timed steps after `--warmup` steps (the first of which
 traces and compiles; its time is reported apart). Both frameworks use `--threads` intra-op threads.
@@ -77,8 +80,10 @@ class Config:
     inter_op: int | None = None  # TF inter-op threads (ops run at once); None: TF's default
     in_default_run: bool = True
     precision: str = "float32"  # or "bfloat16" (mixed: float32 weights)
+    dropout: float | None = None  # overrides the architecture's dropout rate (both frameworks)
 
 
+NODROP = {"dropout": 0.0, "in_default_run": False}
 CONFIGS: dict[str, Config] = {
     c.name: c
     for c in (
@@ -98,6 +103,12 @@ CONFIGS: dict[str, Config] = {
         Config("cifar10-graph-inter1", "tf", "ddpm_cifar10", 8, inter_op=1, in_default_run=False),
         Config("small28-graph-inter1", "tf", "small_28", 32, inter_op=1, in_default_run=False),
         Config("small28-graph-b64", "tf", "small_28", 64, in_default_run=False),
+        Config("small28-graph-nodrop", "tf", "small_28", 32, **NODROP),
+        Config("small28-diffusers-nodrop", "torch", "small_28", 32, **NODROP),
+        Config("small28-bf16-nodrop", "tf", "small_28", 32, precision="bfloat16", **NODROP),
+        Config(
+            "small28-diffusers-bf16-nodrop", "torch", "small_28", 32, precision="bfloat16", **NODROP
+        ),
         Config(
             "cifar10-bf16-inter1",
             "tf",
@@ -167,6 +178,8 @@ COMPARISONS = {
     "small28-diffusers": ("small28-graph", "small28-xla", "small28-graph-inter1"),
     "cifar10-diffusers-bf16": ("cifar10-bf16", "cifar10-bf16-xla", "cifar10-bf16-inter1"),
     "small28-diffusers-bf16": ("small28-bf16", "small28-bf16-xla", "small28-bf16-inter1"),
+    "small28-diffusers-nodrop": ("small28-graph-nodrop",),
+    "small28-diffusers-bf16-nodrop": ("small28-bf16-nodrop",),
 }
 
 
@@ -248,7 +261,8 @@ def run_tf(config: Config, repeats: int, warmup: int, threads: int, breakdown: b
     if config.precision == "bfloat16":
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     keras.utils.set_random_seed(0)
-    network = from_preset(config.preset)
+    overrides = {} if config.dropout is None else {"dropout": config.dropout}
+    network = from_preset(config.preset, **overrides)
     model = DiffusionModel(network)
     model.compile(keras.optimizers.Adam(LEARNING_RATE), jit_compile=config.jit_compile)
     shape = (config.batch, *model.image_shape)
@@ -395,6 +409,8 @@ def run_torch(config: Config, repeats: int, warmup: int, threads: int, breakdown
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     architecture = DIFFUSERS_CONFIGS[config.preset]
+    if config.dropout is not None:
+        architecture = {**architecture, "dropout": config.dropout}
     model = UNet2DModel(**architecture)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision == "bfloat16")
     model.train()
@@ -606,7 +622,7 @@ def print_table(results: list[dict], machine_line: str, peak: dict | None = None
     print()
     print(f"machine: {machine_line}")
     header = (
-        f"{'config':<20} {'params':>11} {'batch':>5} {'img/s':>7} {'ms/step':>8} "
+        f"{'config':<29} {'params':>11} {'batch':>5} {'img/s':>7} {'ms/step':>8} "
         f"{'min-max ms':>13} {'cores':>5} {'1st s':>6} {'import RSS':>10} {'setup RSS':>9} "
         f"{'peak RSS':>8} "
         f"{'TF alloc':>8} {'other':>5} {'oneDNN':>6}"
@@ -615,7 +631,7 @@ def print_table(results: list[dict], machine_line: str, peak: dict | None = None
     print("-" * len(header))
     for r in results:
         if "error" in r:
-            print(f"{r['name']:<20} FAILED: {r['error'].splitlines()[0]}")
+            print(f"{r['name']:<29} FAILED: {r['error'].splitlines()[0]}")
             continue
         spread = f"{1e3 * r['min_s']:,.0f}-{1e3 * r['max_s']:,.0f}"
         other = "n/a" if r["other_cores"] is None else f"{r['other_cores']:.2f}"
@@ -623,7 +639,7 @@ def print_table(results: list[dict], machine_line: str, peak: dict | None = None
             r.get("onednn"), "torch" if r["framework"] == "torch" else "?"
         )
         print(
-            f"{r['name']:<20} {r['params']:>11,} {r['batch']:>5} {r['images_per_s']:>7.2f} "
+            f"{r['name']:<29} {r['params']:>11,} {r['batch']:>5} {r['images_per_s']:>7.2f} "
             f"{1e3 * r['median_s']:>8,.0f} {spread:>13} {r['cpu_s'] / r['median_s']:>5.2f} "
             f"{r['first_step_s']:>6.1f} {fmt_mib(r['import_rss_mib']):>10} "
             f"{fmt_mib(r['setup_rss_mib']):>9} "
@@ -670,7 +686,7 @@ def print_table(results: list[dict], machine_line: str, peak: dict | None = None
             f"{torch_result['attention_resolutions']}"
         )
         print(
-            f"{'ddpm-tf config':<20} {'params':>11} {'ddpm-tf img/s':>13} {'diffusers img/s':>15} "
+            f"{'ddpm-tf config':<29} {'params':>11} {'ddpm-tf img/s':>13} {'diffusers img/s':>15} "
             f"{'ours/diffusers':>14}"
         )
         present = [n for n in ours_names if n in by_name]
@@ -679,7 +695,7 @@ def print_table(results: list[dict], machine_line: str, peak: dict | None = None
         for name in present:
             ours, theirs = by_name[name]["images_per_s"], torch_result["images_per_s"]
             print(
-                f"{name:<20} {by_name[name]['params']:>11,} {ours:>13.2f} {theirs:>15.2f} "
+                f"{name:<29} {by_name[name]['params']:>11,} {ours:>13.2f} {theirs:>15.2f} "
                 f"{ours / theirs:>14.2f}"
             )
     if any(name in by_name for name in COMPARISONS):
@@ -708,12 +724,12 @@ def print_arithmetic(results: list[dict], peak: dict | None) -> None:
             f"dense matmul (4096x4096, {rows[0]['threads']['intra_op']} threads): float32 "
             f"{peak['float32']:,.0f} GFLOP/s, bfloat16 {peak['bfloat16']:,.0f} GFLOP/s"
         )
-    print(f"{'config':<24} {'GFLOP/step':>10} {'GFLOP/s':>8} {'of matmul':>9}")
+    print(f"{'config':<29} {'GFLOP/step':>10} {'GFLOP/s':>8} {'of matmul':>9}")
     for r in rows:
         count = gflop[r["preset"], r["batch"]]
         rate = count / r["median_s"]
         share = f"{rate / peak[r['precision']]:.0%}" if peak else "n/a"
-        print(f"{r['name']:<24} {count:>10.1f} {rate:>8,.0f} {share:>9}")
+        print(f"{r['name']:<29} {count:>10.1f} {rate:>8,.0f} {share:>9}")
 
 
 def main(argv: list[str] | None = None) -> None:
