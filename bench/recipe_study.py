@@ -52,6 +52,7 @@ ROWS: dict[str, list[str]] = {
     "v-cosine": V_COSINE,
     "v-cosine-class-conditional": [*V_COSINE, "data.class_conditional=true"],
     "v-cosine-unconditional": [*V_COSINE, *UNCONDITIONAL],
+    "bfloat16": ["train.mixed_precision=bfloat16"],
 }
 SAMPLER = ["--method", "dpm_solver++", "--steps", "logsnr20"]
 
