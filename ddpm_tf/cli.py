@@ -43,6 +43,7 @@ __all__ = [
     "add_num_samples",
     "add_sampling_arguments",
     "add_seed",
+    "check_guidance",
     "format_duration",
     "main",
     "run",
@@ -204,12 +205,17 @@ def sampling_labels(model: Any, num_samples: int, guidance_scale: float, labels:
     takes no `--guidance-scale`."""
     from ddpm_tf.sampling import every_class  # TensorFlow: not at import, for a fast --help
 
+    check_guidance(model, guidance_scale)
+    return every_class(num_samples, model.num_classes) if labels is None else labels
+
+
+def check_guidance(model: Any, guidance_scale: float) -> None:
+    """Raise a ValueError if `--guidance-scale` is set for an unconditional model."""
     if model.num_classes is None and guidance_scale != 1.0:
         raise ValueError(
             "--guidance-scale applies to class-conditional models; this model is unconditional. "
             "Leave --guidance-scale out."
         )
-    return every_class(num_samples, model.num_classes) if labels is None else labels
 
 
 def main(

@@ -27,6 +27,7 @@ from ddpm_tf.runs import CURVE_FILE, CheckpointError, RunConfigError, RunDirecto
 from ddpm_tf.sampling import generate_uint8
 from ddpm_tf.sampling_spec import SamplingSpec
 from ddpm_tf.training import config as cfg
+from ddpm_tf.training import evaluate as evaluate_program
 from ddpm_tf.training import train as train_program
 from ddpm_tf.training.classifier import main as classifier_main
 from ddpm_tf.training.curve import TrainingCurve, read_curve
@@ -317,6 +318,18 @@ def test_sample_cli_writes_a_grid_and_arrays(long_run, unconditional_run, tmp_pa
     assert not guided.exists()
 
 
+def test_eval_refuses_guidance_on_an_unconditional_model_before_any_work(
+    unconditional_run, tmp_path, data_dir, monkeypatch
+):
+    def unread(*args, **kwargs):
+        raise AssertionError("the test split was read before the check")
+
+    monkeypatch.setattr(evaluate_program, "load_arrays", unread)
+    unguided = ["--num-samples", "4", "--guidance-scale", "2", "--out", str(tmp_path / "no")]
+    assert eval_main([str(unconditional_run), "--data-dir", data_dir, *unguided]) == 2
+    assert not (tmp_path / "no").exists()
+
+
 def test_sample_cli_names_a_missing_model(tmp_path, capsys):
     assert sample_main([str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
     assert "neither a .keras file nor a run directory" in capsys.readouterr().err
@@ -346,9 +359,7 @@ def classifier(tmp_path_factory, data_dir) -> Path:
     return path
 
 
-def test_eval_cli_reports_bits_per_dim_and_fid(
-    long_run, unconditional_run, tmp_path, data_dir, classifier
-):
+def test_eval_cli_reports_bits_per_dim_and_fid(long_run, tmp_path, data_dir, classifier):
     out = tmp_path / "eval"
     code = eval_main(
         [str(long_run), "--data-dir", data_dir, "--classifier", str(classifier)]
@@ -371,10 +382,6 @@ def test_eval_cli_reports_bits_per_dim_and_fid(
     # moves them by far more.
     assert report["likelihood"]["bpd"] == pytest.approx(float(np.mean(direct)), rel=2e-3)
     assert report["likelihood"]["num_examples"] == 8
-    # Guidance needs a class-conditional model: said before any work.
-    unguided = ["--num-samples", "4", "--guidance-scale", "2", "--out", str(tmp_path / "no")]
-    assert eval_main([str(unconditional_run), "--data-dir", data_dir, *unguided]) == 2
-    assert not (tmp_path / "no").exists()
     # --no-ema and --xla reach the bound as they reach the samplers.
     raw = tmp_path / "raw"
     args = ["--bpd-examples", "4", "--bpd-batch", "4", "--num-samples", "0", "--no-ema", "--xla"]

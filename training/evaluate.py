@@ -120,6 +120,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     else:
         extractor = None
     model = load_model(args.model)
+    cli.check_guidance(model, args.guidance_scale)  # before the test split is read
     test = test()
     num = len(test) if args.num_samples < 0 else args.num_samples
     labels = cli.sampling_labels(model, num, args.guidance_scale)
