@@ -39,6 +39,43 @@ def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> f
     return statistics.median(times)
 
 
+def keras_train_step(
+    preset: str,
+    batch: int,
+    *,
+    precision: str = "float32",
+    dropout: float | None = None,
+    jit_compile: bool = False,
+    learning_rate: float = 2e-4,
+) -> tuple[object, tf.Tensor, Callable[[], None]]:
+    """`DiffusionModel`'s Keras train step on a repeated in-memory batch: (model, images, step).
+
+    A `preset` U-Net (its dropout rate replaced by `dropout` if given; seed 0) under Keras'
+    `mixed_bfloat16` policy if `precision` is "bfloat16", compiled with Adam; `images` is the batch
+    [batch, H, W, C] of uniform noise in [-1, 1], and `step()` runs one train step and waits for it.
+    """
+    import keras
+
+    from ddpm_tf import DiffusionModel, from_preset
+
+    if precision == "bfloat16":
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    keras.utils.set_random_seed(0)
+    overrides = {} if dropout is None else {"dropout": dropout}
+    model = DiffusionModel(from_preset(preset, **overrides))
+    model.compile(keras.optimizers.Adam(learning_rate), jit_compile=jit_compile)
+    images = tf.random.uniform((batch, *model.image_shape), -1.0, 1.0, seed=0)
+    iterator = iter(tf.data.Dataset.from_tensors(images).repeat())
+    model.make_train_function()  # Keras 3 sets `model.train_function` (and returns None)
+    train_function = model.train_function
+
+    def step() -> None:
+        for value in train_function(iterator).values():
+            value.numpy()
+
+    return model, images, step
+
+
 def _block(result: object) -> None:
     """Forces pending computation so the timing includes it."""
     for value in tf.nest.flatten(result):

@@ -23,11 +23,10 @@ import glob
 import re
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine  # noqa: E402
+from common import keras_train_step, machine, median_seconds  # noqa: E402
 
 LAYER = re.compile(r"u_net(?:_\d+)?/([^/]+)/([^/]+)")
 KINDS = (  # (kind, pattern on the sub-layer or block name), first match wins
@@ -91,40 +90,20 @@ def trace_events(logdir: str) -> list[tuple[str, float]]:
 
 def profile(args: argparse.Namespace) -> tuple[float, dict[str, collections.Counter]]:
     """(median step ms without the profiler, per-step breakdown under it)."""
-    import keras
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    if args.precision == "bfloat16":
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    from ddpm_tf import DiffusionModel, from_preset
-
-    keras.utils.set_random_seed(0)
-    overrides = {} if args.dropout is None else {"dropout": args.dropout}
-    model = DiffusionModel(from_preset(args.preset, **overrides))
-    model.compile(keras.optimizers.Adam(2e-4))
-    images = tf.random.uniform((args.batch, *model.image_shape), -1.0, 1.0, seed=0)
-    iterator = iter(tf.data.Dataset.from_tensors(images).repeat())
-    model.make_train_function()
-
-    def step() -> None:
-        for value in model.train_function(iterator).values():
-            value.numpy()
-
-    for _ in range(args.warmup):
-        step()
-    times = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
+    _, _, step = keras_train_step(
+        args.preset, args.batch, precision=args.precision, dropout=args.dropout
+    )
+    step_s = median_seconds(step, args.repeats, args.warmup)
     with tempfile.TemporaryDirectory() as logdir:
         tf.profiler.experimental.start(logdir)
         for _ in range(args.repeats):
             step()
         tf.profiler.experimental.stop()
         events = trace_events(logdir)
-    return sorted(times)[len(times) // 2] * 1e3, summarize(events, args.repeats)
+    return step_s * 1e3, summarize(events, args.repeats)
 
 
 def print_table(title: str, counter: collections.Counter, top: int) -> None:

@@ -248,34 +248,25 @@ def time_steps(step: Callable[[], None], repeats: int, warmup: int) -> dict[str,
 # ---------------------------------------------------------------------------------- TensorFlow
 def run_tf(config: Config, repeats: int, warmup: int, threads: int, breakdown: bool) -> dict:
     """Times `DiffusionModel`'s train step (Keras' train function on a repeated in-memory batch)."""
-    import keras
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     if config.inter_op is not None:
         tf.config.threading.set_inter_op_parallelism_threads(config.inter_op)
-    from ddpm_tf import DiffusionModel, from_preset
+    from common import keras_train_step
+
+    import ddpm_tf  # noqa: F401  (the import's memory is measured apart from the model's)
 
     import_rss = rss_mib()
-
-    if config.precision == "bfloat16":
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    keras.utils.set_random_seed(0)
-    overrides = {} if config.dropout is None else {"dropout": config.dropout}
-    network = from_preset(config.preset, **overrides)
-    model = DiffusionModel(network)
-    model.compile(keras.optimizers.Adam(LEARNING_RATE), jit_compile=config.jit_compile)
-    shape = (config.batch, *model.image_shape)
-    images = tf.random.uniform(shape, -1.0, 1.0, seed=0)
-    iterator = iter(tf.data.Dataset.from_tensors(images).repeat())
-    model.make_train_function()  # Keras 3 sets `model.train_function` (and returns None)
-    train_function = model.train_function
-
-    def step() -> None:
-        logs = train_function(iterator)
-        for value in logs.values():
-            value.numpy()
-
+    model, images, step = keras_train_step(
+        config.preset,
+        config.batch,
+        precision=config.precision,
+        dropout=config.dropout,
+        jit_compile=config.jit_compile,
+        learning_rate=LEARNING_RATE,
+    )
+    network = model.network
     setup_rss = rss_mib()
     result = time_steps(step, repeats, warmup)
     result["params"] = int(network.count_params())
