@@ -15,6 +15,9 @@ Configurations (each runs in its own subprocess, so the peak resident set size i
                       `mixed_bfloat16` policy (bfloat16 network, float32 weights, head and loss)
     cifar10-diffusers-bf16, small28-diffusers-bf16   the diffusers steps with the forward pass and
                       loss under `torch.autocast("cpu", dtype=torch.bfloat16)`
+    cifar10-graph-standard, small28-graph-standard, cifar10-bf16-standard, small28-bf16-standard
+                      (only with --only) the steps with TensorFlow's standard ops only
+                      (DDPM_TF_FUSED_KERNELS=0): what ddpm_tf's fused GroupNorm kernels buy
     cifar10-graph-onednn  cifar10-graph with TF_ENABLE_ONEDNN_OPTS=1 (only with --only): TF turns
                       its oneDNN kernels on by default only on some x86 CPUs, PyTorch always uses them
     cifar10-graph-inter1, small28-graph-inter1, cifar10-bf16-inter1, small28-bf16-inter1
@@ -81,9 +84,11 @@ class Config:
     in_default_run: bool = True
     precision: str = "float32"  # or "bfloat16" (mixed: float32 weights)
     dropout: float | None = None  # overrides the architecture's dropout rate (both frameworks)
+    fused: bool = True  # ddpm_tf's fused CPU kernels (False: DDPM_TF_FUSED_KERNELS=0)
 
 
 NODROP = {"dropout": 0.0, "in_default_run": False}
+STANDARD = {"fused": False, "in_default_run": False}
 CONFIGS: dict[str, Config] = {
     c.name: c
     for c in (
@@ -104,6 +109,10 @@ CONFIGS: dict[str, Config] = {
         Config("small28-graph-inter1", "tf", "small_28", 32, inter_op=1, in_default_run=False),
         Config("small28-graph-b64", "tf", "small_28", 64, in_default_run=False),
         Config("small28-graph-nodrop", "tf", "small_28", 32, **NODROP),
+        Config("cifar10-graph-standard", "tf", "ddpm_cifar10", 8, **STANDARD),
+        Config("small28-graph-standard", "tf", "small_28", 32, **STANDARD),
+        Config("cifar10-bf16-standard", "tf", "ddpm_cifar10", 8, precision="bfloat16", **STANDARD),
+        Config("small28-bf16-standard", "tf", "small_28", 32, precision="bfloat16", **STANDARD),
         Config("small28-diffusers-nodrop", "torch", "small_28", 32, **NODROP),
         Config("small28-bf16-nodrop", "tf", "small_28", 32, precision="bfloat16", **NODROP),
         Config(
@@ -171,13 +180,29 @@ DIFFUSERS_CONFIGS = {"ddpm_cifar10": DIFFUSERS_CIFAR10, "small_28": DIFFUSERS_SM
 COMPARISONS = {
     "cifar10-diffusers": (
         "cifar10-graph",
+        "cifar10-graph-standard",
         "cifar10-xla",
         "cifar10-graph-onednn",
         "cifar10-graph-inter1",
     ),
-    "small28-diffusers": ("small28-graph", "small28-xla", "small28-graph-inter1"),
-    "cifar10-diffusers-bf16": ("cifar10-bf16", "cifar10-bf16-xla", "cifar10-bf16-inter1"),
-    "small28-diffusers-bf16": ("small28-bf16", "small28-bf16-xla", "small28-bf16-inter1"),
+    "small28-diffusers": (
+        "small28-graph",
+        "small28-graph-standard",
+        "small28-xla",
+        "small28-graph-inter1",
+    ),
+    "cifar10-diffusers-bf16": (
+        "cifar10-bf16",
+        "cifar10-bf16-standard",
+        "cifar10-bf16-xla",
+        "cifar10-bf16-inter1",
+    ),
+    "small28-diffusers-bf16": (
+        "small28-bf16",
+        "small28-bf16-standard",
+        "small28-bf16-xla",
+        "small28-bf16-inter1",
+    ),
     "small28-diffusers-nodrop": ("small28-graph-nodrop",),
     "small28-diffusers-bf16-nodrop": ("small28-bf16-nodrop",),
 }
@@ -278,6 +303,7 @@ def run_tf(config: Config, repeats: int, warmup: int, threads: int, breakdown: b
         "inter_op": tf.config.threading.get_inter_op_parallelism_threads() or "default",
     }
     result["onednn"] = onednn_enabled()
+    result["fused"] = fused_kernels(config.jit_compile)
     result["step_gflop"] = network_gflop(network, images)
     try:
         info = tf.config.experimental.get_memory_info("CPU:0")
@@ -325,6 +351,15 @@ def matmul_peak(threads: int, repeats: int) -> dict[str, float]:
         seconds = time_steps(lambda fn=product: fn().numpy(), repeats, 2)["median_s"]
         out[dtype] = 2 * n**3 / seconds / 1e9
     return out
+
+
+def fused_kernels(jit_compile: bool) -> str:
+    """ "on" when the step runs ddpm_tf's fused CPU kernels, else why not."""
+    from ddpm_tf import kernels
+
+    if jit_compile:
+        return "xla"  # XLA graphs keep TensorFlow's ops
+    return "on" if kernels.enabled() and kernels.build.load()[0] is not None else "off"
 
 
 def onednn_enabled() -> bool | None:
@@ -548,6 +583,8 @@ def run_child(name: str, args: argparse.Namespace) -> dict:
     onednn = CONFIGS[name].onednn
     if onednn is not None:
         env["TF_ENABLE_ONEDNN_OPTS"] = "1" if onednn else "0"
+    if not CONFIGS[name].fused:
+        env["DDPM_TF_FUSED_KERNELS"] = "0"
     return child_result(cmd, env, name)
 
 
@@ -616,7 +653,7 @@ def print_table(results: list[dict], machine_line: str, peak: dict | None = None
         f"{'config':<29} {'params':>11} {'batch':>5} {'img/s':>7} {'ms/step':>8} "
         f"{'min-max ms':>13} {'cores':>5} {'1st s':>6} {'import RSS':>10} {'setup RSS':>9} "
         f"{'peak RSS':>8} "
-        f"{'TF alloc':>8} {'other':>5} {'oneDNN':>6}"
+        f"{'TF alloc':>8} {'other':>5} {'oneDNN':>6} {'fused':>5}"
     )
     print(header)
     print("-" * len(header))
@@ -635,12 +672,13 @@ def print_table(results: list[dict], machine_line: str, peak: dict | None = None
             f"{r['first_step_s']:>6.1f} {fmt_mib(r['import_rss_mib']):>10} "
             f"{fmt_mib(r['setup_rss_mib']):>9} "
             f"{fmt_mib(r['peak_rss_mib']):>8} {fmt_mib(r.get('tf_allocator_peak_mib')):>8} "
-            f"{other:>5} {onednn:>6}"
+            f"{other:>5} {onednn:>6} {r.get('fused', 'n/a'):>5}"
         )
     print(
         "ms/step: median; cores: process CPU time / wall time per step; 1st s: the first step "
         "(trace/compile); other: cores busy with other processes meanwhile (max over rounds); "
-        "oneDNN: TF's oneDNN kernels (TF_ENABLE_ONEDNN_OPTS; TF's default depends on the CPU)."
+        "oneDNN: TF's oneDNN kernels (TF_ENABLE_ONEDNN_OPTS; TF's default depends on the CPU); "
+        "fused: ddpm_tf's fused GroupNorm kernels (ddpm_tf.kernels)."
     )
     for r in results:
         if len(r.get("round_medians_s", ())) > 1:

@@ -12,6 +12,7 @@ none) and the versions it was checked against: TensorFlow 2.21.0 and tensorflow-
 - :func:`stop_preemption_watch` calls ``PreemptionCheckpointHandler._stop_*_thread``.
 - :class:`LocalFilesDownloadManager` overrides ``tfds.download.DownloadManager._download``.
 - :func:`use_download_manager` shadows ``tfds.core.DatasetBuilder._make_download_manager``.
+- :func:`in_xla_compilation` calls ``control_flow_util.GraphOrParentsInXlaContext``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ __all__ = [
     "LocalFilesDownloadManager",
     "check_private_apis",
     "in_multi_worker_mode",
+    "in_xla_compilation",
     "merge_call",
     "preemption_checkpoint_handler",
     "stop_preemption_watch",
@@ -80,6 +82,10 @@ PRIVATE_APIS: dict[str, tuple[Callable[[], object], str]] = {
         lambda: tf.distribute.experimental,
         "PreemptionCheckpointHandler._stop_cluster_wise_termination_watcher_thread",
     ),
+    "tensorflow.python.ops.control_flow_util.GraphOrParentsInXlaContext": (
+        lambda: importlib.import_module("tensorflow.python.ops.control_flow_util"),
+        "GraphOrParentsInXlaContext",
+    ),
     "tfds.download.DownloadManager._download": (lambda: tfds, "download.DownloadManager._download"),
     "tfds.core.DatasetBuilder._make_download_manager": (
         lambda: tfds,
@@ -124,6 +130,20 @@ def merge_call(fn: Callable[..., T], strategy: tf.distribute.Strategy, *args: An
     ``PerReplica`` values when merged.
     """
     return tf.__internal__.distribute.interim.maybe_merge_call(fn, strategy, *args)
+
+
+def in_xla_compilation() -> bool:
+    """Whether the graph being built (or one it is nested in) will be compiled with XLA.
+
+    Calls ``control_flow_util.GraphOrParentsInXlaContext`` on the default graph (TensorFlow
+    2.21.0): ``tf.function(jit_compile=True)`` traces its body inside an XLA context, which this
+    finds. There is no public equivalent; ops without an XLA kernel (the fused kernels of
+    :mod:`ddpm_tf.kernels`) ask it to stay out of such graphs. False when executing eagerly.
+    """
+    if tf.executing_eagerly():
+        return False
+    module = importlib.import_module("tensorflow.python.ops.control_flow_util")
+    return bool(module.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
 
 
 def in_multi_worker_mode(strategy: tf.distribute.Strategy) -> bool:

@@ -16,6 +16,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from ddpm_tf import kernels
+
 GROUP_NORM_EPSILON = 1e-6
 """GroupNorm epsilon of the reference TensorFlow DDPM implementation."""
 
@@ -36,11 +38,64 @@ def check_num_groups(num_groups: int, channels: int, where: str) -> None:
         )
 
 
-def group_norm(num_groups: int, dtype: Any, name: str) -> keras.layers.GroupNormalization:
+@keras.saving.register_keras_serializable(package="ddpm_tf")
+class GroupNorm(keras.layers.GroupNormalization):
+    """GroupNorm over the channel axis, then optionally a per-sample affine map, SiLU and dropout.
+
+    ``norm(x, scale=None, shift=None, silu=False, dropout=None, training=None)`` computes
+    ``dropout(act(GroupNorm(x) * (1 + scale) + shift))`` for ``x`` ``[B, ..., C]``, with
+    ``scale``/``shift`` broadcastable to ``[B, 1, ..., C]`` (the scale-shift conditioning of
+    Improved DDPM) and ``dropout`` a ``keras.layers.Dropout`` applied when ``training``. Where
+    :func:`ddpm_tf.kernels.active` allows (CPU, no XLA, not exporting) all of it runs as one
+    fused kernel each way, the dropout mask drawn from the Dropout layer's seed generator by the
+    kernel's own hash; elsewhere as Keras' GroupNormalization, the same arithmetic in the compute
+    dtype and the Dropout layer itself. Weights (``gamma``, ``beta``) and config are Keras' own.
+    """
+
+    def call(
+        self,
+        inputs: Any,
+        scale: Any = None,
+        shift: Any = None,
+        silu: bool = False,
+        dropout: keras.layers.Dropout | None = None,
+        training: bool | None = None,
+    ) -> Any:
+        if (scale is None) != (shift is None):
+            raise ValueError("GroupNorm: pass both `scale` and `shift`, or neither.")
+        if self._fusable(inputs) and kernels.active():
+            return self._fused(inputs, scale, shift, silu, dropout if training else None)
+        h = super().call(inputs)
+        if scale is not None:
+            h = h * (1.0 + scale) + shift
+        h = ops.silu(h) if silu else h
+        return h if dropout is None else dropout(h, training=training)
+
+    def _fusable(self, inputs: Any) -> bool:
+        return self.axis in (-1, len(inputs.shape) - 1) and self.scale and self.center
+
+    def _fused(self, inputs: Any, scale: Any, shift: Any, silu: bool, dropout: Any) -> Any:
+        channels = inputs.shape[-1]
+        per_sample = (ops.shape(inputs)[0], channels)
+
+        def per_channel(v: Any) -> Any:
+            return ops.broadcast_to(ops.reshape(ops.cast(v, "float32"), (-1, channels)), per_sample)
+
+        gamma, beta = per_channel(self.gamma), per_channel(self.beta)
+        if scale is None:
+            a, b = gamma, beta
+        else:
+            s = per_channel(scale)
+            a, b = gamma * (1.0 + s), beta * (1.0 + s) + per_channel(shift)
+        rate = dropout.rate if dropout is not None else 0.0
+        seed = dropout.seed_generator.next() if rate > 0 else None
+        y = kernels.group_norm(inputs, a, b, self.groups, self.epsilon, silu, rate, seed)
+        return ops.cast(y, self.compute_dtype)
+
+
+def group_norm(num_groups: int, dtype: Any, name: str) -> GroupNorm:
     """GroupNorm over the channel axis with the DDPM epsilon (statistics in float32)."""
-    return keras.layers.GroupNormalization(
-        groups=num_groups, epsilon=GROUP_NORM_EPSILON, dtype=dtype, name=name
-    )
+    return GroupNorm(groups=num_groups, epsilon=GROUP_NORM_EPSILON, dtype=dtype, name=name)
 
 
 def _conv(
@@ -161,14 +216,16 @@ class ResidualBlock(keras.layers.Layer):
             self.skip.build(x_shape)
 
     def call(self, x: Any, temb: Any, training: bool | None = None) -> Any:
-        h = self.conv1(ops.silu(self.norm1(x)))
+        h = self.conv1(self.norm1(x, silu=True))
         emb = ops.reshape(self.temb_proj(ops.silu(temb)), (-1, 1, 1, self.temb_proj.units))
         if self.use_scale_shift_norm:
             scale, shift = ops.split(emb, 2, axis=-1)
-            h = self.norm2(h) * (1.0 + scale) + shift
+            h = self.norm2(
+                h, scale, shift, silu=True, dropout=self.dropout_layer, training=training
+            )
         else:
-            h = self.norm2(h + emb)
-        h = self.conv2(self.dropout_layer(ops.silu(h), training=training))
+            h = self.norm2(h + emb, silu=True, dropout=self.dropout_layer, training=training)
+        h = self.conv2(h)
         skip = x if self.skip is None else self.skip(x)
         return skip + h
 

@@ -421,7 +421,7 @@ class UNet(keras.Model):
             return ops.concatenate([a, b], axis=-1)
 
         h = self._route(self.conv_in(x), apply, concat)
-        return self.conv_out(ops.silu(self.norm_out(h)))
+        return self.conv_out(self.norm_out(h, silu=True))
 
     # --- serialisation ------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ import onnx
 import pytest
 import tensorflow as tf
 from scipy import stats
+from tensorflow.core.protobuf import saved_model_pb2
 
 from ddpm_tf import GaussianDiffusion, Sampler, SamplingSpec, get_beta_schedule, rng, unet
 from ddpm_tf.export.cli import main
@@ -300,8 +301,36 @@ def test_saved_model_runs_under_saved_model_cli(trained, exported, tmp_path):
     _assert_images_close(images, _in_memory_images(model, 2))
 
 
+def _graph_op_types(concrete) -> set[str]:
+    graph = concrete.graph.as_graph_def()
+    return {n.op for n in graph.node} | {n.op for f in graph.library.function for n in f.node_def}
+
+
+def test_exported_functions_trace_standard_ops_where_fused_kernels_run(trained):
+    """The export's functions trace under kernels.reference_only(), whoever calls them first."""
+    from ddpm_tf import kernels
+    from ddpm_tf.exporting.graphs import denoiser_function
+    from ddpm_tf.sampling import call_network
+
+    model, _ = trained
+    sampler = model.sampler(noise_source="portable")
+    function = denoiser_function(sampler, None, 2, SEED)
+    x_t, t = (tf.constant(function.feeds[k]) for k in ("x_t", "t"))
+    direct = tf.function(lambda x, s: call_network(sampler.network, x, s))
+    fused = "DdpmGroupNorm" in _graph_op_types(direct.get_concrete_function(x_t, t))
+    assert fused == kernels.active()
+    exported_ops = _graph_op_types(function.fn.get_concrete_function(x_t, t))
+    assert not {op for op in exported_ops if op.startswith("Ddpm")}
+    np.testing.assert_allclose(function.fn(x_t, t)["output"], direct(x_t, t), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.slow
 def test_artifacts_use_builtin_and_standard_ops_only(exported):
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((exported / "saved_model" / "saved_model.pb").read_bytes())
+    graph = proto.meta_graphs[0].graph_def
+    ops = {n.op for n in graph.node} | {n.op for f in graph.library.function for n in f.node_def}
+    assert "Conv2D" in ops and not {op for op in ops if op.startswith("Ddpm")}
     for name in ("sampler", "denoiser"):
         ops = operator_names((exported / "tflite" / f"{name}.tflite").read_bytes())
         assert not [op for op in ops if op.startswith("CUSTOM")], ops

@@ -29,7 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ddpm_tf import cli
+from ddpm_tf import cli, kernels
 from ddpm_tf.data import (
     cached_split,
     check_global_batch,
@@ -357,6 +357,8 @@ def _fit(config, task, run, strategy, train_cache, test_cache, fid) -> int:
         + f" of {total}",
         flush=True,
     )
+    xla = train_cfg["jit_compile"]
+    print(f"GroupNorm: {'XLA (train.jit_compile)' if xla else kernels.status()}", flush=True)
     if start >= total:
         print(f"nothing to do: the run is at step {start} >= train.steps={total}.")
         return 0

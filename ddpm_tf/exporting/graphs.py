@@ -8,12 +8,13 @@ the same images.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
 
-from ddpm_tf import rng
+from ddpm_tf import kernels, rng
 from ddpm_tf.pixels import unit_to_uint8
 from ddpm_tf.sampling import Sampler, call_network
 
@@ -33,6 +34,21 @@ class ExportedFunction:
         """The outputs of the function itself, in TensorFlow, on the verification inputs."""
         out = self.fn(**{k: tf.constant(v) for k, v in self.feeds.items()})
         return {k: v.numpy() for k, v in out.items()}
+
+
+def _exported(name: str, fn: Callable, signature: list[tf.TensorSpec], feeds: Feeds):
+    """`fn` as a tf.function whose graph holds standard TensorFlow ops only: it is traced under
+    `kernels.reference_only()`, since TF Serving, TFLite and ONNX runtimes know nothing of this
+    package's fused kernels."""
+
+    @functools.wraps(fn)
+    def standard_ops(*args):
+        with kernels.reference_only():
+            return fn(*args)
+
+    return ExportedFunction(
+        name, tf.function(standard_ops, input_signature=signature), signature, feeds
+    )
 
 
 def _image_spec(batch: int | None, image_shape) -> tf.TensorSpec:
@@ -84,9 +100,7 @@ def sampler_function(
             **feeds,
             "guidance_scale": np.asarray(guidance_scale, np.float32),
         }
-    return ExportedFunction(
-        "sample", tf.function(sample, input_signature=signature), signature, feeds
-    )
+    return _exported("sample", sample, signature, feeds)
 
 
 def denoiser_function(
@@ -111,6 +125,4 @@ def denoiser_function(
 
         signature.append(tf.TensorSpec([batch], tf.int32, name="labels"))
         feeds["labels"] = np.arange(feed_batch, dtype=np.int32) % (sampler.num_classes + 1)
-    return ExportedFunction(
-        "denoise", tf.function(denoise, input_signature=signature), signature, feeds
-    )
+    return _exported("denoise", denoise, signature, feeds)
