@@ -51,19 +51,23 @@ def keras_train_step(
     """`DiffusionModel`'s Keras train step on a repeated in-memory batch: (model, images, step).
 
     A `preset` U-Net (its dropout rate replaced by `dropout` if given; seed 0) under Keras'
-    `mixed_bfloat16` policy if `precision` is "bfloat16", compiled with Adam; `images` is the batch
-    [batch, H, W, C] of uniform noise in [-1, 1], and `step()` runs one train step and waits for it.
+    `mixed_bfloat16` policy if `precision` is "bfloat16", compiled with ddpm-train's optimizer
+    (`FusedAdam`), or Keras' Adam when the fused kernels are switched off (DDPM_TF_FUSED_KERNELS=0:
+    the step with TensorFlow's standard ops only); `images` is the batch [batch, H, W, C] of uniform
+    noise in [-1, 1], and `step()` runs one train step and waits for it.
     """
     import keras
 
-    from ddpm_tf import DiffusionModel, from_preset
+    from ddpm_tf import DiffusionModel, from_preset, kernels
+    from ddpm_tf.model import FusedAdam
 
     if precision == "bfloat16":
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     keras.utils.set_random_seed(0)
     overrides = {} if dropout is None else {"dropout": dropout}
     model = DiffusionModel(from_preset(preset, **overrides))
-    model.compile(keras.optimizers.Adam(learning_rate), jit_compile=jit_compile)
+    adam = FusedAdam if kernels.enabled() else keras.optimizers.Adam
+    model.compile(adam(learning_rate), jit_compile=jit_compile)
     images = tf.random.uniform((batch, *model.image_shape), -1.0, 1.0, seed=0)
     iterator = iter(tf.data.Dataset.from_tensors(images).repeat())
     model.make_train_function()  # Keras 3 sets `model.train_function` (and returns None)

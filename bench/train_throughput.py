@@ -17,7 +17,8 @@ Configurations (each runs in its own subprocess, so the peak resident set size i
                       loss under `torch.autocast("cpu", dtype=torch.bfloat16)`
     cifar10-graph-standard, small28-graph-standard, cifar10-bf16-standard, small28-bf16-standard
                       (only with --only) the steps with TensorFlow's standard ops only
-                      (DDPM_TF_FUSED_KERNELS=0): what ddpm_tf's fused GroupNorm kernels buy
+                      (DDPM_TF_FUSED_KERNELS=0, and Keras' Adam for FusedAdam): what ddpm_tf's
+                      fused GroupNorm kernels and fused Adam buy
     cifar10-graph-onednn  cifar10-graph with TF_ENABLE_ONEDNN_OPTS=1 (only with --only): TF turns
                       its oneDNN kernels on by default only on some x86 CPUs, PyTorch always uses them
     cifar10-graph-inter1, small28-graph-inter1, cifar10-bf16-inter1, small28-bf16-inter1

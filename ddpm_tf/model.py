@@ -111,11 +111,46 @@ def _blend(ema: tf.Variable, weight: tf.Variable, decay) -> tf.Tensor:
     return ema.assign(decay * ema + (1.0 - decay) * tf.cast(weight, ema.dtype))
 
 
+@keras.saving.register_keras_serializable(package="ddpm_tf")
+class FusedAdam(keras.optimizers.Adam):
+    """Keras' Adam with each weight's update in one TensorFlow kernel (``ResourceApplyAdam``).
+
+    Keras' Adam updates a weight with about ten element-wise ops, each a pass over the moments or
+    the weight (a tenth of a 35.7M-parameter CIFAR-10 step on a CPU); TensorFlow's ApplyAdam
+    kernel does the same arithmetic, ``m += (1 - b1)(g - m)``, ``v += (1 - b2)(g^2 - v)``,
+    ``w -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps)``, in one pass (CPU, GPU and XLA
+    kernels). Same arguments, config and slot variables as Adam, so checkpoints of either restore
+    into the other. ``amsgrad`` and sparse gradients take Keras' own update.
+    """
+
+    def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
+        if self.amsgrad or isinstance(gradient, tf.IndexedSlices):
+            return super().update_step(gradient, variable, learning_rate)
+        dtype = variable.dtype
+        step = tf.cast(self.iterations + 1, dtype)
+        beta_1 = tf.cast(self.beta_1, dtype)
+        beta_2 = tf.cast(self.beta_2, dtype)
+        index = self._get_variable_index(variable)
+        tf.raw_ops.ResourceApplyAdam(
+            var=variable.handle,
+            m=self._momentums[index].handle,
+            v=self._velocities[index].handle,
+            beta1_power=tf.pow(beta_1, step),
+            beta2_power=tf.pow(beta_2, step),
+            lr=tf.cast(learning_rate, dtype),
+            beta1=beta_1,
+            beta2=beta_2,
+            epsilon=tf.cast(self.epsilon, dtype),
+            grad=tf.cast(gradient, dtype),
+        )
+        return None
+
+
 def default_optimizer(
     learning_rate: float = 2e-4, warmup_steps: int = 5000
 ) -> keras.optimizers.Optimizer:
-    """Ho et al.'s optimizer: Adam at 2e-4 after a linear warm-up of 5000 steps."""
-    return keras.optimizers.Adam(WarmupSchedule(learning_rate, warmup_steps))
+    """Ho et al.'s optimizer: Adam at 2e-4 after a linear warm-up of 5000 steps (FusedAdam)."""
+    return FusedAdam(WarmupSchedule(learning_rate, warmup_steps))
 
 
 def default_diffusion() -> GaussianDiffusion:

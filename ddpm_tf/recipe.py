@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import keras
-
 from ddpm_tf.diffusion import GaussianDiffusion
-from ddpm_tf.model import DiffusionModel, WarmupSchedule
+from ddpm_tf.model import DiffusionModel, FusedAdam, WarmupSchedule
 from ddpm_tf.schedules import get_beta_schedule
 from ddpm_tf.unet import from_preset
 
@@ -75,6 +73,6 @@ def build_model(
         label_dropout=train["label_dropout"],
         seed=train["seed"],
     )
-    optimizer = keras.optimizers.Adam(build_schedule(train))
+    optimizer = FusedAdam(build_schedule(train))
     model.compile(optimizer, jit_compile=train["jit_compile"])
     return model

@@ -275,3 +275,41 @@ def test_layer_fuses_dropout_only_in_training():
     assert "DdpmGroupNorm" in graph_ops(fn, x) and "StatelessRandomUniformV2" not in graph_ops(
         fn, x
     )
+
+
+THREADS_SCRIPT = """
+import sys
+import numpy as np
+import tensorflow as tf
+tf.config.threading.set_intra_op_parallelism_threads(int(sys.argv[1]))
+tf.config.threading.set_inter_op_parallelism_threads(1)
+from ddpm_tf import kernels
+rng = np.random.default_rng(0)
+x = tf.constant(rng.normal(1.0, 2.0, (6, 10, 10, 32)), tf.float32)
+scale = tf.constant(rng.normal(1.0, 0.5, (6, 32)), tf.float32)
+offset = tf.constant(rng.normal(0.0, 0.5, (6, 32)), tf.float32)
+with tf.GradientTape() as tape:
+    tape.watch([x, scale, offset])
+    y = kernels.group_norm(x, scale, offset, 8, 1e-6, True, 0.2, tf.constant([5, 6], tf.int64))
+    loss = tf.reduce_sum(y * tf.cos(x))
+grads = tape.gradient(loss, [x, scale, offset])
+np.savez(sys.argv[2], *[t.numpy() for t in (y, *grads)])
+"""
+
+
+def test_results_do_not_depend_on_the_number_of_threads(tmp_path):
+    """Work is split by sample with a fixed order inside each, so 1 and 4 threads give equal bits."""
+    results = []
+    for threads in (1, 4):
+        out = tmp_path / f"{threads}.npz"
+        done = subprocess.run(
+            [sys.executable, "-c", THREADS_SCRIPT, str(threads), str(out)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        with np.load(out) as arrays:
+            results.append([arrays[k] for k in sorted(arrays.files)])
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_array_equal(a, b)

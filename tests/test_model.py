@@ -10,7 +10,7 @@ import tensorflow_datasets as tfds
 from helpers import assert_same_weights, weight_distance
 
 from ddpm_tf import GaussianDiffusion, data, get_beta_schedule, unet
-from ddpm_tf.model import DiffusionModel, WarmupSchedule
+from ddpm_tf.model import DiffusionModel, FusedAdam, WarmupSchedule, default_optimizer
 
 T = 100
 
@@ -266,3 +266,23 @@ def test_state_a_subclass_adds_is_checkpointed_and_resumes_exactly(tmp_path):
         resumed.checkpoint_variables(), uninterrupted.checkpoint_variables(), strict=True
     ):
         np.testing.assert_array_equal(np.asarray(a.numpy()), np.asarray(b.numpy()))
+
+
+def test_fused_adam_matches_adam_in_float64_and_serialises():
+    rng = np.random.default_rng(0)
+    start = rng.normal(size=(7, 5)).astype(np.float32)
+    grads = [rng.normal(size=(7, 5)).astype(np.float32) for _ in range(5)]
+    weight = keras.Variable(start)
+    optimizer = FusedAdam(WarmupSchedule(1e-2, 3), epsilon=1e-6)
+    optimizer.build([weight])
+    for g in grads:
+        optimizer.apply([tf.constant(g)], [weight])
+    m, v, w = np.zeros(start.shape), np.zeros(start.shape), start.astype(np.float64)
+    for t, g in enumerate(grads, start=1):
+        lr = 1e-2 * min(t / 3, 1.0)  # the warm-up's rate at optimizer step t - 1
+        m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * np.square(g, dtype=np.float64)
+        w -= lr * np.sqrt(1 - 0.999**t) / (1 - 0.9**t) * m / (np.sqrt(v) + 1e-6)
+    np.testing.assert_allclose(weight.numpy(), w, rtol=0, atol=1e-6)
+    assert isinstance(default_optimizer(), FusedAdam)
+    again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(optimizer))
+    assert type(again) is FusedAdam and again.epsilon == 1e-6
