@@ -36,7 +36,9 @@ class ExportedFunction:
         return {k: v.numpy() for k, v in out.items()}
 
 
-def _exported(name: str, fn: Callable, signature: list[tf.TensorSpec], feeds: Feeds):
+def _exported(
+    name: str, fn: Callable, signature: list[tf.TensorSpec], feeds: Feeds
+) -> ExportedFunction:
     """`fn` as a tf.function whose graph holds standard TensorFlow ops only: it is traced under
     `kernels.reference_only()`, since TF Serving, TFLite and ONNX runtimes know nothing of this
     package's fused kernels."""
