@@ -360,7 +360,7 @@ def fused_kernels(jit_compile: bool) -> str:
 
     if jit_compile:
         return "xla"  # XLA graphs keep TensorFlow's ops
-    return "on" if kernels.enabled() and kernels.build.load()[0] is not None else "off"
+    return "on" if kernels.active() else "off"
 
 
 def onednn_enabled() -> bool | None:

@@ -69,7 +69,7 @@ void ChannelSums(const T* x, const Dims& d, F f, std::vector<double>* total,
   }
 }
 
-// Sums of `per_channel` over each group's channels, divided by `count`, broadcast per channel.
+// Per group: the sum of `per_channel` over the group's channels, divided by `count`.
 void GroupAverage(const std::vector<double>& per_channel, const Dims& d, double count,
                   std::vector<double>* per_group) {
   per_group->assign(d.g, 0.0);
@@ -296,23 +296,6 @@ absl::Status CheckInputs(const Tensor& x, const Tensor& scale, const Tensor& off
   return absl::OkStatus();
 }
 
-absl::Status CheckSeed(const Tensor& seed) {
-  if (seed.shape() != TensorShape({2})) {
-    return absl::InvalidArgumentError(absl::StrCat("DdpmGroupNorm: seed must be [2] int64, got ",
-                                                   seed.shape().DebugString()));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status GetDropout(OpKernelConstruction* ctx, float* rate) {
-  TF_RETURN_IF_ERROR(ctx->GetAttr("dropout", rate));
-  if (!(*rate >= 0.0f && *rate < 1.0f)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("DdpmGroupNorm: dropout must be in [0, 1), got ", *rate));
-  }
-  return absl::OkStatus();
-}
-
 // Runs fn(sample) for every sample on the intra-op thread pool.
 template <typename F>
 void ForEachSample(OpKernelContext* ctx, const Dims& d, F fn) {
@@ -324,25 +307,50 @@ void ForEachSample(OpKernelContext* ctx, const Dims& d, F fn) {
                       });
 }
 
-template <typename T>
-class GroupNormOp : public OpKernel {
+// The attributes both ops share, read and checked once, and the checks of their common inputs.
+class GroupNormKernelBase : public OpKernel {
  public:
-  explicit GroupNormOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+  explicit GroupNormKernelBase(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("groups", &groups_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("epsilon", &epsilon_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("silu", &silu_));
-    OP_REQUIRES_OK(ctx, GetDropout(ctx, &dropout_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("dropout", &dropout_));
+    OP_REQUIRES(ctx, dropout_ >= 0.0f && dropout_ < 1.0f,
+                absl::InvalidArgumentError(
+                    absl::StrCat("DdpmGroupNorm: dropout must be in [0, 1), got ", dropout_)));
+  }
+
+ protected:
+  // Checks x, scale, offset and seed, fills in the sizes and returns the seed's two words.
+  absl::Status Check(const Tensor& x, const Tensor& scale, const Tensor& offset,
+                     const Tensor& seed, Dims* d, const int64_t** seed_words) const {
+    TF_RETURN_IF_ERROR(CheckInputs(x, scale, offset, groups_, d));
+    if (seed.shape() != TensorShape({2})) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "DdpmGroupNorm: seed must be [2] int64, got ", seed.shape().DebugString()));
+    }
+    *seed_words = seed.flat<int64_t>().data();
+    return absl::OkStatus();
+  }
+
+  int64_t groups_;
+  bool silu_;
+  float dropout_;
+};
+
+template <typename T>
+class GroupNormOp : public GroupNormKernelBase {
+ public:
+  explicit GroupNormOp(OpKernelConstruction* ctx) : GroupNormKernelBase(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("epsilon", &epsilon_));
   }
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& x = ctx->input(0);
     const Tensor& scale = ctx->input(1);
     const Tensor& offset = ctx->input(2);
-    const Tensor& seed = ctx->input(3);
     Dims d;
-    OP_REQUIRES_OK(ctx, CheckInputs(x, scale, offset, groups_, &d));
-    OP_REQUIRES_OK(ctx, CheckSeed(seed));
-    const int64_t* pseed = seed.flat<int64_t>().data();
+    const int64_t* pseed;
+    OP_REQUIRES_OK(ctx, Check(x, scale, offset, ctx->input(3), &d, &pseed));
     Tensor *y, *mean, *rstd;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &y));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({d.n, d.g}), &mean));
@@ -361,20 +369,13 @@ class GroupNormOp : public OpKernel {
   }
 
  private:
-  int64_t groups_;
   float epsilon_;
-  bool silu_;
-  float dropout_;
 };
 
 template <typename T>
-class GroupNormGradOp : public OpKernel {
+class GroupNormGradOp : public GroupNormKernelBase {
  public:
-  explicit GroupNormGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("groups", &groups_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("silu", &silu_));
-    OP_REQUIRES_OK(ctx, GetDropout(ctx, &dropout_));
-  }
+  explicit GroupNormGradOp(OpKernelConstruction* ctx) : GroupNormKernelBase(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& dy = ctx->input(0);
@@ -383,11 +384,9 @@ class GroupNormGradOp : public OpKernel {
     const Tensor& offset = ctx->input(3);
     const Tensor& mean = ctx->input(4);
     const Tensor& rstd = ctx->input(5);
-    const Tensor& seed = ctx->input(6);
     Dims d;
-    OP_REQUIRES_OK(ctx, CheckInputs(x, scale, offset, groups_, &d));
-    OP_REQUIRES_OK(ctx, CheckSeed(seed));
-    const int64_t* pseed = seed.flat<int64_t>().data();
+    const int64_t* pseed;
+    OP_REQUIRES_OK(ctx, Check(x, scale, offset, ctx->input(6), &d, &pseed));
     const TensorShape stats({d.n, d.g});
     OP_REQUIRES(ctx, dy.shape() == x.shape() && mean.shape() == stats && rstd.shape() == stats,
                 absl::InvalidArgumentError("DdpmGroupNormGrad: dy, mean or rstd has the wrong "
@@ -421,11 +420,6 @@ class GroupNormGradOp : public OpKernel {
                      DropoutMask(dropout_, pseed, n));
     });
   }
-
- private:
-  int64_t groups_;
-  bool silu_;
-  float dropout_;
 };
 
 absl::Status GroupNormShape(InferenceContext* c) {
