@@ -2,7 +2,7 @@
 
 The loops (ancestral and DDIM sampling, the bits/dim bound) run with a trivial denoiser, so their
 per-step time is the loop's own overhead: the coefficient gathers, the noise, the posterior and VLB
-math. Each loop is compiled once (`sample_loop_graph`, `bpd_loop_graph` in a `tf.function`, as the
+math. Each loop is compiled once (`ddpm_tf.sampling.build_loop`, `bpd_loop_graph` in a `tf.function`, as the
 `Sampler` and `bits_per_dim` do) and timed after a warm-up call. That is compared with one call of a real network (a U-Net preset) at the same batch, which is
 what a step costs in practice.
 
@@ -24,6 +24,7 @@ from common import machine, median_seconds  # noqa: E402
 
 from ddpm_tf import GaussianDiffusion, SamplingSpec, get_beta_schedule  # noqa: E402
 from ddpm_tf.rng import as_seed  # noqa: E402
+from ddpm_tf.sampling import build_loop  # noqa: E402
 
 
 def trivial(x_t, t):
@@ -35,7 +36,7 @@ def trivial(x_t, t):
 def sampling_loop(diffusion: GaussianDiffusion, shape, spec: SamplingSpec, jit: bool):
     """A compiled sampling loop of `spec` with the trivial denoiser, called with a fixed seed."""
     loop = tf.function(
-        lambda seed: diffusion.sample_loop_graph(trivial, shape, seed, spec)["sample"],
+        lambda seed: build_loop(diffusion, trivial, shape, seed, spec)["sample"],
         jit_compile=jit,
     )
     seed = as_seed(0)

@@ -19,17 +19,23 @@ from ddpm_tf.diffusion import (  # noqa: E402
 )
 from ddpm_tf.model import DiffusionModel, WarmupSchedule, default_optimizer  # noqa: E402
 from ddpm_tf.sampling import (  # noqa: E402
+    METHODS,
+    NOISE_SOURCES,
     Sampler,
+    SamplingSpec,
     every_class,
     generate_uint8,
     guided_denoiser,
     sample_per_replica,
 )
-from ddpm_tf.sampling_spec import METHODS, NOISE_SOURCES, SamplingSpec  # noqa: E402
-from ddpm_tf.schedules import (  # noqa: E402
-    SCHEDULES,
-    get_beta_schedule,
-    respaced_betas,
+from ddpm_tf.schedules import SCHEDULES, get_beta_schedule, respaced_betas  # noqa: E402
+from ddpm_tf.spacing import (  # noqa: E402
+    AllSteps,
+    LogSNRSteps,
+    SectionSteps,
+    StrideSteps,
+    UniformSteps,
+    parse_steps,
     space_timesteps,
 )
 from ddpm_tf.timesteps import (  # noqa: E402
@@ -44,7 +50,13 @@ from ddpm_tf.unet import PRESETS, UNet, from_preset  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
+    "AllSteps",
     "LOSS_TYPES",
+    "LogSNRSteps",
+    "SectionSteps",
+    "StrideSteps",
+    "UniformSteps",
+    "parse_steps",
     "METHODS",
     "MODEL_MEAN_TYPES",
     "MODEL_VAR_TYPES",

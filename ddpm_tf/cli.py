@@ -22,7 +22,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from ddpm_tf.sampling_spec import METHODS, NOISE_SOURCES, SamplingSpec
+from ddpm_tf.sampling.spec import METHODS, NOISE_SOURCES, SamplingSpec
 
 EXIT_DONE = 0
 EXIT_FAILED = 1
@@ -112,7 +112,10 @@ SAMPLING_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "method": ("--method", {"choices": METHODS, "help": "sampling method"}),
     "steps": (
         "--steps",
-        {"help": "sampling steps: N (respaced), ddimN, logsnrN, or section counts like 10,15,20"},
+        {
+            "help": "sampling steps: all, N (the method's default spacing), uniformN, strideN, "
+            "logsnrN, or section counts like 10,15,20"
+        },
     ),
     "eta": ("--eta", {"type": float, "help": "DDIM stochasticity in [0, 1]"}),
     "solver_order": ("--solver-order", {"type": int, "help": "DPM-Solver++ order, 1 or 2"}),
@@ -147,7 +150,7 @@ def add_sampling_arguments(
     for name in SamplingSpec.fields():
         flag, options = SAMPLING_FLAGS[name]
         value = getattr(default, name)
-        shown = "all T" if name == "steps" and value is None else value
+        shown = value.text if name == "steps" else value
         options = {**options, "help": f"{options['help']} (default: {shown})"}
         group.add_argument(flag, dest=f"spec_{name}", default=argparse.SUPPRESS, **options)
     return group

@@ -22,15 +22,10 @@ from typing import Literal, get_args
 import numpy as np
 import tensorflow as tf
 
-from ddpm_tf import dpm_solver, losses, rng
-from ddpm_tf.checks import check_choice, check_int
-from ddpm_tf.sampling_spec import SamplingSpec
-from ddpm_tf.schedules import (
-    parse_section_counts,
-    respaced_betas,
-    space_timesteps,
-    validate_betas,
-)
+from ddpm_tf import losses, rng
+from ddpm_tf.checks import check_choice
+from ddpm_tf.schedules import respaced_betas, validate_betas
+from ddpm_tf.spacing import AllSteps, Steps, parse_steps
 
 ModelMeanType = Literal["epsilon", "x_start", "v"]
 ModelVarType = Literal["fixed_small", "fixed_large", "learned", "learned_range"]
@@ -40,20 +35,19 @@ MODEL_VAR_TYPES: tuple[str, ...] = get_args(ModelVarType)
 LOSS_TYPES: tuple[str, ...] = get_args(LossType)
 
 DenoiseFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
-# step(denoise_fn, x_t, t, noise or None, previous x_0 prediction or None) -> (x_{t-1}, x_0 prediction)
-StepFn = Callable[..., tuple[tf.Tensor, tf.Tensor]]
 
 _LN2 = math.log(2.0)
 
 
-def bound_xstart(pred_xstart: tf.Tensor, clip: bool | float) -> tf.Tensor:
-    """x_0 predictions bounded as asked: False (as they are), True (clipped to [-1, 1]), or a
-    quantile p in (0, 1) for dynamic thresholding (Saharia et al. 2022): per image, s is the
-    p-quantile of |x_0| (at least 1), and x_0 is clipped to [-s, s] and divided by s."""
-    if isinstance(clip, bool):
+def bound_xstart(pred_xstart: tf.Tensor, clip: bool, dynamic_threshold: float = 0.0) -> tf.Tensor:
+    """x_0 predictions bounded as asked: with `dynamic_threshold` a quantile p in (0, 1), dynamic
+    thresholding (Saharia et al. 2022: per image, s is the p-quantile of |x_0|, at least 1, and x_0
+    is clipped to [-s, s] and divided by s); else clipped to [-1, 1] if `clip`; else as they are."""
+    if not dynamic_threshold:
         return tf.clip_by_value(pred_xstart, -1.0, 1.0) if clip else pred_xstart
     flat = tf.sort(tf.reshape(tf.abs(pred_xstart), [tf.shape(pred_xstart)[0], -1]), axis=-1)
-    index = tf.cast(tf.math.floor(clip * tf.cast(tf.shape(flat)[1] - 1, tf.float32)), tf.int32)
+    quantile = tf.cast(dynamic_threshold, tf.float32)
+    index = tf.cast(tf.math.floor(quantile * tf.cast(tf.shape(flat)[1] - 1, tf.float32)), tf.int32)
     s = tf.maximum(flat[:, index], 1.0)[:, None, None, None]
     return tf.clip_by_value(pred_xstart, -s, s) / s
 
@@ -146,17 +140,18 @@ class GaussianDiffusion:
         per_error = {"epsilon": snr, "v": snr + 1.0, "x_start": np.ones_like(snr)}
         return clipped / per_error[self.model_mean_type]
 
-    def _gather(self, table: np.ndarray, t: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
-        """table[t] as [B, 1, 1, ...] in the dtype of `like`, ready to broadcast against it."""
+    def gather(self, table: np.ndarray, t: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
+        """table[t] (a float64 table [T], indices t [B]) as [B, 1, 1, ...] in the dtype of `like`,
+        ready to broadcast against it: how every coefficient reaches a batch."""
         # Casting the float64 table before gathering gives the same values as casting after (a
         # cast is elementwise), and keeps float64 out of the gather: TFLite has no float64 gather.
         values = tf.gather(tf.cast(tf.constant(table, tf.float64), like.dtype), t)
         ones = tf.ones([tf.rank(like) - 1], tf.int32)
         return tf.reshape(values, tf.concat([tf.shape(t), ones], axis=0))
 
-    def _combine(self, t, table_a, a, table_b, b) -> tf.Tensor:
+    def combine(self, t, table_a, a, table_b, b) -> tf.Tensor:
         """table_a[t] * a + table_b[t] * b: every closed form here has this shape."""
-        return self._gather(table_a, t, a) * a + self._gather(table_b, t, b) * b
+        return self.gather(table_a, t, a) * a + self.gather(table_b, t, b) * b
 
     # ------------------------------------------------------------------------------- validation
     def _images(self, x, name: str) -> tf.Tensor:
@@ -220,7 +215,9 @@ class GaussianDiffusion:
         """The original-schedule indices the network sees for indices `t` of this process."""
         return tf.gather(tf.constant(self.timestep_map, tf.int32), t)
 
-    def _call(self, denoise_fn: DenoiseFn, x_t: tf.Tensor, t: tf.Tensor) -> tf.Tensor:
+    def model_output(self, denoise_fn: DenoiseFn, x_t: tf.Tensor, t: tf.Tensor) -> tf.Tensor:
+        """The network's output at x_t and process indices t (called with the original ones),
+        its channels checked against the variance type."""
         return self._check_output(denoise_fn(x_t, self.model_timesteps(t)), x_t)
 
     # -------------------------------------------------------------------------- forward process
@@ -228,9 +225,9 @@ class GaussianDiffusion:
         """q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I): (mean, variance, log_variance)."""
         x_start = self._images(x_start, "x_start")
         t = self._timesteps(t, x_start)
-        mean = self._gather(self.sqrt_alphas_cumprod, t, x_start) * x_start
-        variance = self._gather(1.0 - self.alphas_cumprod, t, x_start)
-        log_variance = self._gather(self.log_one_minus_alphas_cumprod, t, x_start)
+        mean = self.gather(self.sqrt_alphas_cumprod, t, x_start) * x_start
+        variance = self.gather(1.0 - self.alphas_cumprod, t, x_start)
+        log_variance = self.gather(self.log_one_minus_alphas_cumprod, t, x_start)
         return mean, variance, log_variance
 
     def q_sample(self, x_start, t, noise=None, seed: rng.SeedLike | None = None) -> tf.Tensor:
@@ -240,7 +237,7 @@ class GaussianDiffusion:
         return self._q_sample(x_start, t, self._noise_like(x_start, noise, seed))
 
     def _q_sample(self, x_start, t, noise) -> tf.Tensor:
-        return self._combine(
+        return self.combine(
             t, self.sqrt_alphas_cumprod, x_start, self.sqrt_one_minus_alphas_cumprod, noise
         )
 
@@ -268,43 +265,43 @@ class GaussianDiffusion:
         return self._posterior(x_start, x_t, t)
 
     def _posterior(self, x_start, x_t, t):
-        mean = self._combine(t, self.posterior_mean_coef1, x_start, self.posterior_mean_coef2, x_t)
-        variance = self._gather(self.posterior_variance, t, x_t)
-        log_variance = self._gather(self.posterior_log_variance_clipped, t, x_t)
+        mean = self.combine(t, self.posterior_mean_coef1, x_start, self.posterior_mean_coef2, x_t)
+        variance = self.gather(self.posterior_variance, t, x_t)
+        log_variance = self.gather(self.posterior_log_variance_clipped, t, x_t)
         return mean, variance, log_variance
 
     # --------------------------------------------------------------- parameterization conversions
     def predict_xstart_from_eps(self, x_t, t, eps) -> tf.Tensor:
         """x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)."""
-        return self._combine(
+        return self.combine(
             t, self.sqrt_recip_alphas_cumprod, x_t, self.sqrt_recipm1_alphas_cumprod, -eps
         )
 
     def predict_eps_from_xstart(self, x_t, t, pred_xstart) -> tf.Tensor:
         """eps = (x_t / sqrt(abar_t) - x_0) / sqrt(1 / abar_t - 1)."""
         return (
-            self._gather(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - pred_xstart
-        ) / self._gather(self.sqrt_recipm1_alphas_cumprod, t, x_t)
+            self.gather(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - pred_xstart
+        ) / self.gather(self.sqrt_recipm1_alphas_cumprod, t, x_t)
 
     def predict_xstart_from_v(self, x_t, t, v) -> tf.Tensor:
         """x_0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v, for v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0."""
-        return self._combine(
+        return self.combine(
             t, self.sqrt_alphas_cumprod, x_t, self.sqrt_one_minus_alphas_cumprod, -v
         )
 
     def v_target(self, x_start, t, noise) -> tf.Tensor:
         """The v of Salimans & Ho for this x_0 and noise: sqrt(abar_t) eps - sqrt(1 - abar_t) x_0."""
-        return self._combine(
+        return self.combine(
             t, self.sqrt_alphas_cumprod, noise, self.sqrt_one_minus_alphas_cumprod, -x_start
         )
 
     def score_from_eps(self, eps, t) -> tf.Tensor:
         """The score grad log q(x_t) that eps implies: -eps / sqrt(1 - abar_t)."""
-        return -eps / self._gather(self.sqrt_one_minus_alphas_cumprod, t, eps)
+        return -eps / self.gather(self.sqrt_one_minus_alphas_cumprod, t, eps)
 
     def eps_from_score(self, score, t) -> tf.Tensor:
         """Inverse of `score_from_eps`: eps = -sqrt(1 - abar_t) score."""
-        return -score * self._gather(self.sqrt_one_minus_alphas_cumprod, t, score)
+        return -score * self.gather(self.sqrt_one_minus_alphas_cumprod, t, score)
 
     def _predict_xstart(self, mean_output, x_t, t) -> tf.Tensor:
         if self.model_mean_type == "epsilon":
@@ -318,31 +315,37 @@ class GaussianDiffusion:
         if self.model_var_type == "learned":
             return variance_output
         if self.model_var_type == "learned_range":
-            low = self._gather(self.posterior_log_variance_clipped, t, x_t)
-            high = self._gather(self.log_betas, t, x_t)
+            low = self.gather(self.posterior_log_variance_clipped, t, x_t)
+            high = self.gather(self.log_betas, t, x_t)
             frac = (variance_output + 1.0) / 2.0
             return frac * high + (1.0 - frac) * low
         if self.model_var_type == "fixed_large":
-            return self._gather(np.log(self.large_variance), t, x_t)
-        return self._gather(self.posterior_log_variance_clipped, t, x_t)
+            return self.gather(np.log(self.large_variance), t, x_t)
+        return self.gather(self.posterior_log_variance_clipped, t, x_t)
 
-    def p_mean_variance(self, model_output, x_t, t, clip_denoised: bool = True) -> dict:
+    def p_mean_variance(
+        self, model_output, x_t, t, clip_denoised: bool = True, dynamic_threshold: float = 0.0
+    ) -> dict:
         """p(x_{t-1} | x_t) from the network's output: dict(mean, variance, log_variance, pred_xstart).
 
-        `model_output` has C channels, or 2C when the variance is learned (mean part first).
+        `model_output` has C channels, or 2C when the variance is learned (mean part first); the
+        x_0 prediction is bounded as `bound_xstart` says.
         """
         x_t = self._images(x_t, "x_t")
         t = self._timesteps(t, x_t)
-        return self._p_mean_variance(self._check_output(model_output, x_t), x_t, t, clip_denoised)
+        model_output = self._check_output(model_output, x_t)
+        return self._p_mean_variance(model_output, x_t, t, clip_denoised, dynamic_threshold)
 
-    def _p_mean_variance(self, model_output, x_t, t, clip_denoised) -> dict:
+    def _p_mean_variance(self, model_output, x_t, t, clip_denoised, dynamic_threshold=0.0) -> dict:
+        """`p_mean_variance` without the checks, for compiled loops (the sampling loop's predictor)."""
         if self.learns_variance:
             mean_output, variance_output = tf.split(model_output, 2, axis=-1)
         else:
             mean_output, variance_output = model_output, None
         log_variance = self._model_log_variance(variance_output, x_t, t)
         log_variance = log_variance + tf.zeros_like(x_t)
-        pred_xstart = bound_xstart(self._predict_xstart(mean_output, x_t, t), clip_denoised)
+        pred_xstart = self._predict_xstart(mean_output, x_t, t)
+        pred_xstart = bound_xstart(pred_xstart, clip_denoised, dynamic_threshold)
         mean, _, _ = self._posterior(pred_xstart, x_t, t)
         return {
             "mean": mean,
@@ -406,7 +409,7 @@ class GaussianDiffusion:
         t = self._timesteps(t, x_start)
         noise = self._noise_like(x_start, noise, seed)
         x_t = self._q_sample(x_start, t, noise)
-        model_output = self._call(denoise_fn, x_t, t)
+        model_output = self.model_output(denoise_fn, x_t, t)
         return self._losses_from_output(model_output, x_start, x_t, t, noise)
 
     def losses_from_output(self, model_output, x_start, x_t, t, noise) -> dict:
@@ -437,198 +440,51 @@ class GaussianDiffusion:
         terms["mse"] = losses.mean_over_dims(tf.square(target - mean_output))
         mse = terms["mse"]
         if self.min_snr_gamma:
-            mse = mse * tf.reshape(self._gather(self.mse_weights, t, mse), [-1])
+            mse = mse * tf.reshape(self.gather(self.mse_weights, t, mse), [-1])
         terms["loss"] = mse + terms.get("vb", 0.0)
         return terms
 
-    # ------------------------------------------------------------------------------ step functions
-    def p_sample(self, denoise_fn: DenoiseFn, x_t, t, noise, clip_denoised: bool = True) -> dict:
-        """One ancestral step x_t -> x_{t-1} = mean + sigma_t noise (no noise at t = 0)."""
+    # ------------------------------------------------------------------------------------ sampling
+    # The sampling loop lives in `ddpm_tf.sampling` (it imports this module, so these thin wrappers
+    # import it when called): one module per method, one loop, one `SamplingSpec`.
+    def with_steps(self, steps: Steps | str | int | Sequence[int] | None) -> GaussianDiffusion:
+        """The process that samples on the kept steps of a steps value (`ddpm_tf.spacing`; a text
+        or a count is parsed by `parse_steps`, a bare count spaced uniformly): this process itself
+        for all steps, else `respace` of the kept indices."""
+        steps = parse_steps(steps)
+        if isinstance(steps, AllSteps):
+            return self
+        return self.respace(steps.indices(self.num_timesteps, self.alphas_cumprod))
+
+    def _step(self, method: str, denoise_fn, x_t, t, noise, **settings) -> dict:
+        from ddpm_tf.sampling.loop import predictor
+        from ddpm_tf.sampling.registry import method_class
+        from ddpm_tf.sampling.spec import SamplingSpec
+
         x_t = self._images(x_t, "x_t")
         t = self._timesteps(t, x_t)
-        sample, pred_xstart = self._ancestral_step(clip_denoised)(denoise_fn, x_t, t, noise)
+        spec = SamplingSpec(method, **settings)
+        step = method_class(method)(self, spec).step
+        sample, pred_xstart = step(predictor(self, denoise_fn, spec), x_t, t, noise)
         return {"sample": sample, "pred_xstart": pred_xstart}
+
+    def p_sample(self, denoise_fn: DenoiseFn, x_t, t, noise, clip_denoised: bool = True) -> dict:
+        """One ancestral step x_t -> x_{t-1} = mean + sigma_t noise (no noise at t = 0)."""
+        return self._step("ancestral", denoise_fn, x_t, t, noise, clip_denoised=clip_denoised)
 
     def ddim_sample(
         self, denoise_fn: DenoiseFn, x_t, t, noise, eta: float = 0.0, clip_denoised: bool = True
     ) -> dict:
         """One DDIM step (Song et al.) with stochasticity eta (0: deterministic, 1: DDPM-like)."""
-        x_t = self._images(x_t, "x_t")
-        t = self._timesteps(t, x_t)
-        sample, pred_xstart = self._ddim_step(eta, clip_denoised)(denoise_fn, x_t, t, noise)
-        return {"sample": sample, "pred_xstart": pred_xstart}
+        noise = noise if eta > 0 else None
+        return self._step("ddim", denoise_fn, x_t, t, noise, eta=eta, clip_denoised=clip_denoised)
 
-    def _nonzero(self, t, like) -> tf.Tensor:
-        mask = tf.cast(tf.not_equal(t, 0), like.dtype)
-        return tf.reshape(mask, tf.concat([tf.shape(t), tf.ones([tf.rank(like) - 1], tf.int32)], 0))
+    def _run(self, method: str, denoise_fn, shape, seed, every, noise, **settings) -> dict:
+        from ddpm_tf.sampling.loop import run_loop
+        from ddpm_tf.sampling.spec import SamplingSpec
 
-    def _ancestral_step(self, clip_denoised: bool | float) -> StepFn:
-        def step(denoise_fn, x_t, t, noise, x0_last=None):
-            out = self._p_mean_variance(self._call(denoise_fn, x_t, t), x_t, t, clip_denoised)
-            scale = self._nonzero(t, x_t) * tf.exp(0.5 * out["log_variance"])
-            return out["mean"] + scale * tf.cast(noise, x_t.dtype), out["pred_xstart"]
-
-        return step
-
-    def _ddim_step(self, eta, clip_denoised: bool | float) -> StepFn:
-        def step(denoise_fn, x_t, t, noise, x0_last=None):
-            out = self._p_mean_variance(self._call(denoise_fn, x_t, t), x_t, t, clip_denoised)
-            pred_xstart = out["pred_xstart"]
-            eps = self.predict_eps_from_xstart(x_t, t, pred_xstart)
-            ab = self._gather(self.alphas_cumprod, t, x_t)
-            ab_prev = self._gather(self.alphas_cumprod_prev, t, x_t)
-            eta_t = tf.cast(eta, x_t.dtype)
-            sigma = eta_t * tf.sqrt((1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev))
-            mean = pred_xstart * tf.sqrt(ab_prev) + tf.sqrt(1.0 - ab_prev - sigma**2) * eps
-            if noise is None:  # eta = 0: deterministic
-                return mean, pred_xstart
-            sample = mean + self._nonzero(t, x_t) * sigma * tf.cast(noise, x_t.dtype)
-            return sample, pred_xstart
-
-        return step
-
-    def _dpm_solver_step(self, order: int, clip_denoised: bool | float) -> StepFn:
-        """DPM-Solver++ (multistep, order 1 or 2) on the data prediction; see `ddpm_tf.dpm_solver`.
-
-        Uses the mean part of the output (a learned variance is ignored: the solver follows the
-        probability-flow ODE) and the x_0 prediction of the previous step (`x0_last`).
-        """
-        tables = dpm_solver.multistep_tables(self.alphas_cumprod, order)
-
-        def step(denoise_fn, x_t, t, noise, x0_last=None):
-            out = self._p_mean_variance(self._call(denoise_fn, x_t, t), x_t, t, clip_denoised)
-            x0 = out["pred_xstart"]
-            data = x0 + self._gather(tables["correction"], t, x_t) * (x0 - x0_last)
-            x_prev = self._combine(t, tables["ratio"], x_t, tables["weight"], data)
-            return x_prev, x0
-
-        return step
-
-    # ------------------------------------------------------------------------------- compiled loops
-    def _initial_and_step_noise(self, seed, noise_source: str) -> tuple[Callable, Callable]:
-        """(x_T noise of a shape, step noise of a shape at step t) for a noise source.
-
-        "philox": TF's stateless Philox with seeds split and folded in by step. "portable": the
-        builtin-op generator of `rng.portable_normal`, stream 0 for x_T and t + 1 for step t.
-        """
-        if noise_source == "portable":
-            return (
-                lambda shape: rng.portable_normal(shape, seed, 0, self.dtype),
-                lambda shape, t: rng.portable_normal(shape, seed, t + 1, self.dtype),
-            )
-        init_seed, step_seed = rng.split(seed)
-        return (
-            lambda shape: rng.normal(shape, init_seed, self.dtype),
-            lambda shape, t: rng.normal(shape, rng.fold_in(step_seed, t), self.dtype),
-        )
-
-    def _sample_loop(
-        self,
-        step: StepFn,
-        denoise_fn: DenoiseFn,
-        shape,
-        seed,
-        noise,
-        every: int,
-        noise_source: str,
-        *,
-        needs_noise: bool = True,
-        remembers_xstart: bool = False,
-    ) -> dict:
-        """Runs `step` from t = T-1 down to 0 in a tf.while_loop; records x_0 predictions every `every`.
-
-        The loop carries (i, x), the previous x_0 prediction if the step `remembers_xstart`
-        (multistep solvers), and a TensorArray of records only if `every` > 0, so that converters
-        lacking TensorList ops (TFLite builtins, ONNX) take the plain loop as it is. Deterministic
-        steps (`needs_noise=False`) draw no step noise.
-        """
-        initial_noise, step_noise_fn = self._initial_and_step_noise(seed, noise_source)
-        x = initial_noise(shape) if noise is None else tf.cast(noise, self.dtype)
-        batch = tf.shape(x)[:1]
-        num_records = len(range(0, self.num_timesteps, every)) if every else 0
-
-        def body(i, x, *carried):
-            t_scalar = self.num_timesteps - 1 - i
-            t = tf.fill(batch, t_scalar)
-            step_noise = step_noise_fn(tf.shape(x), t_scalar) if needs_noise else None
-            x0_last = carried[0] if remembers_xstart else None
-            x_next, pred_xstart = step(denoise_fn, x, t, step_noise, x0_last)
-            memory = (pred_xstart,) if remembers_xstart else ()
-            if num_records:
-                slot = num_records - 1 - t_scalar // every
-                records = carried[-1]
-                records = tf.cond(
-                    tf.equal(t_scalar % every, 0),
-                    lambda: records.write(slot, pred_xstart),
-                    lambda: records,
-                )
-                memory += (records,)
-            return (i + 1, tf.ensure_shape(x_next, x.shape), *memory)
-
-        state = (tf.constant(0), x)
-        if remembers_xstart:
-            state += (tf.zeros_like(x),)
-        if num_records:
-            state += (tf.TensorArray(self.dtype, size=num_records, element_shape=x.shape),)
-        _, x, *carried = tf.while_loop(
-            lambda i, *_: i < self.num_timesteps,
-            body,
-            state,
-            maximum_iterations=self.num_timesteps,
-        )
-        result = {"sample": x}
-        if num_records:
-            result["pred_xstart"] = carried[-1].stack()
-        return result
-
-    def sample_loop_graph(
-        self,
-        denoise_fn: DenoiseFn,
-        shape,
-        seed,
-        spec: SamplingSpec,
-        *,
-        noise=None,
-        every: int = 0,
-    ) -> dict:
-        """The sampling loop of `spec` as graph-building code, inside a caller's own `tf.function`.
-
-        Applies the spec's method, steps (respacing this process), eta, clipping and noise source;
-        its `use_ema` and `jit_compile` are for the caller (which network, how to compile).
-        `shape` may hold tensors (a batch size chosen at run time) and `denoise_fn` may close over
-        tensors of that function (labels, a guidance scale): this is how the compiled and exported
-        samplers are built. `noise` is x_T (None: drawn from the seed). Returns
-        dict(sample[, pred_xstart]).
-        """
-        process = self.respaced(spec.steps)
-        bound = spec.xstart_processing
-        if spec.method == "ancestral":
-            step, options = process._ancestral_step(bound), {}
-        elif spec.method == "ddim":
-            step, options = process._ddim_step(spec.eta, bound), {"needs_noise": spec.eta > 0}
-        else:
-            step = process._dpm_solver_step(spec.solver_order, bound)
-            options = {"needs_noise": False, "remembers_xstart": True}
-        return process._sample_loop(
-            step, denoise_fn, shape, seed, noise, every, spec.noise_source, **options
-        )
-
-    def respaced(self, steps: int | str | Sequence[int] | None) -> GaussianDiffusion:
-        """This process, or the one on the kept steps of `steps` (None: all T steps): an int,
-        "ddimN" or section counts as in `space_timesteps`, or "logsnrN" (even in log-SNR)."""
-        if steps is None or steps == self.num_timesteps:
-            return self
-        parsed = parse_section_counts(steps)
-        if isinstance(parsed, str) and parsed.startswith("logsnr"):
-            keep = dpm_solver.logsnr_timesteps(self.alphas_cumprod, int(parsed[len("logsnr") :]))
-            return self.respace(keep)
-        return self.respace(space_timesteps(self.num_timesteps, parsed))
-
-    def _check_shape(self, shape) -> tuple:
-        shape = tuple(int(s) for s in shape)
-        if len(shape) != 4 or min(shape) < 1:
-            raise ValueError(f"`shape` must be [B, H, W, C] with positive sizes, got {shape}.")
-        return shape
+        spec = SamplingSpec(method, **settings)
+        return run_loop(self, denoise_fn, shape, seed, spec, noise=noise, every=every)
 
     def p_sample_loop_progressive(
         self,
@@ -644,8 +500,8 @@ class GaussianDiffusion:
 
         Returns dict(sample [B,H,W,C], pred_xstart [K,B,H,W,C]) in sampling order (last is t=0).
         """
-        spec = SamplingSpec("ancestral", clip_denoised=clip_denoised, jit_compile=jit_compile)
-        return self._run_loop(spec, denoise_fn, shape, seed, noise, every)
+        settings = {"clip_denoised": clip_denoised, "jit_compile": jit_compile}
+        return self._run("ancestral", denoise_fn, shape, seed, every, noise, **settings)
 
     def p_sample_loop(
         self,
@@ -673,8 +529,8 @@ class GaussianDiffusion:
         jit_compile: bool = False,
     ) -> dict:
         """DDIM sampling that also returns the x_0 predictions (see `p_sample_loop_progressive`)."""
-        spec = SamplingSpec("ddim", eta=eta, clip_denoised=clip_denoised, jit_compile=jit_compile)
-        return self._run_loop(spec, denoise_fn, shape, seed, noise, every)
+        settings = {"eta": eta, "clip_denoised": clip_denoised, "jit_compile": jit_compile}
+        return self._run("ddim", denoise_fn, shape, seed, every, noise, **settings)
 
     def ddim_sample_loop(
         self,
@@ -690,40 +546,6 @@ class GaussianDiffusion:
         return self.ddim_sample_loop_progressive(
             denoise_fn, shape, seed, eta, clip_denoised, 0, noise, jit_compile
         )["sample"]
-
-    def sample_loop(
-        self,
-        denoise_fn: DenoiseFn,
-        shape: Sequence[int],
-        seed: rng.SeedLike,
-        spec: SamplingSpec | None = None,
-        *,
-        noise=None,
-    ) -> tf.Tensor:
-        """Samples [B, H, W, C] with any `SamplingSpec` (method, steps, eta, solver order, x_0
-        bounds, noise source, XLA) in one compiled loop; x_T is `noise` if given."""
-        spec = spec if spec is not None else SamplingSpec()
-        return self._run_loop(spec, denoise_fn, shape, seed, noise, 0)["sample"]
-
-    def _run_loop(self, spec: SamplingSpec, denoise_fn, shape, seed, noise, every) -> dict:
-        """One call of a sampling loop, compiled for this call only.
-
-        Nothing is cached here: a loop called again is traced again (a second or so for a small
-        network). Repeated sampling goes through `ddpm_tf.sampling.Sampler`, the one layer that
-        compiles and keeps samplers.
-        """
-        shape = self._check_shape(shape)
-        if noise is not None:
-            noise = self._images(noise, "noise")
-            if tuple(noise.shape) != shape:
-                raise ValueError(f"`noise` (x_T) has shape {tuple(noise.shape)}, expected {shape}.")
-        every = check_int(every, "every", 0)
-
-        def run(seed, noise):
-            return self.sample_loop_graph(denoise_fn, shape, seed, spec, noise=noise, every=every)
-
-        compiled = tf.function(run, jit_compile=spec.jit_compile, autograph=False)
-        return compiled(rng.as_seed(seed), noise)
 
     # ------------------------------------------------------------------------------------ bits/dim
     def calc_bpd_loop(
@@ -767,7 +589,7 @@ class GaussianDiffusion:
             t = tf.fill(batch, t_scalar)
             noise = rng.normal(tf.shape(x_start), rng.fold_in(seed, t_scalar), self.dtype)
             x_t = self._q_sample(x_start, t, noise)
-            model_output = self._call(denoise_fn, x_t, t)
+            model_output = self.model_output(denoise_fn, x_t, t)
             vb, pred_xstart = self._vb_terms(
                 model_output, x_start, x_t, t, clip_denoised, tf.equal(t_scalar, 0)
             )

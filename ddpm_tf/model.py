@@ -27,12 +27,13 @@ from ddpm_tf.checks import check_choice
 from ddpm_tf.diffusion import GaussianDiffusion
 from ddpm_tf.sampling import (
     Sampler,
+    SamplingSpec,
     call_network,
     check_labels,
     guided_denoiser,
     network_num_classes,
+    resolve_spec,
 )
-from ddpm_tf.sampling_spec import SamplingSpec, resolve_spec
 from ddpm_tf.schedules import get_beta_schedule
 from ddpm_tf.timesteps import TimestepSampler, TimestepSamplerName, create_timestep_sampler
 
@@ -496,8 +497,8 @@ class DiffusionModel(keras.Model):
         """The compiled `Sampler` for a `SamplingSpec` (built once per spec, then reused).
 
         `settings` are `SamplingSpec` fields applied over `spec` (default `SamplingSpec()`):
-        method ("ancestral" | "ddim"), steps, eta, clip_denoised, use_ema, noise_source
-        ("philox" | "portable"), jit_compile.
+        method (`ddpm_tf.sampling.METHODS`), steps, eta, solver_order, clip_denoised,
+        dynamic_threshold, use_ema, noise_source ("philox" | "portable"), jit_compile.
         """
         spec = resolve_spec(spec, settings)
         if spec not in self._samplers:

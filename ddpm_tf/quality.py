@@ -1,6 +1,7 @@
 """Sample quality against the number of sampling steps: a table (JSON) and a plot (PNG).
 
-Each row samples the same number of images from the same seed with one (method, steps) setting
+Each row samples the same number of images from the same seed with one `SamplingSpec` (the
+`--compare` items of `ddpm-eval`, `ddpm_tf.sampling.spec.parse_comparisons`)
 and scores them against the real images (FID and KID on the given features), beside the
 real-vs-real floor at the same sample size; the plot draws FID against the number of network calls,
 one line per method, with the floor as a dashed line.
@@ -18,38 +19,9 @@ import numpy as np
 
 from ddpm_tf.evaluation import sample_quality
 from ddpm_tf.features import FeatureExtractor
-from ddpm_tf.sampling import generate_uint8
-from ddpm_tf.sampling_spec import SamplingSpec
+from ddpm_tf.sampling import SamplingSpec, generate_uint8
 
-__all__ = ["parse_comparisons", "plot_quality", "quality_against_steps"]
-
-ALL_STEPS = "all"
-
-
-def parse_comparisons(items: Sequence[str], base: SamplingSpec) -> list[SamplingSpec]:
-    """Specs from "METHOD:STEPS,STEPS,..." items ("all" for all T steps), over `base`.
-
-    e.g. ["ddim:10,20,50", "dpm_solver++:logsnr10,logsnr20", "ancestral:all"]. Settings that do not
-    apply to a method (eta, solver order) are reset to their defaults for it.
-    """
-    specs = []
-    for item in items:
-        method, sep, steps_text = item.partition(":")
-        if not sep or not steps_text:
-            raise ValueError(
-                f"--compare item {item!r} must look like METHOD:STEPS[,STEPS...], e.g. ddim:10,20,50"
-            )
-        for steps in steps_text.split(","):
-            changes: dict[str, Any] = {
-                "method": method,
-                "steps": None if steps == ALL_STEPS else steps,
-            }
-            if method != "ddim":
-                changes["eta"] = 0.0
-            if method != "dpm_solver++":
-                changes["solver_order"] = 2
-            specs.append(base.replace(**changes))
-    return specs
+__all__ = ["plot_quality", "quality_against_steps", "write_table"]
 
 
 def quality_against_steps(
@@ -93,8 +65,8 @@ def quality_against_steps(
         rows.append(
             {
                 "method": spec.method,
-                "steps": ALL_STEPS if spec.steps is None else spec.steps,
-                "num_steps": model.diffusion.respaced(spec.steps).num_timesteps,
+                "steps": spec.steps.text,
+                "num_steps": model.diffusion.with_steps(spec.steps).num_timesteps,
                 "spec": spec.to_dict(),
                 "fid": scores["fid"],
                 "kid_mean": scores["kid_mean"],

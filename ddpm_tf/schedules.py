@@ -1,21 +1,30 @@
-"""Beta schedules and timestep respacing.
+"""Beta schedules and the betas of a respaced process.
 
 Every table here is a float64 NumPy array: the products of many (1 - beta) factors lose digits in
 float32, and the tables are cast to the compute dtype only when they are gathered for a batch.
 
-Respacing follows the rules of the improved-diffusion reference so that "ddim50" or "10,20,30"
-select the same steps as published results do.
+Which steps a respaced process keeps is `ddpm_tf.spacing` (`space_timesteps`, re-exported here,
+follows improved-diffusion's rules so that "ddim50" or "10,20,30" select the published steps).
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
 from ddpm_tf.checks import check_int
+from ddpm_tf.spacing import space_timesteps
+
+__all__ = [
+    "SCHEDULES",
+    "betas_from_alpha_bar",
+    "get_beta_schedule",
+    "respaced_betas",
+    "space_timesteps",
+    "validate_betas",
+]
 
 SCHEDULES = ("linear", "cosine", "quadratic", "sigmoid")
 
@@ -88,110 +97,6 @@ def get_beta_schedule(
     else:
         raise ValueError(f"Unknown beta schedule {name!r} for `name`; choose one of {SCHEDULES}.")
     return validate_betas(betas, name=f"betas of the {name!r} schedule at T={num_timesteps}")
-
-
-def _ddim_steps(num_timesteps: int, desired: int) -> list[int]:
-    """Steps 0, k, 2k, ... with the integer stride k that gives exactly `desired` steps."""
-    for stride in range(1, num_timesteps):
-        steps = list(range(0, num_timesteps, stride))
-        if len(steps) == desired:
-            return steps
-    if desired == num_timesteps:
-        return list(range(num_timesteps))
-    raise ValueError(
-        f"`section_counts`='ddim{desired}': no integer stride gives exactly {desired} of "
-        f"{num_timesteps} steps; pick another count or use a plain int."
-    )
-
-
-def _section_steps(start: int, size: int, count: int) -> list[int]:
-    """`count` steps spread evenly over [start, start + size), strides rounded half to even."""
-    stride = 1.0 if count <= 1 else (size - 1) / (count - 1)
-    return [start + round(i * stride) for i in range(count)]
-
-
-def parse_section_counts(section_counts: int | str | Sequence[int]) -> int | str:
-    """The canonical form of a respacing request, checked for syntax (the one parser of it).
-
-    Accepts an int (that many evenly spaced steps), "ddimN" (a fixed integer stride), "logsnrN"
-    (N steps evenly spaced in log-SNR; it needs the schedule: `GaussianDiffusion.respaced`), or
-    comma-separated section counts as a string "10,15,20" or a list of ints; a string of one
-    count ("50") is that int. Returns an int, "ddimN", or "a,b,c" (two or more sections): a value
-    that is hashable, JSON-serializable and reads back the same. Counts are checked against T by
-    `space_timesteps`. The result is an int, "ddimN", "logsnrN" or "a,b,c".
-    """
-    if isinstance(section_counts, bool):
-        raise ValueError(_STEPS_SYNTAX.format(section_counts))
-    if isinstance(section_counts, int | np.integer):
-        counts = [int(section_counts)]
-    elif isinstance(section_counts, str):
-        text = section_counts.strip().replace(" ", "")
-        for prefix in ("ddim", "logsnr"):
-            if re.fullmatch(rf"{prefix}[0-9]+", text):
-                return f"{prefix}{_positive_count(int(text[len(prefix) :]), section_counts)}"
-        if not re.fullmatch(r"[0-9]+(,[0-9]+)*", text):
-            raise ValueError(_STEPS_SYNTAX.format(section_counts))
-        counts = [int(part) for part in text.split(",")]
-    else:
-        if len(section_counts) == 0:
-            raise ValueError("steps (section counts) is empty; give at least one count.")
-        try:
-            counts = [int(c) for c in section_counts if not isinstance(c, bool)]
-        except (TypeError, ValueError):
-            raise ValueError(_STEPS_SYNTAX.format(section_counts)) from None
-        if len(counts) != len(section_counts):
-            raise ValueError(_STEPS_SYNTAX.format(section_counts))
-    counts = [_positive_count(c, section_counts) for c in counts]
-    return counts[0] if len(counts) == 1 else ",".join(map(str, counts))
-
-
-_STEPS_SYNTAX = (
-    "steps must be a positive int (e.g. 50), 'ddimN' (e.g. ddim50), 'logsnrN' (e.g. logsnr20) or "
-    "comma-separated section counts (e.g. '10,15,20'), got {!r}"
-)
-
-
-def _positive_count(count: int, raw: object) -> int:
-    if count < 1:
-        raise ValueError(_STEPS_SYNTAX.format(raw))
-    return count
-
-
-def space_timesteps(num_timesteps: int, section_counts: int | str | Sequence[int]) -> list[int]:
-    """Sorted original timestep indices to keep when sampling with fewer steps.
-
-    `section_counts` is anything `parse_section_counts` accepts: an int (that many evenly spaced
-    steps), "ddimN" (a fixed integer stride giving N steps: 0, k, 2k, ...), or section counts
-    "10,15,20" / [10, 15, 20]: the T steps are split into that many nearly equal sections and each
-    section keeps its count of evenly spaced steps.
-    """
-    parsed = parse_section_counts(section_counts)
-    if isinstance(parsed, str) and parsed.startswith("logsnr"):
-        raise ValueError(
-            f"steps={section_counts!r} spaces steps by log-SNR, which needs the schedule: use "
-            "GaussianDiffusion.respaced(steps)."
-        )
-    if isinstance(parsed, str) and parsed.startswith("ddim"):
-        desired = int(parsed[len("ddim") :])
-        if desired > num_timesteps:
-            raise ValueError(
-                f"steps={section_counts!r} asks for {desired} steps but T={num_timesteps}."
-            )
-        return _ddim_steps(num_timesteps, desired)
-    counts = [parsed] if isinstance(parsed, int) else [int(c) for c in parsed.split(",")]
-    size_per, extra = divmod(num_timesteps, len(counts))
-    steps: list[int] = []
-    start = 0
-    for i, count in enumerate(counts):
-        size = size_per + (1 if i < extra else 0)
-        if count > size:
-            raise ValueError(
-                f"steps={section_counts!r}: section {i} asks for {count} steps but has {size} "
-                f"(T={num_timesteps} split into {len(counts)} sections); each count must be in [1, {size}]."
-            )
-        steps += _section_steps(start, size, count)
-        start += size
-    return sorted(set(steps))
 
 
 def respaced_betas(

@@ -15,9 +15,11 @@ import pytest
 import tensorflow as tf
 from oracle import eps_denoiser, optimal_xstart
 
-from ddpm_tf import GaussianDiffusion, SamplingSpec, get_beta_schedule
+from ddpm_tf import GaussianDiffusion, SamplingSpec, UniformSteps, get_beta_schedule
 from ddpm_tf.diffusion import bound_xstart
-from ddpm_tf.dpm_solver import half_log_snr, logsnr_timesteps, multistep_tables
+from ddpm_tf.sampling import run_loop
+from ddpm_tf.sampling.dpm_solver import multistep_tables
+from ddpm_tf.spacing import LogSNRSteps, half_log_snr
 
 MU, S = 0.2, 0.3
 T = 1000
@@ -62,8 +64,8 @@ def _errors(process, order: int, counts, spacing: str = "") -> list[float]:
     for count in counts:
         steps = f"{spacing}{count}" if spacing else count
         spec = SamplingSpec("dpm_solver++", steps=steps, solver_order=order, clip_denoised=False)
-        got = process.sample_loop(denoise, x_T.shape, 0, spec, noise=x_T).numpy()
-        kept = process.respaced(steps).timestep_map
+        got = run_loop(process, denoise, x_T.shape, 0, spec, noise=x_T)["sample"].numpy()
+        kept = process.with_steps(spec.steps).timestep_map
         assert kept[0] == 0 and kept[-1] == T - 1
         ab = process.alphas_cumprod
         at_zero = _ode_solution(x_T.numpy(), ab[T - 1], ab[0])  # exact ODE to the last grid point
@@ -88,9 +90,9 @@ def test_second_order_converges_at_order_two_and_first_order_at_one(process64):
 
 
 def test_few_steps_take_the_last_two_steps_at_first_order(process64):
-    ab = process64.respaced("logsnr10").alphas_cumprod
+    ab = process64.with_steps("logsnr10").alphas_cumprod
     assert multistep_tables(ab, 2)["correction"][:2].tolist() == [0.0, 0.0]
-    assert multistep_tables(process64.respaced("logsnr20").alphas_cumprod, 2)["correction"][1] > 0
+    assert multistep_tables(process64.with_steps("logsnr20").alphas_cumprod, 2)["correction"][1] > 0
     (second,), (first,) = (_errors(process64, order, [10], "logsnr") for order in (2, 1))
     assert second < first / 20  # measured: 5e-4 against 7e-2
 
@@ -99,8 +101,9 @@ def test_first_order_equals_ddim_with_eta_zero():
     process = GaussianDiffusion(get_beta_schedule("linear", T))
     denoise = eps_denoiser(process.alphas_cumprod, MU, S)
     shape = (8, 4, 4, 1)
-    dpm = process.sample_loop(denoise, shape, 3, SamplingSpec("dpm_solver++", 20, solver_order=1))
-    ddim = process.sample_loop(denoise, shape, 3, SamplingSpec("ddim", 20))
+    first_order = SamplingSpec("dpm_solver++", UniformSteps(20), solver_order=1)
+    dpm = run_loop(process, denoise, shape, 3, first_order)["sample"]
+    ddim = run_loop(process, denoise, shape, 3, SamplingSpec("ddim", 20))["sample"]
     np.testing.assert_allclose(dpm.numpy(), ddim.numpy(), atol=2e-6)
 
 
@@ -108,20 +111,21 @@ def test_graph_and_xla_give_the_same_samples(process64):
     process = GaussianDiffusion(get_beta_schedule("linear", T))
     denoise = eps_denoiser(process.alphas_cumprod, MU, S)
     spec = SamplingSpec("dpm_solver++", "logsnr15")
-    graph = process.sample_loop(denoise, (4, 4, 4, 1), (1, 2), spec)
-    xla = process.sample_loop(denoise, (4, 4, 4, 1), (1, 2), spec.replace(jit_compile=True))
+    graph = run_loop(process, denoise, (4, 4, 4, 1), (1, 2), spec)["sample"]
+    xla = run_loop(process, denoise, (4, 4, 4, 1), (1, 2), spec.replace(jit_compile=True))["sample"]
     np.testing.assert_allclose(graph.numpy(), xla.numpy(), atol=1e-5)
     assert np.abs(graph.numpy() - MU).max() < 2.0
 
 
 def test_logsnr_spacing_is_even_in_log_snr():
     ab = np.cumprod(1 - get_beta_schedule("linear", T))
-    keep = logsnr_timesteps(ab, 20)
+    keep = LogSNRSteps(20).indices(T, ab)
     assert len(set(keep)) == 20 and keep[0] == 0 and keep[-1] == T - 1
     gaps = np.diff(half_log_snr(ab)[keep])
     assert np.all(gaps < 0) and gaps.max() / gaps.min() < 1.1  # a fine grid: nearly equal gaps
     process = GaussianDiffusion(get_beta_schedule("linear", T))
-    assert list(process.respaced("logsnr20").timestep_map) == keep
+    assert list(process.with_steps("logsnr20").timestep_map) == keep
+    assert SamplingSpec("dpm_solver++", 20).steps == LogSNRSteps(20)  # its default spacing
     with pytest.raises(ValueError, match="needs the schedule"):
         from ddpm_tf import space_timesteps
 
@@ -131,7 +135,7 @@ def test_logsnr_spacing_is_even_in_log_snr():
 def test_dynamic_thresholding_against_numpy():
     rng = np.random.default_rng(1)
     x = np.concatenate([rng.normal(0, 2.0, (1, 8, 8, 3)), rng.uniform(-0.9, 0.9, (1, 8, 8, 3))])
-    got = bound_xstart(tf.constant(x, tf.float32), 0.9).numpy()
+    got = bound_xstart(tf.constant(x, tf.float32), True, 0.9).numpy()
     for image, out in zip(x, got, strict=True):
         flat = np.sort(np.abs(image).ravel())
         s = max(1.0, flat[int(np.floor(0.9 * (flat.size - 1)))])
@@ -162,6 +166,6 @@ def test_learned_variance_outputs_use_their_mean_part():
         return tf.concat([denoise(x_t, t), tf.fill(tf.shape(x_t), 0.3)], axis=-1)
 
     spec = SamplingSpec("dpm_solver++", "logsnr10")
-    a = fixed.sample_loop(denoise, (2, 4, 4, 1), 1, spec)
-    b = learned.sample_loop(with_variance, (2, 4, 4, 1), 1, spec)
+    a = run_loop(fixed, denoise, (2, 4, 4, 1), 1, spec)["sample"]
+    b = run_loop(learned, with_variance, (2, 4, 4, 1), 1, spec)["sample"]
     np.testing.assert_array_equal(a.numpy(), b.numpy())

@@ -18,7 +18,7 @@ from helpers import program_modules
 
 from ddpm_tf import DiffusionModel, GaussianDiffusion, cli, get_beta_schedule, unet
 from ddpm_tf.runs import RunDirectory
-from ddpm_tf.sampling_spec import SamplingSpec
+from ddpm_tf.sampling.spec import SamplingSpec
 
 BIN = Path(sys.executable).parent
 # What TensorFlow's C++ start-up writes: absl's notice, glog-style lines ("I0000 00:00:... file.cc:N]")

@@ -25,7 +25,7 @@ from ddpm_tf.likelihood import bits_per_dim
 from ddpm_tf.pixels import scale_to_unit, unit_to_uint8
 from ddpm_tf.runs import CURVE_FILE, CheckpointError, RunConfigError, RunDirectory, load_model
 from ddpm_tf.sampling import generate_uint8
-from ddpm_tf.sampling_spec import SamplingSpec
+from ddpm_tf.sampling.spec import SamplingSpec
 from ddpm_tf.training import config as cfg
 from ddpm_tf.training import evaluate as evaluate_program
 from ddpm_tf.training import train as train_program
@@ -398,7 +398,7 @@ def test_eval_cli_reports_bits_per_dim_and_fid(long_run, tmp_path, data_dir, cla
     code = eval_main(
         [str(long_run), "--data-dir", data_dir, "--classifier", str(classifier)]
         + ["--bpd-examples", "0", "--num-samples", "40", "--out", str(compared)]
-        + ["--compare", "ddim:3,5", "dpm_solver++:logsnr4", "ancestral:all"]
+        + ["--compare", "ddim:3/5", "dpm_solver++:logsnr4", "ancestral:all"]
     )
     assert code == 0
     rows = json.loads((compared / "quality.json").read_text())

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ddpm_tf.recipe import build_diffusion, build_schedule
-from ddpm_tf.sampling_spec import SamplingSpec
+from ddpm_tf.sampling.spec import SamplingSpec
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {

@@ -29,10 +29,10 @@ from ddpm_tf.evaluation import sample_quality
 from ddpm_tf.features import ClassifierFeatures, InceptionFeatures
 from ddpm_tf.likelihood import bits_per_dim
 from ddpm_tf.pixels import save_grid
-from ddpm_tf.quality import parse_comparisons, plot_quality, quality_against_steps, write_table
+from ddpm_tf.quality import plot_quality, quality_against_steps, write_table
 from ddpm_tf.runs import RunDirectory, load_model
 from ddpm_tf.sampling import generate_uint8
-from ddpm_tf.sampling_spec import SamplingSpec
+from ddpm_tf.sampling.spec import SamplingSpec, parse_comparisons
 
 DEFAULT_SPEC = SamplingSpec()  # ancestral over all T steps, EMA weights
 
@@ -64,9 +64,10 @@ def build_parser() -> cli.ProgramParser:
     parser.add_argument(
         "--compare",
         nargs="+",
-        metavar="METHOD:STEPS",
-        help="score several samplers instead of one: e.g. ancestral:10,20,all ddim:10,20 "
-        "dpm_solver++:logsnr10,logsnr20; writes quality.json and quality.png (needs features)",
+        metavar="METHOD:STEPS[/STEPS...]",
+        help="score several samplers instead of one, a row per steps value (each as --steps "
+        "takes it): e.g. ancestral:10/20/all ddim:10/20 dpm_solver++:logsnr10/logsnr20; writes "
+        "quality.json and quality.png (needs features)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report")
     cli.add_sampling_arguments(parser, DEFAULT_SPEC)
@@ -156,9 +157,9 @@ def evaluate(args: argparse.Namespace) -> dict:
             labels=labels,
             guidance_scale=args.guidance_scale,
             batch_size=args.batch_size,
-            progress=lambda s: cli.ProgressLine(f"{s.method} {s.steps or 'all'}", num, "images"),
+            progress=lambda s: cli.ProgressLine(f"{s.method} {s.steps.text}", num, "images"),
             on_samples=lambda s, images: save_grid(
-                images[:64], out / f"samples_{s.method}_{s.steps or 'all'}.png"
+                images[:64], out / f"samples_{s.method}_{s.steps.text}.png"
             ),
         )
         write_table(rows, out / "quality.json")

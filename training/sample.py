@@ -24,7 +24,7 @@ from ddpm_tf import cli
 from ddpm_tf.pixels import save_grid
 from ddpm_tf.runs import load_model
 from ddpm_tf.sampling import generate_uint8
-from ddpm_tf.sampling_spec import SamplingSpec
+from ddpm_tf.sampling.spec import SamplingSpec
 
 DEFAULT_SPEC = SamplingSpec()  # ancestral over all T steps, EMA weights
 

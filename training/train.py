@@ -49,7 +49,7 @@ from ddpm_tf.distribute import (
 from ddpm_tf.features import ClassifierFeatures
 from ddpm_tf.recipe import build_model
 from ddpm_tf.runs import CURVE_FILE, RunDirectory
-from ddpm_tf.sampling_spec import SamplingSpec
+from ddpm_tf.sampling.spec import SamplingSpec
 from ddpm_tf.training import callbacks as cb
 from ddpm_tf.training.config import (
     DEFAULTS,

@@ -6,7 +6,7 @@ import dataclasses
 from typing import Literal, get_args
 
 from ddpm_tf.checks import check_choice, check_float, check_int
-from ddpm_tf.sampling_spec import SamplingSpec
+from ddpm_tf.sampling.spec import SamplingSpec
 
 Format = Literal["saved_model", "tflite", "onnx"]
 Quantization = Literal["none", "float16", "dynamic"]

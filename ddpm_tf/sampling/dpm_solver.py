@@ -1,4 +1,4 @@
-"""DPM-Solver++ (Lu et al. 2022) for a discrete DDPM, as float64 coefficient tables.
+"""DPM-Solver++ (Lu et al. 2022) for a discrete DDPM: the method and its float64 coefficient tables.
 
 DPM-Solver++ integrates the probability-flow ODE written in the half log-SNR
 lambda_t = log(alpha_t / sigma_t) (alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t)) with the
@@ -21,36 +21,33 @@ x_theta itself, so that step is first order, as is the first (no history yet) an
     x_prev = ratio[t] x_t + weight[t] (x0 + correction[t] (x0 - x0_last))
 
 with x0 = x_theta(x_t, t), and the three tables below hold everything that depends on the schedule.
+The solver follows the probability-flow ODE, so a learned variance is ignored (the mean part of the
+output is used); a bare step count is spaced evenly in log-SNR, the solver's natural grid.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import tensorflow as tf
 
-from ddpm_tf.checks import check_int
+from ddpm_tf.sampling.method import Predict, SamplingMethod
+from ddpm_tf.spacing import LogSNRSteps, half_log_snr
 
-__all__ = ["LOWER_ORDER_FINAL_BELOW", "half_log_snr", "logsnr_timesteps", "multistep_tables"]
+__all__ = ["LOWER_ORDER_FINAL_BELOW", "DPMSolverPlusPlus", "multistep_tables"]
 
 LOWER_ORDER_FINAL_BELOW = 15
 """With fewer steps than this, the last two steps are first order (the paper's advice for few-step
 sampling: there the steps near the data are long, and extrapolating x_theta over them hurts)."""
 
-
-def half_log_snr(alphas_cumprod: np.ndarray) -> np.ndarray:
-    """lambda = log(alpha / sigma) = 0.5 log(abar / (1 - abar)), float64 (+inf where abar = 1)."""
-    ab = np.asarray(alphas_cumprod, np.float64)
-    with np.errstate(divide="ignore"):
-        return 0.5 * (np.log(ab) - np.log1p(-ab))
+ORDERS = (1, 2)
 
 
 def multistep_tables(alphas_cumprod: np.ndarray, order: int) -> dict[str, np.ndarray]:
     """The coefficients (ratio, weight, correction), each float64 [T'], of the step from index t.
 
-    `alphas_cumprod` are those of the process being sampled (respaced or not); `order` is 1 or 2.
+    `alphas_cumprod` are those of the process being sampled (respaced or not); `order` is 1 or 2
+    (`DPMSolverPlusPlus.check` holds the spec to that).
     """
-    order = check_int(order, "solver_order")
-    if order > 2:
-        raise ValueError(f"solver_order must be 1 or 2, got {order}")
     ab = np.asarray(alphas_cumprod, np.float64)
     ab_prev = np.concatenate([[1.0], ab[:-1]])  # the step from index t lands on t - 1; 0 -> data
     lam, lam_prev = half_log_snr(ab), half_log_snr(ab_prev)
@@ -68,21 +65,32 @@ def multistep_tables(alphas_cumprod: np.ndarray, order: int) -> dict[str, np.nda
     return {"ratio": ratio, "weight": weight, "correction": correction}
 
 
-def logsnr_timesteps(alphas_cumprod: np.ndarray, count: int) -> list[int]:
-    """`count` timestep indices whose half log-SNR is as evenly spaced as the grid allows.
+class DPMSolverPlusPlus(SamplingMethod):
+    name = "dpm_solver++"
+    summary = "DPM-Solver++ (Lu et al. 2022), multistep on the data prediction, order 1 or 2"
+    takes = ("solver_order",)
+    default_spacing = LogSNRSteps
+    multistep = True
 
-    Targets are evenly spaced in lambda from lambda_{T-1} to lambda_0 (both kept); each picks the
-    index nearest in lambda, and duplicates (where the grid is coarser than the targets) are filled
-    with the nearest unused indices so that exactly `count` distinct steps are returned.
-    """
-    lam = half_log_snr(alphas_cumprod)
-    total = lam.size
-    count = check_int(count, "steps")
-    if count > total:
-        raise ValueError(f"steps=logsnr{count} asks for {count} steps but T={total}.")
-    targets = np.linspace(lam[-1], lam[0], count)
-    chosen: list[int] = []
-    for target in targets:
-        order = np.argsort(np.abs(lam - target), kind="stable")
-        chosen.append(int(next(i for i in order if i not in chosen)))
-    return sorted(chosen)
+    def __init__(self, process, spec):
+        super().__init__(process, spec)
+        self.tables = multistep_tables(process.alphas_cumprod, spec.solver_order)
+
+    @property
+    def needs_noise(self) -> bool:
+        return False
+
+    def step(self, predict: Predict, x_t, t, noise, x0_last=None) -> tuple[tf.Tensor, tf.Tensor]:
+        process, tables = self.process, self.tables
+        x0 = predict(x_t, t)["pred_xstart"]
+        data = x0 + process.gather(tables["correction"], t, x_t) * (x0 - x0_last)
+        return process.combine(t, tables["ratio"], x_t, tables["weight"], data), x0
+
+    @classmethod
+    def describe(cls, spec) -> list[str]:
+        return [f"order {spec.solver_order}"]
+
+    @classmethod
+    def check(cls, spec) -> None:
+        if spec.solver_order not in ORDERS:
+            raise ValueError(f"solver_order={spec.solver_order}: DPM-Solver++ takes 1 or 2.")

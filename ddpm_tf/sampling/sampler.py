@@ -1,4 +1,5 @@
-"""Compiled samplers over a Keras network: guidance, fixed signatures, and per-replica sampling.
+"""`Sampler`: compiled samplers over a Keras network, with guidance, fixed signatures, per-replica
+and batched uint8 generation.
 
 `Sampler` wraps a network, a `GaussianDiffusion` and a `SamplingSpec` in `tf.function`s with fixed
 input signatures: one graph serves any number of samples, any seed, any labels and guidance scale.
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
@@ -24,9 +25,12 @@ import tensorflow as tf
 
 from ddpm_tf import rng
 from ddpm_tf.checks import check_float, check_int
-from ddpm_tf.diffusion import GaussianDiffusion
 from ddpm_tf.pixels import unit_to_uint8
-from ddpm_tf.sampling_spec import SamplingSpec, resolve_spec
+from ddpm_tf.sampling.loop import build_loop
+from ddpm_tf.sampling.spec import SamplingSpec, resolve_spec
+
+if TYPE_CHECKING:
+    from ddpm_tf.diffusion import GaussianDiffusion
 
 
 def network_num_classes(network: keras.Model) -> int | None:
@@ -131,11 +135,11 @@ class Sampler(tf.Module):
     @functools.cached_property
     def process(self) -> GaussianDiffusion:
         """The process the sampler runs: the diffusion respaced to the spec's steps."""
-        return self.diffusion.respaced(self.spec.steps)
+        return self.diffusion.with_steps(self.spec.steps)
 
     def _run(self, denoise_fn, num_samples, seed) -> tf.Tensor:
         shape = tf.concat([[num_samples], tf.constant(self.image_shape, tf.int32)], axis=0)
-        out = self.diffusion.sample_loop_graph(denoise_fn, shape, seed, self.spec)
+        out = build_loop(self.diffusion, denoise_fn, shape, seed, self.spec)
         return tf.ensure_shape(out["sample"], (None, *self.image_shape))
 
     def _sample(self, num_samples, seed) -> tf.Tensor:
