@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from ddpm_tf.diffusion import GaussianDiffusion
-from ddpm_tf.model import DiffusionModel, FusedAdam, WarmupSchedule
+from ddpm_tf.model import DiffusionModel
+from ddpm_tf.optimizers import FusedAdam, WarmupSchedule
 from ddpm_tf.schedules import get_beta_schedule
 from ddpm_tf.unet import from_preset
 
