@@ -13,11 +13,11 @@ from ddpm_tf import DiffusionModel
 from ddpm_tf.config import ConfigError
 from ddpm_tf.datasets.pixel_cache import PixelCache
 from ddpm_tf.sampling import generate_uint8
-from ddpm_tf.training import config as cfg
-from ddpm_tf.training import evaluate
-from ddpm_tf.training.evaluate import main as eval_main
-from ddpm_tf.training.sample import main as sample_main
-from ddpm_tf.training.train import main as train_main
+from ddpm_tf.training import ddpm_eval as evaluate
+from ddpm_tf.training import ddpm_train_presets as cfg
+from ddpm_tf.training.ddpm_eval import main as eval_main
+from ddpm_tf.training.ddpm_sample import main as sample_main
+from ddpm_tf.training.ddpm_train import main as train_main
 
 # A tiny model and a short run; the folder64 preset's data settings are kept except the size.
 TINY = [

@@ -27,14 +27,14 @@ from ddpm_tf.pixels import scale_to_unit, unit_to_uint8
 from ddpm_tf.runs import CURVE_FILE, CheckpointError, RunConfigError, RunDirectory, load_model
 from ddpm_tf.sampling import generate_uint8
 from ddpm_tf.sampling_spec import SamplingSpec
-from ddpm_tf.training import config as cfg
-from ddpm_tf.training import evaluate as evaluate_program
-from ddpm_tf.training import train as train_program
-from ddpm_tf.training.classifier import main as classifier_main
-from ddpm_tf.training.curve import TrainingCurve, read_curve
-from ddpm_tf.training.evaluate import main as eval_main
-from ddpm_tf.training.sample import main as sample_main
-from ddpm_tf.training.train import main as train_main
+from ddpm_tf.training import ddpm_eval as evaluate_program
+from ddpm_tf.training import ddpm_train as train_program
+from ddpm_tf.training import ddpm_train_presets as cfg
+from ddpm_tf.training.ddpm_classifier import main as classifier_main
+from ddpm_tf.training.ddpm_eval import main as eval_main
+from ddpm_tf.training.ddpm_sample import main as sample_main
+from ddpm_tf.training.ddpm_train import main as train_main
+from ddpm_tf.training.ddpm_train_curve import TrainingCurve, read_curve
 
 # A small, fast run on the embedded digits: a narrow U-Net and a short schedule.
 SMALL = [

@@ -51,9 +51,9 @@ from ddpm_tf.features import ClassifierFeatures
 from ddpm_tf.recipe import build_model
 from ddpm_tf.runs import CURVE_FILE, RunDirectory
 from ddpm_tf.sampling_spec import SamplingSpec
-from ddpm_tf.training import callbacks as cb
-from ddpm_tf.training.config import preset_names, resolve
-from ddpm_tf.training.curve import TrainingCurve
+from ddpm_tf.training import ddpm_train_callbacks as cb
+from ddpm_tf.training.ddpm_train_curve import TrainingCurve
+from ddpm_tf.training.ddpm_train_presets import preset_names, resolve
 
 SAMPLE_SEED = 1234  # the grids of one run always show the same noise, so progress is visible
 FID_TEST_IMAGES = 10_000  # at most this many test images are the FID's real statistics
