@@ -59,7 +59,7 @@ def keras_train_step(
     import keras
 
     from ddpm_tf import DiffusionModel, from_preset, kernels
-    from ddpm_tf.model import FusedAdam
+    from ddpm_tf.optimizers import FusedAdam
 
     if precision == "bfloat16":
         keras.mixed_precision.set_global_policy("mixed_bfloat16")

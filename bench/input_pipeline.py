@@ -4,7 +4,7 @@
 an in-memory array or read with `os.pread` from a `PixelCache` (the layout ddpm-train writes in
 its run directory). This measures batches per second of the two pipelines alone, alternating
 rounds, for a few shapes. Both deliver hundreds of batches per second or more, far above any
-training rate, which is why ddpm-train reads every dataset from disk (`training/train.py:
+training rate, which is why ddpm-train reads every dataset from disk (`training/ddpm_train.py:
 open_data`).
 
     python bench/input_pipeline.py

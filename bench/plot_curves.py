@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ddpm_tf.training.curve import COLUMNS, read_curve
+from ddpm_tf.training.ddpm_train_curve import COLUMNS, read_curve
 
 
 def main(argv: list[str] | None = None) -> None:

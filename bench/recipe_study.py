@@ -29,11 +29,15 @@ from pathlib import Path
 # name what they set, so a row may repeat a preset's own value. The rows measured before the
 # fashion_mnist and digits presets became class-conditional keep their results with UNCONDITIONAL.
 UNCONDITIONAL = ["data.class_conditional=false"]
-EPSILON = [*UNCONDITIONAL, "diffusion.mean_type=epsilon", "diffusion.schedule=linear"]
-V_COSINE = ["diffusion.mean_type=v", "diffusion.schedule=cosine", "diffusion.min_snr_gamma=5.0"]
+EPSILON = [*UNCONDITIONAL, "diffusion.model_mean_type=epsilon", "diffusion.schedule=linear"]
+V_COSINE = [
+    "diffusion.model_mean_type=v",
+    "diffusion.schedule=cosine",
+    "diffusion.min_snr_gamma=5.0",
+]
 OLD = [
     *EPSILON,
-    "train.lr=2e-4",
+    "train.learning_rate=2e-4",
     "model.dropout=0.1",
     "train.ema_decay=0.9995",
     "diffusion.min_snr_gamma=0.0",
@@ -42,10 +46,10 @@ ROWS: dict[str, list[str]] = {
     "preset": [],
     "unconditional": UNCONDITIONAL,
     "epsilon-linear": EPSILON,
-    "epsilon-linear-cosine-lr": [*EPSILON, "train.lr_decay=cosine"],
+    "epsilon-linear-cosine-lr": [*EPSILON, "train.decay=cosine"],
     "old-recipe-3k": ["train.steps=3000", *OLD],
     "old-recipe": OLD,
-    "cosine-lr": ["train.lr_decay=cosine"],
+    "cosine-lr": ["train.decay=cosine"],
     "no-min-snr": ["diffusion.min_snr_gamma=0.0"],
     "batch64-7.5k": ["train.batch_size=64", "train.steps=7500"],
     "class-conditional": ["data.class_conditional=true"],

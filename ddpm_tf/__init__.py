@@ -2,7 +2,7 @@
 
 The mathematics (`GaussianDiffusion`, schedules, timestep samplers) is pure TensorFlow and
 tensorflow-probability; the Keras side is the `UNet` (`ddpm_tf.unet`, layers in `ddpm_tf.layers`),
-the trainable `DiffusionModel` (`ddpm_tf.model`) and the compiled samplers (`ddpm_tf.sampling`),
+the trainable `DiffusionModel` (`ddpm_tf.model`; its optimizers in `ddpm_tf.optimizers`) and the compiled samplers (`ddpm_tf.sampling`),
 each configured by one `SamplingSpec`. The programs (ddpm-train, ddpm-export, ...) live in
 `ddpm_tf.training` and `ddpm_tf.export`; docs/ARCHITECTURE.md maps every module.
 """
@@ -17,7 +17,8 @@ from ddpm_tf.diffusion import (  # noqa: E402
     MODEL_VAR_TYPES,
     GaussianDiffusion,
 )
-from ddpm_tf.model import DiffusionModel, WarmupSchedule, default_optimizer  # noqa: E402
+from ddpm_tf.model import DiffusionModel  # noqa: E402
+from ddpm_tf.optimizers import FusedAdam, WarmupSchedule, default_optimizer  # noqa: E402
 from ddpm_tf.sampling import (  # noqa: E402
     METHODS,
     NOISE_SOURCES,
@@ -65,6 +66,7 @@ __all__ = [
     "SCHEDULES",
     "TIMESTEP_SAMPLERS",
     "DiffusionModel",
+    "FusedAdam",
     "GaussianDiffusion",
     "LossSecondMomentResampler",
     "Sampler",

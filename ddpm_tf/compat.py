@@ -1,9 +1,11 @@
-"""Every private or internal TensorFlow / tensorflow-datasets API that ddpm_tf uses, in one place.
+"""Every private or internal TensorFlow / Keras / tensorflow-datasets API that ddpm_tf uses, in one place.
 
 Each wrapper below names the private API it uses, the public API it replaces (or why there is
-none) and the versions it was checked against: TensorFlow 2.21.0 and tensorflow-datasets 4.9.10
-(:data:`CHECKED_VERSIONS`). When upgrading either package, run :func:`check_private_apis` (and
-``tests/test_compat.py``): it names every private attribute that has disappeared.
+none) and the versions it was checked against: TensorFlow 2.21.0, Keras 3.15.1 and
+tensorflow-datasets 4.9.10 (:data:`CHECKED_VERSIONS`). When upgrading any of them, run
+:func:`check_private_apis` (and ``tests/test_compat.py``): it names every private attribute that
+has disappeared. :data:`PRIVATE_APIS` lists them all, wrapped here or not (a method ddpm_tf
+overrides cannot be wrapped).
 
 - :func:`merge_call` wraps ``tf.__internal__.distribute.interim.maybe_merge_call``.
 - :func:`in_multi_worker_mode` wraps ``MultiWorkerMirroredStrategy.extended._in_multi_worker_mode``.
@@ -13,6 +15,10 @@ none) and the versions it was checked against: TensorFlow 2.21.0 and tensorflow-
 - :class:`LocalFilesDownloadManager` overrides ``tfds.download.DownloadManager._download``.
 - :func:`use_download_manager` shadows ``tfds.core.DatasetBuilder._make_download_manager``.
 - :func:`in_xla_compilation` calls ``control_flow_util.GraphOrParentsInXlaContext``.
+- :func:`adam_slots` reads ``keras.optimizers.Adam``'s ``_get_variable_index``, ``_momentums`` and
+  ``_velocities`` (for :class:`ddpm_tf.optimizers.FusedAdam`).
+- ``DiffusionModel._maybe_symbolic_build`` overrides Keras' private
+  ``keras.Model._maybe_symbolic_build`` (the hook ``fit`` calls before its first step).
 """
 
 from __future__ import annotations
@@ -22,8 +28,9 @@ import importlib
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
+import keras
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -31,6 +38,8 @@ __all__ = [
     "CHECKED_VERSIONS",
     "PRIVATE_APIS",
     "LocalFilesDownloadManager",
+    "PrivateApi",
+    "adam_slots",
     "check_private_apis",
     "in_multi_worker_mode",
     "in_xla_compilation",
@@ -43,7 +52,11 @@ __all__ = [
 T = TypeVar("T")
 
 # The versions every wrapper in this module was read and tested against.
-CHECKED_VERSIONS: dict[str, str] = {"tensorflow": "2.21.0", "tensorflow-datasets": "4.9.10"}
+CHECKED_VERSIONS: dict[str, str] = {
+    "tensorflow": "2.21.0",
+    "keras": "3.15.1",
+    "tensorflow-datasets": "4.9.10",
+}
 
 
 def _mwms_module() -> object:
@@ -60,34 +73,60 @@ def _failure_handling_module() -> object:
     )
 
 
-# Name shown to users -> (root object, dotted attribute path below it). Looked up, never called.
-PRIVATE_APIS: dict[str, tuple[Callable[[], object], str]] = {
-    "tf.__internal__.distribute.interim.maybe_merge_call": (
+class PrivateApi(NamedTuple):
+    """Where a private API is: the object `root()` returns, then the dotted `path` below it.
+
+    `method` False marks a data attribute (checked present, not callable).
+    """
+
+    root: Callable[[], object]
+    path: str
+    method: bool = True
+
+
+def _built_adam() -> keras.optimizers.Adam:
+    # Adam makes its slot lists in build(): a built one (of one weight) has them.
+    optimizer = keras.optimizers.Adam()
+    optimizer.build([keras.Variable(tf.zeros([1]))])
+    return optimizer
+
+
+# Name shown to users -> where it is. Looked up, never called.
+PRIVATE_APIS: dict[str, PrivateApi] = {
+    "tf.__internal__.distribute.interim.maybe_merge_call": PrivateApi(
         lambda: tf,
         "__internal__.distribute.interim.maybe_merge_call",
     ),
-    "tf.distribute.MultiWorkerMirroredStrategy.extended._in_multi_worker_mode": (
+    "tf.distribute.MultiWorkerMirroredStrategy.extended._in_multi_worker_mode": PrivateApi(
         _mwms_module,
         "CollectiveAllReduceExtended._in_multi_worker_mode",
     ),
-    "tf.distribute.experimental.PreemptionCheckpointHandler: failure_handling_util.on_gcp": (
+    "tf.distribute.experimental.PreemptionCheckpointHandler: failure_handling_util.on_gcp": PrivateApi(
         _failure_handling_module,
         "failure_handling_util.on_gcp",
     ),
-    "tf.distribute.experimental.PreemptionCheckpointHandler._stop_poll_termination_signal_thread": (
+    "tf.distribute.experimental.PreemptionCheckpointHandler._stop_poll_termination_signal_thread": PrivateApi(
         lambda: tf.distribute.experimental,
         "PreemptionCheckpointHandler._stop_poll_termination_signal_thread",
     ),
-    "tf.distribute.experimental.PreemptionCheckpointHandler._stop_cluster_wise_termination_watcher_thread": (
+    "tf.distribute.experimental.PreemptionCheckpointHandler._stop_cluster_wise_termination_watcher_thread": PrivateApi(
         lambda: tf.distribute.experimental,
         "PreemptionCheckpointHandler._stop_cluster_wise_termination_watcher_thread",
     ),
-    "tensorflow.python.ops.control_flow_util.GraphOrParentsInXlaContext": (
+    "tensorflow.python.ops.control_flow_util.GraphOrParentsInXlaContext": PrivateApi(
         lambda: importlib.import_module("tensorflow.python.ops.control_flow_util"),
         "GraphOrParentsInXlaContext",
     ),
-    "tfds.download.DownloadManager._download": (lambda: tfds, "download.DownloadManager._download"),
-    "tfds.core.DatasetBuilder._make_download_manager": (
+    "keras.optimizers.Optimizer._get_variable_index": PrivateApi(
+        lambda: keras.optimizers.Optimizer, "_get_variable_index"
+    ),
+    "keras.optimizers.Adam._momentums": PrivateApi(_built_adam, "_momentums", method=False),
+    "keras.optimizers.Adam._velocities": PrivateApi(_built_adam, "_velocities", method=False),
+    "keras.Model._maybe_symbolic_build": PrivateApi(lambda: keras.Model, "_maybe_symbolic_build"),
+    "tfds.download.DownloadManager._download": PrivateApi(
+        lambda: tfds, "download.DownloadManager._download"
+    ),
+    "tfds.core.DatasetBuilder._make_download_manager": PrivateApi(
         lambda: tfds,
         "core.DatasetBuilder._make_download_manager",
     ),
@@ -97,20 +136,21 @@ PRIVATE_APIS: dict[str, tuple[Callable[[], object], str]] = {
 def check_private_apis() -> list[str]:
     """Names of the private APIs in :data:`PRIVATE_APIS` missing (or not callable) in this install.
 
-    Each is looked up with ``getattr`` only, never called, so this is cheap and side-effect free.
-    An empty list means every wrapper in this module can work; anything else means an upgrade of
-    TensorFlow or tensorflow-datasets removed or renamed something and the wrapper needs a fix.
+    Each is looked up with ``getattr`` only, never called (Adam's slot lists on a freshly built
+    Adam of one weight), so this is cheap. An empty list means every wrapper in this module can
+    work; anything else means an upgrade of TensorFlow, Keras or tensorflow-datasets removed or
+    renamed something and the code that uses it needs a fix.
     """
     missing = []
-    for name, (root, path) in PRIVATE_APIS.items():
+    for name, api in PRIVATE_APIS.items():
         try:
-            target = root()
-            for attr in path.split("."):
+            target = api.root()
+            for attr in api.path.split("."):
                 target = getattr(target, attr)
         except (AttributeError, ImportError):
             missing.append(name)
             continue
-        if not callable(target):
+        if api.method and not callable(target):
             missing.append(name)
     return missing
 
@@ -197,6 +237,21 @@ def stop_preemption_watch(handler: tf.distribute.experimental.PreemptionCheckpoi
     """
     handler._stop_poll_termination_signal_thread()
     handler._stop_cluster_wise_termination_watcher_thread()
+
+
+# ------------------------------------------------------------------------------------------ keras
+
+
+def adam_slots(optimizer: keras.optimizers.Adam, variable: Any) -> tuple[Any, Any]:
+    """(first moment, second moment): the slot variables of a built Adam for one of its weights.
+
+    Reads ``optimizer._momentums[optimizer._get_variable_index(variable)]`` and the same of
+    ``_velocities`` (Keras 3.15.1), as Keras' own ``Adam.update_step`` does. Keras has no public
+    map from a weight to its slots: ``optimizer.variables`` lists them in an order that is Keras'
+    own business.
+    """
+    index = optimizer._get_variable_index(variable)
+    return optimizer._momentums[index], optimizer._velocities[index]
 
 
 # --------------------------------------------------------------------------- tensorflow-datasets

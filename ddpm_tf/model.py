@@ -16,15 +16,14 @@ is scaled by Keras' `LossScaleOptimizer`.
 
 from __future__ import annotations
 
-import math
-from typing import Any, Literal, get_args
+from typing import Any
 
 import keras
 import tensorflow as tf
 
 from ddpm_tf import compat, rng
-from ddpm_tf.checks import check_choice
 from ddpm_tf.diffusion import GaussianDiffusion
+from ddpm_tf.optimizers import default_optimizer
 from ddpm_tf.sampling import (
     Sampler,
     SamplingSpec,
@@ -40,118 +39,10 @@ from ddpm_tf.timesteps import TimestepSampler, TimestepSamplerName, create_times
 _REPLICATED = "only_first_replica"
 
 
-LrDecay = Literal["constant", "cosine", "linear"]
-LR_DECAYS: tuple[str, ...] = get_args(LrDecay)
-
-
-@keras.saving.register_keras_serializable(package="ddpm_tf")
-class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up, then a constant or decaying learning rate (per optimizer step).
-
-    lr(step) = learning_rate * min(1, (step + 1) / warmup_steps) * d(f), where
-    f = (step - warmup_steps) / (decay_steps - warmup_steps) clipped to [0, 1] is how far the decay
-    has gone and d is 1 ("constant"), (1 + cos(pi f)) / 2 ("cosine") or 1 - f ("linear"): a decay
-    reaches 0 at `decay_steps` (in `ddpm-train`, the run's `train.steps`).
-
-    Args:
-        learning_rate: the peak learning rate, > 0.
-        warmup_steps: steps of the linear warm-up (0: none).
-        decay: the shape after the warm-up.
-        decay_steps: the step at which a decay reaches 0; must exceed `warmup_steps` unless
-            `decay` is "constant" (where it is ignored).
-    """
-
-    def __init__(
-        self,
-        learning_rate: float = 2e-4,
-        warmup_steps: int = 5000,
-        decay: LrDecay = "constant",
-        decay_steps: int = 0,
-    ):
-        if learning_rate <= 0:
-            raise ValueError(f"`learning_rate` must be > 0, got {learning_rate}.")
-        if warmup_steps < 0:
-            raise ValueError(f"`warmup_steps` must be >= 0, got {warmup_steps}.")
-        decay = check_choice(decay, LR_DECAYS, "decay")
-        if decay != "constant" and decay_steps <= warmup_steps:
-            raise ValueError(
-                f"a {decay} decay needs `decay_steps` ({decay_steps}) > `warmup_steps` "
-                f"({warmup_steps}): the decay runs from the end of the warm-up to `decay_steps`."
-            )
-        self.learning_rate = float(learning_rate)
-        self.warmup_steps = int(warmup_steps)
-        self.decay = decay
-        self.decay_steps = int(decay_steps) if decay != "constant" else 0
-
-    def __call__(self, step):
-        step = tf.cast(step, tf.float32)
-        lr = tf.constant(self.learning_rate, tf.float32)
-        if self.warmup_steps:
-            lr *= tf.minimum(1.0, (step + 1.0) / float(self.warmup_steps))
-        if self.decay == "constant":
-            return lr
-        # 1 - f, computed from the steps left so that the last steps' small rates keep precision
-        span = float(self.decay_steps - self.warmup_steps)
-        left = tf.clip_by_value((float(self.decay_steps) - step) / span, 0.0, 1.0)
-        if self.decay == "cosine":
-            return lr * tf.square(tf.sin(0.5 * math.pi * left))  # = (1 + cos(pi f)) / 2
-        return lr * left
-
-    def get_config(self) -> dict:
-        return {
-            "learning_rate": self.learning_rate,
-            "warmup_steps": self.warmup_steps,
-            "decay": self.decay,
-            "decay_steps": self.decay_steps,
-        }
-
-
 def _blend(ema: tf.Variable, weight: tf.Variable, decay) -> tf.Tensor:
     """One EMA update: ema <- decay * ema + (1 - decay) * weight."""
     decay = tf.cast(decay, ema.dtype)
     return ema.assign(decay * ema + (1.0 - decay) * tf.cast(weight, ema.dtype))
-
-
-@keras.saving.register_keras_serializable(package="ddpm_tf")
-class FusedAdam(keras.optimizers.Adam):
-    """Keras' Adam with each weight's update in one TensorFlow kernel (``ResourceApplyAdam``).
-
-    Keras' Adam updates a weight with about ten element-wise ops, each a pass over the moments or
-    the weight (a tenth of a 35.7M-parameter CIFAR-10 step on a CPU); TensorFlow's ApplyAdam
-    kernel does the same arithmetic, ``m += (1 - b1)(g - m)``, ``v += (1 - b2)(g^2 - v)``,
-    ``w -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps)``, in one pass (CPU, GPU and XLA
-    kernels). Same arguments, config and slot variables as Adam, so checkpoints of either restore
-    into the other. ``amsgrad`` and sparse gradients take Keras' own update.
-    """
-
-    def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
-        if self.amsgrad or isinstance(gradient, tf.IndexedSlices):
-            return super().update_step(gradient, variable, learning_rate)
-        dtype = variable.dtype
-        step = tf.cast(self.iterations + 1, dtype)
-        beta_1 = tf.cast(self.beta_1, dtype)
-        beta_2 = tf.cast(self.beta_2, dtype)
-        index = self._get_variable_index(variable)
-        tf.raw_ops.ResourceApplyAdam(
-            var=variable.handle,
-            m=self._momentums[index].handle,
-            v=self._velocities[index].handle,
-            beta1_power=tf.pow(beta_1, step),
-            beta2_power=tf.pow(beta_2, step),
-            lr=tf.cast(learning_rate, dtype),
-            beta1=beta_1,
-            beta2=beta_2,
-            epsilon=tf.cast(self.epsilon, dtype),
-            grad=tf.cast(gradient, dtype),
-        )
-        return None
-
-
-def default_optimizer(
-    learning_rate: float = 2e-4, warmup_steps: int = 5000
-) -> keras.optimizers.Optimizer:
-    """Ho et al.'s optimizer: Adam at 2e-4 after a linear warm-up of 5000 steps (FusedAdam)."""
-    return FusedAdam(WarmupSchedule(learning_rate, warmup_steps))
 
 
 def default_diffusion() -> GaussianDiffusion:
@@ -311,6 +202,7 @@ class DiffusionModel(keras.Model):
         Under a strategy, Keras' own version first reduces a batch across replicas to get its
         shapes, and an (images, labels) batch cannot be reduced under
         `MultiWorkerMirroredStrategy`: class-conditional training on several workers failed there.
+        This overrides a private Keras hook, listed (and checked) in `ddpm_tf.compat.PRIVATE_APIS`.
         """
         if self.built and self.optimizer is not None and self.optimizer.built:
             return
@@ -324,9 +216,20 @@ class DiffusionModel(keras.Model):
     def metrics(self) -> list:
         return list(self.trackers.values())
 
-    def reset_metrics(self) -> None:
-        super().reset_metrics()
+    def restart_evaluation_noise(self) -> None:
+        """Restarts the draws of `test_step` (t and noise), so that each evaluation pass sees the same.
+
+        `test_step` seeds batch i of a pass with (seed + 1, i), i counted by `eval_counter`;
+        `evaluate` calls this first, so two evaluations of the same weights on the same batches
+        give the same losses and bound, whatever ran between them (training, `reset_metrics`).
+        A loop that calls `test_step` itself calls this where its pass starts.
+        """
         self.eval_counter.assign(0)
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> Any:
+        """Keras' `evaluate`, after `restart_evaluation_noise` (every pass draws the same noise)."""
+        self.restart_evaluation_noise()
+        return super().evaluate(*args, **kwargs)
 
     def _unpack(self, data) -> tuple[tf.Tensor, tf.Tensor | None]:
         images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)

@@ -1,8 +1,9 @@
 """Models from a training config: the sections `model`, `diffusion` and `train` to a DiffusionModel.
 
 A config is the nested dict that `ddpm-train` resolves from a TOML preset and its overrides (see
-`ddpm_tf.training.config` for the keys and their defaults) and saves as a run's `config.json`.
-Building the model here, in the library, lets any code rebuild the model of a run from that file.
+`ddpm_tf.config` for the keys, their defaults and checks) and saves as a run's `config.json`. Its
+keys are the names of the arguments they set, so each is passed on by its own name. Building the
+model here, in the library, lets any code rebuild the model of a run from that file.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from ddpm_tf.diffusion import GaussianDiffusion
-from ddpm_tf.model import DiffusionModel, FusedAdam, WarmupSchedule
+from ddpm_tf.model import DiffusionModel
+from ddpm_tf.optimizers import FusedAdam, WarmupSchedule
 from ddpm_tf.schedules import get_beta_schedule
 from ddpm_tf.unet import from_preset
 
@@ -20,9 +22,9 @@ __all__ = ["build_diffusion", "build_model", "build_schedule"]
 def build_diffusion(section: dict[str, Any]) -> GaussianDiffusion:
     """The `GaussianDiffusion` of a config's `diffusion` section."""
     return GaussianDiffusion(
-        get_beta_schedule(section["schedule"], num_timesteps=section["timesteps"]),
-        model_mean_type=section["mean_type"],
-        model_var_type=section["var_type"],
+        get_beta_schedule(section["schedule"], num_timesteps=section["num_timesteps"]),
+        model_mean_type=section["model_mean_type"],
+        model_var_type=section["model_var_type"],
         loss_type=section["loss_type"],
         min_snr_gamma=section.get("min_snr_gamma", 0.0),
     )
@@ -31,9 +33,9 @@ def build_diffusion(section: dict[str, Any]) -> GaussianDiffusion:
 def build_schedule(section: dict[str, Any]) -> WarmupSchedule:
     """The learning-rate schedule of a config's `train` section: a decay ends at train.steps."""
     return WarmupSchedule(
-        section["lr"],
-        section["warmup"],
-        decay=section.get("lr_decay", "constant"),
+        learning_rate=section["learning_rate"],
+        warmup_steps=section["warmup_steps"],
+        decay=section.get("decay", "constant"),
         decay_steps=section["steps"],
     )
 
@@ -69,7 +71,7 @@ def build_model(
         diffusion,
         ema_decay=train["ema_decay"],
         timestep_sampler=train["timestep_sampler"],
-        grad_clip_norm=train["grad_clip"] or None,
+        grad_clip_norm=train["grad_clip_norm"] or None,  # 0: no clipping
         label_dropout=train["label_dropout"],
         seed=train["seed"],
     )

@@ -2,7 +2,8 @@
 
 A run directory holds
 
-    config.json        the resolved training config (a run with a different config is refused)
+    config.json        the resolved training config (a run with a different config is refused;
+                       one saved under old key names reads as the same config under the new)
     model.json         the Keras config of the `DiffusionModel` (network, diffusion, EMA settings)
     checkpoints/       `tf.train.Checkpoint`s of the model and optimizer, the newest `keep`
 
@@ -33,6 +34,7 @@ import keras
 import tensorflow as tf
 
 from ddpm_tf.checks import check_int
+from ddpm_tf.config import upgrade
 from ddpm_tf.model import DiffusionModel
 
 CONFIG_FILE = "config.json"
@@ -124,11 +126,12 @@ class RunDirectory:
 
     # ---------------------------------------------------------------------------------- config
     def saved_config(self) -> dict | None:
+        """The run's config.json, its old key names (`ddpm_tf.config.OLD_KEYS`) read as the new."""
         file = self.path / CONFIG_FILE
         if not file.exists():
             return None
         try:
-            return json.loads(file.read_text())
+            return upgrade(json.loads(file.read_text()))
         except json.JSONDecodeError as err:
             raise RunConfigError(f"{file} is not valid JSON ({err}); fix or remove it.") from err
 

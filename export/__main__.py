@@ -2,6 +2,6 @@
 
 import sys
 
-from ddpm_tf.export.cli import main
+from ddpm_tf.export.ddpm_export import main
 
 sys.exit(main())

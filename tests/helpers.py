@@ -39,14 +39,10 @@ def run_script(script: str, *args: str, env: dict | None = None, cwd=None) -> di
 
 def program_modules() -> dict:
     """Each console script of the package and the module that implements it."""
-    from ddpm_tf.export import cli as export_cli
-    from ddpm_tf.training import classifier, evaluate, prepare, sample, train
+    import importlib
+    import importlib.metadata
 
-    return {
-        "ddpm-train": train,
-        "ddpm-sample": sample,
-        "ddpm-eval": evaluate,
-        "ddpm-classifier": classifier,
-        "ddpm-prepare": prepare,
-        "ddpm-export": export_cli,
-    }
+    scripts = importlib.metadata.distribution("ddpm-tf").entry_points.select(
+        group="console_scripts"
+    )
+    return {script.name: importlib.import_module(script.module) for script in scripts}

@@ -10,7 +10,7 @@ import tensorflow_datasets as tfds
 
 from ddpm_tf.classifier import ImageClassifier, num_stages, train_classifier
 from ddpm_tf.pixels import scale_to_unit
-from ddpm_tf.training.classifier import main
+from ddpm_tf.training.ddpm_classifier import main
 
 
 def quadrant_images(n: int, seed: int, size: int = 8) -> tuple[np.ndarray, np.ndarray]:

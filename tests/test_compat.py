@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import textwrap
 
+import keras
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -32,6 +33,38 @@ def test_check_private_apis_names_a_removed_attribute(monkeypatch):
         "tfds.download.DownloadManager._download",
         "tfds.core.DatasetBuilder._make_download_manager",
     ]
+
+
+def _owner(cls: type, name: str) -> type:
+    """The class of `cls`'s method resolution order that defines `name`."""
+    return next(c for c in cls.__mro__ if name in vars(c))
+
+
+def test_check_private_apis_names_removed_keras_apis(monkeypatch):
+    for cls, name in (
+        (keras.optimizers.Optimizer, "_get_variable_index"),
+        (keras.Model, "_maybe_symbolic_build"),
+    ):
+        monkeypatch.delattr(_owner(cls, name), name)
+    # An Adam that no longer keeps its slots in _momentums / _velocities: the base build only.
+    monkeypatch.setattr(keras.optimizers.Adam, "build", keras.optimizers.Optimizer.build)
+    assert compat.check_private_apis() == [
+        "keras.optimizers.Optimizer._get_variable_index",
+        "keras.optimizers.Adam._momentums",
+        "keras.optimizers.Adam._velocities",
+        "keras.Model._maybe_symbolic_build",
+    ]
+
+
+def test_adam_slots_are_the_moments_keras_adam_updates():
+    weight = keras.Variable([1.0, -2.0])
+    optimizer = keras.optimizers.Adam(0.1)
+    optimizer.build([weight])
+    optimizer.apply([tf.constant([0.5, 0.25])], [weight])
+    momentum, velocity = compat.adam_slots(optimizer, weight)
+    # After one step from zero moments: m = (1 - b1) g, v = (1 - b2) g^2.
+    assert momentum.numpy() == pytest.approx([0.05, 0.025])
+    assert velocity.numpy() == pytest.approx([0.000250, 0.0000625])
 
 
 # --- tf.distribute ---------------------------------------------------------------------------

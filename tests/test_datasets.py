@@ -17,7 +17,7 @@ import tensorflow_datasets as tfds
 
 from ddpm_tf import datasets
 from ddpm_tf.data import load_images
-from ddpm_tf.training.prepare import main as prepare_main
+from ddpm_tf.training.ddpm_prepare import main as prepare_main
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 IDX_NAMES = {

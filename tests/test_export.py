@@ -19,7 +19,7 @@ from scipy import stats
 from tensorflow.core.protobuf import saved_model_pb2
 
 from ddpm_tf import GaussianDiffusion, Sampler, SamplingSpec, get_beta_schedule, rng, unet
-from ddpm_tf.export.cli import main
+from ddpm_tf.export.ddpm_export import main
 from ddpm_tf.exporting import (
     ExportOptions,
     ExportVerificationError,

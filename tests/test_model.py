@@ -10,7 +10,8 @@ import tensorflow_datasets as tfds
 from helpers import assert_same_weights, weight_distance
 
 from ddpm_tf import GaussianDiffusion, data, get_beta_schedule, unet
-from ddpm_tf.model import DiffusionModel, FusedAdam, WarmupSchedule, default_optimizer
+from ddpm_tf.model import DiffusionModel
+from ddpm_tf.optimizers import FusedAdam, WarmupSchedule, default_optimizer
 
 T = 100
 
@@ -66,6 +67,24 @@ def test_evaluate_reports_loss_and_bound_with_ema_weights(trained):
     assert set(first) == {"loss", "mse", "vlb_bpd"}
     assert first == again  # evaluation noise restarts at every evaluate()
     assert 0.5 < first["vlb_bpd"] < 50  # a bound in bits/dim for barely-trained weights
+
+
+def test_evaluation_noise_restarts_in_evaluate_not_in_reset_metrics(trained, monkeypatch):
+    """`evaluate` restarts the test draws itself; `reset_metrics` (called by Keras and by the
+    training callbacks between logs) leaves the evaluation counter alone."""
+    model, _, _ = trained
+    ds = _dataset()
+    first = model.evaluate(ds, verbose=0, return_dict=True)
+    assert int(model.eval_counter.numpy()) == 4  # one per batch of the pass
+    model.reset_metrics()
+    assert int(model.eval_counter.numpy()) == 4
+    # Keras' reset_metrics without any counter side effect: evaluate still restarts the noise.
+    monkeypatch.setattr(model, "reset_metrics", lambda: [m.reset_state() for m in model.metrics])
+    model.eval_counter.assign(7)  # as a pass cut short would leave it
+    assert model.evaluate(ds, verbose=0, return_dict=True) == first
+    model.eval_counter.assign(7)
+    model.restart_evaluation_noise()
+    assert int(model.eval_counter.numpy()) == 0
 
 
 def test_training_lowers_the_loss():

@@ -30,7 +30,7 @@ from ddpm_tf.data import load_arrays
 from ddpm_tf.distribute import ClusterConfigError, ClusterTask, PreemptionCheckpoint, cluster_task
 from ddpm_tf.model import DiffusionModel
 from ddpm_tf.runs import RunDirectory
-from ddpm_tf.training.train import main as train_main
+from ddpm_tf.training.ddpm_train import main as train_main
 
 TWO_WORKERS = {"worker": ["127.0.0.1:2222", "127.0.0.1:2223"]}
 

@@ -29,7 +29,7 @@ from ddpm_tf import (
     unet,
 )
 from ddpm_tf.exporting import ExportOptions, export_model
-from ddpm_tf.training.train import resolve_args
+from ddpm_tf.training.ddpm_train import resolve_args
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 PROGRAMS = program_modules()

@@ -17,13 +17,14 @@ import ddpm_tf
 PACKAGE = Path(ddpm_tf.__file__).parent
 ROOT = PACKAGE.parent
 PROGRAMS = {
-    "ddpm_tf.training.train",
-    "ddpm_tf.training.sample",
-    "ddpm_tf.training.evaluate",
-    "ddpm_tf.training.classifier",
-    "ddpm_tf.training.prepare",
-    "ddpm_tf.export.cli",
+    "ddpm_tf.training.ddpm_train",
+    "ddpm_tf.training.ddpm_sample",
+    "ddpm_tf.training.ddpm_eval",
+    "ddpm_tf.training.ddpm_classifier",
+    "ddpm_tf.training.ddpm_prepare",
+    "ddpm_tf.export.ddpm_export",
 }
+PROGRAM_FOLDERS = {"training": "ddpm_tf.training", "export": "ddpm_tf.export"}
 
 
 def test_the_distribution_installs_one_import_name():
@@ -62,14 +63,33 @@ def _imports(path: Path) -> set[str]:
 
 def _module_files() -> dict[str, Path]:
     files = {}
-    for folder, package in ((PACKAGE, "ddpm_tf"), (ROOT / "training", "ddpm_tf.training")):
+    folders = {PACKAGE: "ddpm_tf", **{ROOT / f: p for f, p in PROGRAM_FOLDERS.items()}}
+    for folder, package in folders.items():
         for path in folder.rglob("*.py"):
-            if package == "ddpm_tf" and "training" in path.parts:
-                continue
             relative = path.relative_to(folder).with_suffix("")
             files[".".join((package, *relative.parts))] = path
-    files["ddpm_tf.export.cli"] = ROOT / "export" / "cli.py"
     return files
+
+
+def test_program_modules_are_named_after_their_commands():
+    """ddpm-x is ddpm_x.py; another module of a program folder is one program's helper (its name
+    the program's, then _...) or the package's own; no name is also a library module's."""
+    scripts = importlib.metadata.distribution("ddpm-tf").entry_points.select(
+        group="console_scripts"
+    )
+    commands = {script.module: script.name for script in scripts}
+    assert set(commands) == PROGRAMS
+    for module, command in commands.items():
+        assert module.rsplit(".", 1)[1] == command.replace("-", "_"), module
+    library = {path.stem for path in PACKAGE.rglob("*.py")}
+    for folder in PROGRAM_FOLDERS:
+        for path in (ROOT / folder).glob("*.py"):
+            if path.stem in ("__init__", "__main__"):
+                continue
+            names = {p.rsplit(".", 1)[1] for p in PROGRAMS}
+            owners = [n for n in names if path.stem == n or path.stem.startswith(f"{n}_")]
+            assert owners, f"{folder}/{path.name} is named after no program"
+            assert path.stem not in library, f"{folder}/{path.name} has a library module's name"
 
 
 def test_no_program_imports_another_program():
@@ -94,7 +114,7 @@ def test_pixels_exporting_and_classifier_do_not_import_the_tfds_pipeline():
     for name in ("ddpm_tf.pixels", "ddpm_tf.classifier", "ddpm_tf.features", *sampling):
         assert "ddpm_tf.data" not in _imports(files[name]), name
     for name, path in files.items():
-        if name.startswith("ddpm_tf.exporting") or name == "ddpm_tf.export.cli":
+        if name.startswith(("ddpm_tf.exporting", "ddpm_tf.export.")):
             assert "ddpm_tf.data" not in _imports(path), name
 
 

@@ -10,13 +10,14 @@ import pytest
 from PIL import Image
 
 from ddpm_tf import DiffusionModel
+from ddpm_tf.config import ConfigError
 from ddpm_tf.datasets.pixel_cache import PixelCache
 from ddpm_tf.sampling import generate_uint8
-from ddpm_tf.training import config as cfg
-from ddpm_tf.training import evaluate
-from ddpm_tf.training.evaluate import main as eval_main
-from ddpm_tf.training.sample import main as sample_main
-from ddpm_tf.training.train import main as train_main
+from ddpm_tf.training import ddpm_eval as evaluate
+from ddpm_tf.training import ddpm_train_presets as cfg
+from ddpm_tf.training.ddpm_eval import main as eval_main
+from ddpm_tf.training.ddpm_sample import main as sample_main
+from ddpm_tf.training.ddpm_train import main as train_main
 
 # A tiny model and a short run; the folder64 preset's data settings are kept except the size.
 TINY = [
@@ -25,9 +26,9 @@ TINY = [
     "model.ch=16",
     "model.ch_mult=[1, 2]",
     "model.attn_resolutions=[4]",
-    "diffusion.timesteps=40",
+    "diffusion.num_timesteps=40",
     "train.batch_size=8",
-    "train.warmup=2",
+    "train.warmup_steps=2",
     "run.log_every=2",
     "run.checkpoint_every=2",
     "run.eval_every=4",
@@ -78,7 +79,7 @@ def test_images_take_the_folder64_preset_and_no_dataset():
     ],
 )
 def test_one_source_of_images(preset, overrides, message):
-    with pytest.raises(cfg.ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message):
         cfg.resolve(preset, overrides)
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from ddpm_tf import config as schema
 from ddpm_tf import every_class, rng
 from ddpm_tf.data import image_shape, load_arrays
 from ddpm_tf.evaluation import fid_from_features
@@ -26,21 +27,21 @@ from ddpm_tf.pixels import scale_to_unit, unit_to_uint8
 from ddpm_tf.runs import CURVE_FILE, CheckpointError, RunConfigError, RunDirectory, load_model
 from ddpm_tf.sampling import generate_uint8
 from ddpm_tf.sampling.spec import SamplingSpec
-from ddpm_tf.training import config as cfg
-from ddpm_tf.training import evaluate as evaluate_program
-from ddpm_tf.training import train as train_program
-from ddpm_tf.training.classifier import main as classifier_main
-from ddpm_tf.training.curve import TrainingCurve, read_curve
-from ddpm_tf.training.evaluate import main as eval_main
-from ddpm_tf.training.sample import main as sample_main
-from ddpm_tf.training.train import main as train_main
+from ddpm_tf.training import ddpm_eval as evaluate_program
+from ddpm_tf.training import ddpm_train as train_program
+from ddpm_tf.training import ddpm_train_presets as cfg
+from ddpm_tf.training.ddpm_classifier import main as classifier_main
+from ddpm_tf.training.ddpm_eval import main as eval_main
+from ddpm_tf.training.ddpm_sample import main as sample_main
+from ddpm_tf.training.ddpm_train import main as train_main
+from ddpm_tf.training.ddpm_train_curve import TrainingCurve, read_curve
 
 # A small, fast run on the embedded digits: a narrow U-Net and a short schedule.
 SMALL = [
     "model.ch=16",
-    "diffusion.timesteps=50",
+    "diffusion.num_timesteps=50",
     "train.batch_size=16",
-    "train.warmup=2",
+    "train.warmup_steps=2",
     "run.log_every=4",
     "run.checkpoint_every=4",
     "run.sample_every=1000",
@@ -83,17 +84,19 @@ def test_every_preset_resolves():
     assert names <= set(cfg.preset_names())
     for name in cfg.preset_names():
         _, config = cfg.resolve(name, ["data.images=DIR"] if name == "folder64" else [])
-        assert config.keys() == cfg.DEFAULTS.keys()
+        assert config.keys() == schema.DEFAULTS.keys()
     assert cfg.resolve("cifar10")[1]["model"]["preset"] == "ddpm_cifar10"
 
 
 def test_overrides_are_typed():
     _, config = cfg.resolve(
-        "digits", ["train.lr=1e-3", "model.ch_mult=[1, 2]", "data.dataset=mnist", "train.steps=7"]
+        "digits",
+        ["train.learning_rate=1e-3", "model.ch_mult=[1, 2]", "data.dataset=mnist", "train.steps=7"],
     )
-    assert config["train"]["lr"] == 1e-3 and config["train"]["steps"] == 7
+    assert config["train"]["learning_rate"] == 1e-3 and config["train"]["steps"] == 7
     assert config["model"]["ch_mult"] == [1, 2] and config["data"]["dataset"] == "mnist"
-    assert cfg.resolve("digits", ["train.lr=1"])[1]["train"]["lr"] == 1.0  # int where float
+    one = cfg.resolve("digits", ["train.learning_rate=1"])[1]["train"]["learning_rate"]
+    assert one == 1.0  # int where float
 
 
 @pytest.mark.parametrize(
@@ -106,27 +109,75 @@ def test_overrides_are_typed():
         ("train.mixed_precision=float64", 'must be false, "float16" or "bfloat16"'),
         ("train.steps=0", "train.steps must be >= 1"),
         ("sampling.method=euler", "method"),
-        ("train.lr=0", r"train\.lr must be > 0"),
-        ("train.lr_decay=cos", r"Unknown train\.lr_decay 'cos'"),
+        ("train.learning_rate=0", r"train\.learning_rate must be > 0"),
+        ("train.decay=cos", r"Unknown `train\.decay` 'cos'"),
+        ("train.warmup_steps=-1", r"train\.warmup_steps must be >= 0"),
         (
-            "train.lr_decay=cosine train.warmup=9000",
-            r"train\.steps \(\d+\) > train\.warmup \(9000\)",
+            "train.decay=cosine train.warmup_steps=9000",
+            r"train\.steps \(\d+\) > train\.warmup_steps \(9000\)",
         ),
     ],
 )
 def test_bad_overrides_are_named(override, message):
-    with pytest.raises(cfg.ConfigError, match=message):
+    with pytest.raises(schema.ConfigError, match=message):
         cfg.resolve("digits", override.split())
 
 
 def test_a_bad_schedule_is_refused_with_the_config():
     """Before any data is read: the linear schedule reaches beta = 1 at T = 20."""
-    with pytest.raises(cfg.ConfigError, match=r"\[diffusion\] .*strictly inside \(0, 1\)"):
-        cfg.resolve("digits", ["diffusion.timesteps=20"])
+    with pytest.raises(schema.ConfigError, match=r"\[diffusion\] .*strictly inside \(0, 1\)"):
+        cfg.resolve("digits", ["diffusion.num_timesteps=20"])
+
+
+def _old_style(config: dict) -> dict:
+    """`config` under the key names of OLD_KEYS, as runs saved it before the keys were renamed."""
+    older = json.loads(json.dumps(config))
+    for old, new in schema.OLD_KEYS.items():
+        (section, old_name), (_, new_name) = old.split("."), new.split(".")
+        older[section][old_name] = older[section].pop(new_name)
+    return older
+
+
+def test_old_key_names_in_overrides_and_files_still_work(tmp_path, capsys):
+    overrides = ["train.lr=1e-3", "train.warmup=7", "diffusion.mean_type=v", "train.grad_clip=0.5"]
+    _, config = cfg.resolve("digits", overrides)
+    train = config["train"]
+    assert (train["learning_rate"], train["warmup_steps"], train["grad_clip_norm"]) == (
+        1e-3,
+        7,
+        0.5,
+    )
+    assert config["diffusion"]["model_mean_type"] == "v"
+    assert not {"lr", "warmup", "grad_clip"} & set(train)
+    notes = capsys.readouterr().err.splitlines()
+    assert (
+        notes[0] == "note: override: train.lr is now train.learning_rate (the old name still works)"
+    )
+    assert len(notes) == len(overrides)
+    preset = tmp_path / "old.toml"
+    preset.write_text(
+        '[diffusion]\ntimesteps = 50\nvar_type = "fixed_small"\n[train]\nlr_decay = "cosine"\n'
+    )
+    _, config = cfg.resolve(str(preset))
+    assert config["diffusion"]["num_timesteps"] == 50 and config["train"]["decay"] == "cosine"
+    assert config["diffusion"]["model_var_type"] == "fixed_small"
+    assert "note: config " in capsys.readouterr().err
+    # An old name's errors name the key by its new name.
+    with pytest.raises(schema.ConfigError, match=r"train\.learning_rate must be > 0"):
+        cfg.resolve("digits", ["train.lr=0"])
+
+
+def test_a_config_saved_under_old_key_names_reads_as_the_new(tmp_path):
+    _, config = cfg.resolve("digits")
+    (tmp_path / "config.json").write_text(json.dumps(_old_style(config)))
+    run = RunDirectory(tmp_path)
+    assert run.saved_config() == json.loads(json.dumps(config))
+    assert run.check_config(config, schema.MAY_CHANGE, schema.DEFAULTS) is True
+    assert schema.upgrade(config) == config  # a current config is left as it is
 
 
 def test_unknown_preset_lists_the_presets():
-    with pytest.raises(cfg.ConfigError, match="digits"):
+    with pytest.raises(schema.ConfigError, match="digits"):
         cfg.resolve("imagenet")
 
 
@@ -139,20 +190,20 @@ def test_run_directory_refuses_another_config(tmp_path):
     (tmp_path / "run" / "config.json").write_text(json.dumps(config))
     assert run.check_config(config) is True
     longer = cfg.resolve("digits", ["train.steps=9000", "run.log_every=5"])[1]
-    assert run.check_config(longer, may_change=cfg.MAY_CHANGE) is True
-    other = cfg.resolve("digits", ["train.lr=1e-3"])[1]
-    with pytest.raises(RunConfigError, match=r"train\.lr: 0\.0005 -> 0\.001"):
-        run.check_config(other, may_change=cfg.MAY_CHANGE)
+    assert run.check_config(longer, may_change=schema.MAY_CHANGE) is True
+    other = cfg.resolve("digits", ["train.learning_rate=1e-3"])[1]
+    with pytest.raises(RunConfigError, match=r"train\.learning_rate: 0\.0005 -> 0\.001"):
+        run.check_config(other, may_change=schema.MAY_CHANGE)
     # A run saved before a key existed resumes when the key keeps its default, and only then.
     older = json.loads(json.dumps(config))
     del older["diffusion"]["min_snr_gamma"]
     (tmp_path / "run" / "config.json").write_text(json.dumps(older))
-    assert run.check_config(config, cfg.MAY_CHANGE, cfg.DEFAULTS) is True
+    assert run.check_config(config, schema.MAY_CHANGE, schema.DEFAULTS) is True
     weighted = cfg.resolve("digits", ["diffusion.min_snr_gamma=5.0"])[1]
     with pytest.raises(RunConfigError, match=r"diffusion\.min_snr_gamma: 0\.0 -> 5\.0"):
-        run.check_config(weighted, cfg.MAY_CHANGE, cfg.DEFAULTS)
+        run.check_config(weighted, schema.MAY_CHANGE, schema.DEFAULTS)
     with pytest.raises(RunConfigError, match="<unset>"):
-        run.check_config(config, cfg.MAY_CHANGE)  # without defaults a missing key is a change
+        run.check_config(config, schema.MAY_CHANGE)  # without defaults a missing key is a change
 
 
 def test_a_foreign_directory_is_not_taken_over(tmp_path, data_dir, capsys):
@@ -212,6 +263,18 @@ def test_extending_a_run_equals_one_long_run(tmp_path, data_dir, long_run, capsy
     model = load_model(long_run)
     assert model.step == 16
     assert model.generate(2, seed=0, method="ddim", steps=3).shape == (2, 8, 8, 1)
+
+
+def test_a_run_saved_under_old_key_names_resumes(tmp_path, data_dir, long_run, capsys):
+    """A run directory of before the renaming: its config.json resumes, and is rewritten."""
+    run = tmp_path / "run"
+    shutil.copytree(long_run, run)
+    saved = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps(_old_style(saved)))
+    assert _train(run, data_dir, "train.steps=16") == 0
+    assert "resuming at step 16 of 16" in capsys.readouterr().out
+    assert json.loads((run / "config.json").read_text()) == saved  # under the new names
+    assert load_model(run).step == 16
 
 
 def _cli(run_dir: Path, data_dir: str, steps: int) -> list[str]:
@@ -280,9 +343,9 @@ def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir, 
         tmp_path,
         data_dir,
         "train.steps=40",
-        "train.lr=1e30",
-        "train.warmup=0",
-        "train.grad_clip=0.0",
+        "train.learning_rate=1e30",
+        "train.warmup_steps=0",
+        "train.grad_clip_norm=0.0",
         "run.checkpoint_every=1",
     )
     assert code == 3
@@ -495,8 +558,8 @@ def test_bad_fid_settings_fail_before_anything_is_written(
 
 
 def test_a_cosine_decay_falls_to_zero_at_the_last_step(tmp_path, data_dir):
-    assert _train(tmp_path, data_dir, "train.steps=8", "train.lr_decay=cosine") == 0
-    peak = RunDirectory(tmp_path).saved_config()["train"]["lr"]
+    assert _train(tmp_path, data_dir, "train.steps=8", "train.decay=cosine") == 0
+    peak = RunDirectory(tmp_path).saved_config()["train"]["learning_rate"]
     rows = read_curve(tmp_path / CURVE_FILE)
     # after step s the optimizer's next rate: warm-up over 2 steps, then the decay over steps 2..8
     want = [peak * math.sin(0.5 * math.pi * (8 - s) / 6) ** 2 for s in (4, 8)]

@@ -2,6 +2,6 @@
 
 import sys
 
-from ddpm_tf.training.train import main
+from ddpm_tf.training.ddpm_train import main
 
 sys.exit(main())

@@ -24,7 +24,7 @@ from ddpm_tf import (  # noqa: E402
     get_beta_schedule,
     sample_per_replica,
 )
-from ddpm_tf.model import FusedAdam  # noqa: E402
+from ddpm_tf.optimizers import FusedAdam  # noqa: E402
 
 CONFIGS = {
     "plain": {"net": {}, "diffusion": {}, "sampler": "uniform"},

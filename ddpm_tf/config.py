@@ -1,21 +1,47 @@
-"""Training configs: defaults, named presets (TOML files in `configs/`) and command-line overrides.
+"""The training config: its sections and keys, their defaults, types and checks, and old key names.
 
-A config is a nested dict with the sections below; a preset file overrides some keys, and each
-`section.key=value` on the command line overrides one more (values in TOML syntax: `1e-4`,
-`[1, 2, 2]`, `true`; a bare word is a string). The resolved config is saved in the run directory.
+A config is a nested dict {section: {key: value}} with the sections of `DEFAULTS`. The keys of
+`model`, `diffusion` and `train` are the names of the constructor arguments they set (`UNet` via
+`from_preset`; `get_beta_schedule` and `GaussianDiffusion`; `WarmupSchedule` and `DiffusionModel`),
+so one name serves from a TOML file to the constructor, as improved-diffusion's flags are its
+factories' arguments. Three keys keep a name of their own where the argument's would say less:
+`model.preset` and `diffusion.schedule` (the `name` of `from_preset` and `get_beta_schedule`) and
+`train.steps` (the run's length, which is also `WarmupSchedule`'s `decay_steps`).
+
+The schema lives here, in the library beside `ddpm_tf.recipe.build_model` (which builds the model of
+a config), so that any code can check a config and read a run's `config.json` (`ddpm_tf.runs`); the
+program `ddpm-train` only reads TOML presets and command-line overrides into it (`set_key`, then
+`finish`). It is a module of its own rather than part of `recipe.py`: it covers the `data`, `run`
+and `sampling` sections too, which the model never sees.
+
+Keys renamed since configs were first saved are listed in `OLD_KEYS`: `upgrade` reads a saved config
+with them, and `current_key` lets a program accept them from a user.
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
-import tomllib
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
-from ddpm_tf.recipe import build_diffusion, build_schedule
+from ddpm_tf.checks import check_choice
+from ddpm_tf.optimizers import LR_DECAYS
+from ddpm_tf.recipe import build_diffusion
 from ddpm_tf.sampling.spec import SamplingSpec
+
+__all__ = [
+    "DEFAULTS",
+    "MAY_CHANGE",
+    "OLD_KEYS",
+    "ConfigError",
+    "current_key",
+    "finish",
+    "new_config",
+    "precision_policy",
+    "set_key",
+    "upgrade",
+    "validate",
+]
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {
@@ -41,20 +67,20 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "diffusion": {
         "schedule": "linear",
-        "timesteps": 1000,
-        "mean_type": "epsilon",
-        "var_type": "fixed_large",
+        "num_timesteps": 1000,
+        "model_mean_type": "epsilon",
+        "model_var_type": "fixed_large",
         "loss_type": "mse",
         "min_snr_gamma": 0.0,  # > 0: min-SNR-gamma loss weighting (Hang et al. 2023), e.g. 5
     },
     "train": {
         "steps": 6000,
         "batch_size": 64,
-        "lr": 2e-4,
-        "warmup": 500,
-        "lr_decay": "constant",  # constant | cosine | linear: after the warm-up, down to 0 at steps
+        "learning_rate": 2e-4,
+        "warmup_steps": 500,
+        "decay": "constant",  # of the learning rate: constant | cosine | linear, to 0 at steps
         "ema_decay": 0.999,
-        "grad_clip": 1.0,
+        "grad_clip_norm": 1.0,  # 0: no clipping
         "timestep_sampler": "uniform",
         "label_dropout": 0.1,
         "seed": 0,
@@ -81,32 +107,60 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 # Keys a run may change when it is resumed: its length, its bookkeeping and how grids are sampled.
 MAY_CHANGE = ("train.steps", "run", "sampling")
 
-PRESETS_PACKAGE = "ddpm_tf.training.configs"
+# The keys' names before they took their constructor arguments' -> their names now. Saved configs
+# (a run's config.json) are read through it by `upgrade`; a program takes them from users with
+# `current_key`.
+OLD_KEYS: dict[str, str] = {
+    "diffusion.timesteps": "diffusion.num_timesteps",
+    "diffusion.mean_type": "diffusion.model_mean_type",
+    "diffusion.var_type": "diffusion.model_var_type",
+    "train.lr": "train.learning_rate",
+    "train.warmup": "train.warmup_steps",
+    "train.lr_decay": "train.decay",
+    "train.grad_clip": "train.grad_clip_norm",
+}
+
+# The lower bounds of integer keys (the library would raise later, after the data is read).
+_AT_LEAST = {
+    "train.steps": 1,
+    "train.batch_size": 1,
+    "train.warmup_steps": 0,
+    "run.checkpoint_every": 1,
+    "run.keep": 1,
+    "run.log_every": 1,
+    "run.sample_every": 1,
+    "run.eval_every": 1,
+    "run.bpd_examples": 0,
+}
+
+# train.mixed_precision -> the Keras dtype policy of the network. The diffusion mathematics, the
+# losses, the EMA and the network's output head stay float32 under every policy.
+PRECISION_POLICIES = {"float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 
 
 class ConfigError(ValueError):
     """A preset, a file or an override is not valid."""
 
 
-# WarmupSchedule's argument -> the train key that sets it (build_schedule).
-_SCHEDULE_KEYS = {
-    "`learning_rate`": "train.lr",
-    "`warmup_steps`": "train.warmup",
-    "`decay_steps`": "train.steps",
-    "`decay`": "train.lr_decay",
-}
+def current_key(key: str) -> str:
+    """The name of `key` now: itself, or its new name if it is one of `OLD_KEYS`."""
+    return OLD_KEYS.get(key, key)
 
 
-def _schedule_keys(message: str) -> str:
-    """A WarmupSchedule error in the words of the config."""
-    for arg, key in _SCHEDULE_KEYS.items():
-        message = message.replace(arg, key)
-    return message
+def upgrade(config: dict) -> dict:
+    """A copy of a saved nested config with every key of `OLD_KEYS` under its new name."""
+    upgraded = copy.deepcopy(config)
+    for old, new in OLD_KEYS.items():
+        (section, old_name), (_, new_name) = old.split("."), new.split(".")
+        values = upgraded.get(section)
+        if isinstance(values, dict) and old_name in values:
+            values.setdefault(new_name, values.pop(old_name))
+    return upgraded
 
 
-# train.mixed_precision -> the Keras dtype policy of the network. The diffusion mathematics, the
-# losses, the EMA and the network's output head stay float32 under every policy.
-PRECISION_POLICIES = {"float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
+def new_config() -> dict:
+    """A fresh copy of `DEFAULTS`, to fill with `set_key` and complete with `finish`."""
+    return copy.deepcopy(DEFAULTS)
 
 
 def precision_policy(value: bool | str) -> str:
@@ -119,39 +173,6 @@ def precision_policy(value: bool | str) -> str:
             f'"float16"), got {value!r}.'
         )
     return PRECISION_POLICIES[value]
-
-
-def preset_names() -> list[str]:
-    files = resources.files(PRESETS_PACKAGE).iterdir()
-    return sorted(f.name.removesuffix(".toml") for f in files if f.name.endswith(".toml"))
-
-
-def _read_preset(name_or_path: str) -> tuple[str, dict]:
-    """(name, overrides) of a named preset or of a TOML file."""
-    path = Path(name_or_path)
-    if path.suffix == ".toml":
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist.")
-        text, name = path.read_text(), path.stem
-    else:
-        if name_or_path not in preset_names():
-            raise ConfigError(
-                f"unknown config preset {name_or_path!r}; choose one of {preset_names()} or pass "
-                "a .toml file."
-            )
-        text = resources.files(PRESETS_PACKAGE).joinpath(f"{name_or_path}.toml").read_text()
-        name = name_or_path
-    try:
-        return name, tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"config {name_or_path} is not valid TOML: {err}") from err
-
-
-def _parse_value(text: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text  # a bare word: a string
 
 
 def _check_type(key: str, default: Any, value: Any) -> Any:
@@ -170,7 +191,8 @@ def _check_type(key: str, default: Any, value: Any) -> Any:
     return value
 
 
-def _set(config: dict, key: str, value: Any) -> None:
+def set_key(config: dict, key: str, value: Any) -> None:
+    """Sets the dotted `key` (a current name) of `config` to `value`, checked against its type."""
     section, _, name = key.partition(".")
     if section not in config or not name:
         raise ConfigError(
@@ -188,26 +210,15 @@ def _set(config: dict, key: str, value: Any) -> None:
         config[section][name] = _check_type(key, DEFAULTS[section][name], value)
 
 
-def resolve(preset: str = "digits", overrides: list[str] = ()) -> tuple[str, dict]:
-    """(name, config): DEFAULTS updated by the preset, then by `KEY=VALUE` overrides."""
-    name, file_values = _read_preset(preset)
-    config = copy.deepcopy(DEFAULTS)
-    given = set()  # the keys the preset or the overrides set
-    for section, values in file_values.items():
-        if not isinstance(values, dict):
-            raise ConfigError(f"config {preset}: {section!r} must be a [section] table.")
-        for key, value in values.items():
-            _set(config, f"{section}.{key}", value)
-            given.add(f"{section}.{key}")
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep:
-            raise ConfigError(f"override {item!r} must look like section.key=value.")
-        _set(config, key.strip(), _parse_value(text.strip()))
-        given.add(key.strip())
-    _choose_data_source(config["data"], dataset_given="data.dataset" in given)
+def finish(config: dict, dataset_given: bool) -> dict:
+    """Completes a config filled by `set_key` (its data source chosen) and validates it.
+
+    `dataset_given`: whether the user set data.dataset (a preset or an override), which a folder
+    of images (data.images) may not be combined with.
+    """
+    _choose_data_source(config["data"], dataset_given)
     validate(config)
-    return name, config
+    return config
 
 
 def _choose_data_source(data: dict, dataset_given: bool) -> None:
@@ -231,17 +242,13 @@ def _choose_data_source(data: dict, dataset_given: bool) -> None:
 
 
 def validate(config: dict) -> None:
-    """Range checks the library would otherwise raise later, after data loading."""
+    """Range checks the library would otherwise raise later, after data loading; each names its key."""
     train, run = config["train"], config["run"]
     precision_policy(train["mixed_precision"])
-    for key in ("steps", "batch_size"):
-        if train[key] < 1:
-            raise ConfigError(f"train.{key} must be >= 1, got {train[key]}.")
-    for key in ("checkpoint_every", "keep", "log_every", "sample_every", "eval_every"):
-        if run[key] < 1:
-            raise ConfigError(f"run.{key} must be >= 1, got {run[key]}.")
-    if run["bpd_examples"] < 0:
-        raise ConfigError(f"run.bpd_examples must be >= 0, got {run['bpd_examples']}.")
+    for key, bound in _AT_LEAST.items():
+        section, name = key.split(".")
+        if config[section][name] < bound:
+            raise ConfigError(f"{key} must be >= {bound}, got {config[section][name]}.")
     if run["fid_samples"] < 0 or run["fid_samples"] == 1:
         raise ConfigError(f"run.fid_samples must be 0 (off) or >= 2, got {run['fid_samples']}.")
     if run["fid_samples"] and not run["classifier"]:  # the file is checked when the run starts
@@ -249,15 +256,28 @@ def validate(config: dict) -> None:
             f"run.fid_samples={run['fid_samples']} scores samples with a classifier: train one "
             "with `ddpm-classifier --dataset NAME --out PATH.keras` and set run.classifier=PATH.keras."
         )
-    try:
-        build_schedule(train)
-    except ValueError as err:
-        raise ConfigError(_schedule_keys(str(err))) from None
+    _validate_schedule(train)
     try:
         SamplingSpec.from_dict(config["sampling"])
     except ValueError as err:
         raise ConfigError(f"[sampling] {err}") from None
     try:  # NumPy only: no TensorFlow op may run before a multi-worker strategy exists
         build_diffusion(config["diffusion"])
-    except ValueError as err:
+    except ValueError as err:  # its arguments are the keys of [diffusion]
         raise ConfigError(f"[diffusion] {err}") from None
+
+
+def _validate_schedule(train: dict) -> None:
+    """The learning-rate schedule's checks (`WarmupSchedule`'s), in the keys of [train]."""
+    if train["learning_rate"] <= 0:
+        raise ConfigError(f"train.learning_rate must be > 0, got {train['learning_rate']}.")
+    try:
+        decay = check_choice(train["decay"], LR_DECAYS, "train.decay")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    steps, warmup = train["steps"], train["warmup_steps"]
+    if decay != "constant" and steps <= warmup:
+        raise ConfigError(
+            f"train.decay={decay} needs train.steps ({steps}) > train.warmup_steps ({warmup}): "
+            "the decay runs from the end of the warm-up to the last step."
+        )

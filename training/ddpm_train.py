@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from ddpm_tf import cli, kernels
+from ddpm_tf.config import DEFAULTS, MAY_CHANGE, precision_policy
 from ddpm_tf.data import (
     cached_split,
     check_global_batch,
@@ -50,15 +51,9 @@ from ddpm_tf.features import ClassifierFeatures
 from ddpm_tf.recipe import build_model
 from ddpm_tf.runs import CURVE_FILE, RunDirectory
 from ddpm_tf.sampling.spec import SamplingSpec
-from ddpm_tf.training import callbacks as cb
-from ddpm_tf.training.config import (
-    DEFAULTS,
-    MAY_CHANGE,
-    precision_policy,
-    preset_names,
-    resolve,
-)
-from ddpm_tf.training.curve import TrainingCurve
+from ddpm_tf.training import ddpm_train_callbacks as cb
+from ddpm_tf.training.ddpm_train_curve import TrainingCurve
+from ddpm_tf.training.ddpm_train_presets import preset_names, resolve
 
 SAMPLE_SEED = 1234  # the grids of one run always show the same noise, so progress is visible
 FID_TEST_IMAGES = 10_000  # at most this many test images are the FID's real statistics
@@ -413,8 +408,8 @@ def _stop_if_interrupted(
     if failed is not None:
         raise cli.NonFiniteLoss(
             f"the loss became NaN or infinite at step {failed}. The newest good "
-            f"checkpoint is kept: {run.latest_checkpoint() or 'none yet'}. Try a lower train.lr, "
-            "train.grad_clip=1.0, or turn off train.mixed_precision."
+            f"checkpoint is kept: {run.latest_checkpoint() or 'none yet'}. Try a lower "
+            "train.learning_rate, train.grad_clip_norm=1.0, or turn off train.mixed_precision."
         )
     if callbacks.preemption.preempted:
         saved = (

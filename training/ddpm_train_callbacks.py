@@ -30,7 +30,7 @@ from ddpm_tf.pixels import make_grid, save_grid, unit_to_uint8
 from ddpm_tf.runs import RunDirectory
 from ddpm_tf.sampling import every_class, generate_uint8
 from ddpm_tf.sampling.spec import SamplingSpec
-from ddpm_tf.training.curve import TrainingCurve
+from ddpm_tf.training.ddpm_train_curve import TrainingCurve
 
 
 class NanGuard(keras.callbacks.Callback):
