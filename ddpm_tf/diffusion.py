@@ -2,7 +2,7 @@
 
 `GaussianDiffusion` is pure tensor math. It knows nothing about Keras: the network is any callable
 `denoise_fn(x_t, t) -> model_output`. Conventions follow Ho et al. and improved/guided diffusion so
-that results compare with the literature (see the README's "Conventions" section):
+that results compare with the literature (see docs/mathematics.md, "Conventions"):
 
 - images are float [B, H, W, C] in [-1, 1]; `t` is int32 [B] with values in [0, T);
 - coefficient tables are float64 NumPy arrays, gathered per batch and cast to the compute dtype;

@@ -209,7 +209,7 @@ def kid_from_features(
     from ``numpy.random.default_rng(seed)``. When that is all of both sets, every subset is the
     same, so the estimate is computed once and the standard deviation is 0 (it then says nothing
     about the estimate's uncertainty). Cost: ``3 * num_subsets * subset_size^2 * D``
-    multiply-adds (about 6e11 for the defaults with D = 2048; 30 s on 2 CPU cores).
+    multiply-adds (about 6e11 for the defaults with D = 2048; its time: docs/benchmarks.md).
     """
     a = _as_features(feats_a, "feats_a")
     b = _as_features(feats_b, "feats_b")

@@ -466,3 +466,60 @@ class DiffusionModel(keras.Model):
         config = dict(config)
         config["network"] = keras.saving.deserialize_keras_object(config["network"])
         return cls(**config)
+
+    # ---------------------------------------------------------------------------- export
+    KERAS_EXPORT_FORMATS = {"tf_saved_model": "saved_model", "litert": "tflite", "onnx": "onnx"}
+    """Keras' `Model.export` format names, and the `ddpm_tf.exporting` format each one writes."""
+
+    def export(
+        self, filepath, format: str = "tf_saved_model", verbose=None, input_signature=None, **kwargs
+    ) -> dict:
+        """Keras' spelling of `ddpm_tf.exporting.export_model` for one format, verified.
+
+        Writes the sampler and the denoiser in `format` to the directory `filepath` (with
+        `manifest.json` and `verification.npz`, as `ddpm-export --out` does), runs each artifact in
+        its own runtime against TensorFlow and returns the manifest; an artifact outside its
+        tolerance raises `ExportVerificationError`. See docs/export.md.
+
+        Args:
+            filepath: the export directory (new or empty unless `overwrite=True`).
+            format: "tf_saved_model", "litert" (TFLite) or "onnx", as in `keras.Model.export`.
+            verbose: print where the export went.
+            input_signature: not supported: the exported functions have fixed signatures.
+            **kwargs: `overwrite`, and the fields of `ExportOptions` but `formats` (`spec`,
+                `num_samples`, `guidance_scale`, `tflite_quantization`, `onnx_opset`, also
+                spelled `opset_version` as in Keras, `verify_seed`).
+        """
+        from pathlib import Path
+
+        from ddpm_tf.exporting import ExportOptions, export_model
+
+        names = tuple(self.KERAS_EXPORT_FORMATS)
+        if format in ("openvino", "torch"):
+            raise ValueError(
+                f"DiffusionModel.export does not support Keras' format {format!r}: ddpm-tf "
+                f"exports verified samplers as {names} only."
+            )
+        if format not in names:
+            raise ValueError(
+                f"Unknown export format {format!r}; DiffusionModel.export takes one of {names} "
+                "(Keras' names for ddpm-export's saved_model, tflite and onnx)."
+            )
+        if input_signature is not None:
+            raise ValueError(
+                "DiffusionModel.export takes no `input_signature`: the exported sampler and "
+                "denoiser have fixed signatures (docs/export.md)."
+            )
+        if Path(filepath).suffix in (".tflite", ".onnx", ".pb", ".keras"):
+            raise ValueError(
+                f"`filepath` {str(filepath)!r} names a file; it is the export directory, which "
+                "holds the artifacts and manifest.json."
+            )
+        overwrite = kwargs.pop("overwrite", False)
+        if "opset_version" in kwargs:
+            kwargs["onnx_opset"] = kwargs.pop("opset_version")
+        options = ExportOptions(formats=(self.KERAS_EXPORT_FORMATS[format],), **kwargs)
+        manifest = export_model(self, filepath, options, overwrite=overwrite)
+        if verbose:
+            print(f"Exported {format} to {filepath} (verified: manifest.json)")
+        return manifest

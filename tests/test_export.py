@@ -490,3 +490,48 @@ def test_dpm_solver_exports_to_every_format_and_verifies(trained, tmp_path):
     got = open_function("onnx", onnx_sampler, "sample")({"seed": np.array(SEED, np.int32)})
     expected = unit_to_uint8(model.generate(2, SEED, spec=spec)).numpy()
     _assert_images_close(got["images"], expected)
+
+
+KERAS_FORMATS = [
+    ("tf_saved_model", "saved_model", ["saved_model/saved_model.pb"]),
+    ("litert", "tflite", ["tflite/sampler.tflite", "tflite/denoiser.tflite"]),
+    ("onnx", "onnx", ["onnx/sampler.onnx", "onnx/denoiser.onnx"]),
+]
+
+
+@pytest.mark.parametrize(
+    "keras_format, fmt, files", KERAS_FORMATS, ids=[f[0] for f in KERAS_FORMATS]
+)
+def test_keras_spelling_of_export_writes_loads_and_verifies(
+    trained, tmp_path, keras_format, fmt, files
+):
+    model, _ = trained
+    out = tmp_path / "out"
+    spec = SamplingSpec(method="ddim", steps=int(STEPS), noise_source="portable")
+    manifest = model.export(out, format=keras_format, spec=spec, num_samples=N)
+    assert manifest["passed"] and {a["format"] for a in manifest["artifacts"]} == {fmt}
+    assert all((out / f).is_file() for f in files) and (out / "manifest.json").is_file()
+    assert verify_export(out)["passed"]
+    sampler = next(a for a in manifest["artifacts"] if a["function"] == "sample")
+    runner = open_function(fmt, out / sampler["path"], sampler["key"])
+    feeds = {"seed": np.array(SEED, np.int32), "num_samples": np.array(N, np.int32)}
+    images = runner({k: feeds[k] for k in runner.inputs})["images"]
+    _assert_images_close(images, _in_memory_images(model))
+
+
+def test_keras_spelling_of_export_refuses_what_it_cannot_write(trained, tmp_path):
+    model, _ = trained
+    allowed = r"\('tf_saved_model', 'litert', 'onnx'\)"
+    for bad in ("tflite", "savedmodel", "h5"):
+        with pytest.raises(ValueError, match=rf"Unknown export format '{bad}'.*{allowed}"):
+            model.export(tmp_path / "out", format=bad)
+    for unsupported in ("openvino", "torch"):
+        with pytest.raises(ValueError, match=rf"does not support Keras' format '{unsupported}'"):
+            model.export(tmp_path / "out", format=unsupported)
+    with pytest.raises(ValueError, match="input_signature"):
+        model.export(tmp_path / "out", input_signature=[tf.TensorSpec([1, 8, 8, 1])])
+    with pytest.raises(ValueError, match="export directory"):
+        model.export(tmp_path / "sampler.tflite", format="litert")
+    with pytest.raises(TypeError, match="formats"):
+        model.export(tmp_path / "out", formats=("onnx",))
+    assert not list(tmp_path.iterdir())

@@ -1,6 +1,6 @@
 """`ddpm-train`: train a DDPM from a named config, checkpointing so that a rerun resumes exactly.
 
-    ddpm-train                                   # the embedded digits, ~10 minutes on 2 CPU cores
+    ddpm-train                                   # the embedded digits (time: docs/benchmarks.md)
     ddpm-train --config fashion_mnist --data-dir ~/tfds train.steps=20000 run.sample_every=5000
     ddpm-train --config my_run.toml --run-dir runs/mine
 

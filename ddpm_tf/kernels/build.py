@@ -1,9 +1,9 @@
 """Compiles the package's C++ kernels against the installed TensorFlow, once per machine.
 
 The source ships with the package (``*.cc`` beside this file). The first process that needs the
-library compiles it with the system C++ compiler (``$CXX`` or ``g++``, about 6 seconds) into a
-cache folder keyed by the source, the TensorFlow version, the compiler and the CPU, and later
-processes load it from there. Nothing is downloaded. A missing compiler or a failed build leaves
+library compiles it with the system C++ compiler (``$CXX`` or ``g++``; its time:
+docs/benchmarks.md) into a cache folder keyed by the source, the TensorFlow version, the compiler
+and the CPU, and later processes load it from there. Nothing is downloaded. A missing compiler or a failed build leaves
 the pure-TensorFlow layers in use and says why (:func:`status`).
 
 The cache folder is ``$DDPM_TF_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/ddpm_tf/kernels``, else
