@@ -365,7 +365,7 @@ def test_sample_cli_writes_a_grid_and_arrays(long_run, unconditional_run, tmp_pa
     assert sample_main([*args, "--out", str(out)]) == 0
     saved = np.load(out / "samples.npz")
     assert saved["images"].shape == (3, 8, 8, 1) and saved["images"].dtype == np.uint8
-    assert json.loads(str(saved["settings"]))["steps"] == 4
+    assert json.loads(str(saved["settings"]))["steps"] == "uniform4"  # the typed steps, as text
     assert (out / "samples.png").is_file()
     model = load_model(long_run)
     labels = every_class(3, model.num_classes)  # without --labels: the classes in turn
