@@ -176,3 +176,55 @@ def test_the_x_and_output_hooks_reach_every_step(method, process64):
     ab0 = kept.alphas_cumprod[0]
     expected = optimal_xstart(math.sqrt(ab0) * c, ab0, MU, S)
     np.testing.assert_allclose(got.numpy(), np.full(shape, expected), rtol=1e-9)
+
+
+def test_steps_text_parses_to_one_typed_value_and_reads_back():
+    from ddpm_tf.spacing import (
+        AllSteps,
+        LogSNRSteps,
+        SectionSteps,
+        StrideSteps,
+        UniformSteps,
+        parse_steps,
+    )
+
+    cases = {
+        "all": AllSteps(),
+        None: AllSteps(),
+        "50": UniformSteps(50),
+        50: UniformSteps(50),
+        "uniform50": UniformSteps(50),
+        "stride50": StrideSteps(50),
+        "ddim50": StrideSteps(50),
+        "logsnr20": LogSNRSteps(20),
+        "10,15,20": SectionSteps((10, 15, 20)),
+        (10, 15): SectionSteps((10, 15)),
+    }
+    for text, expected in cases.items():
+        steps = parse_steps(text)
+        assert steps == expected, text
+        assert parse_steps(steps.text) == steps  # the text is canonical
+    assert parse_steps("20", LogSNRSteps) == LogSNRSteps(20)  # a bare count: the given spacing
+    for bad in ("0", "fast20", "uniform", "10,,20", True, 2.5, "logsnr0"):
+        with pytest.raises(ValueError, match="steps must be"):
+            parse_steps(bad)
+
+
+def test_compare_items_give_one_row_per_steps_value_and_commas_are_sections():
+    from ddpm_tf.sampling.spec import parse_comparisons
+    from ddpm_tf.spacing import LogSNRSteps, SectionSteps, UniformSteps
+
+    base = SamplingSpec("ddim", 100, eta=0.5, clip_denoised=False)
+    rows = parse_comparisons(["ddim:10/20", "ddim:10,20", "dpm_solver++:5", "ancestral:all"], base)
+    assert [(r.method, r.steps) for r in rows[:3]] == [
+        ("ddim", UniformSteps(10)),
+        ("ddim", UniformSteps(20)),
+        ("ddim", SectionSteps((10, 20))),
+    ]
+    assert rows[3].method == "dpm_solver++" and rows[3].steps == LogSNRSteps(5)
+    assert rows[3].eta == 0.0 and rows[0].eta == 0.5  # settings a method does not take reset
+    assert not any(r.clip_denoised for r in rows)  # the shared settings carry over
+    assert rows[4].steps.text == "all"
+    for bad in ("ddim", "ddim:", "ddim:10//20", "euler:10"):
+        with pytest.raises(ValueError, match="--compare|method"):
+            parse_comparisons([bad], base)
