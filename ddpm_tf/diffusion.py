@@ -464,8 +464,9 @@ class GaussianDiffusion:
         x_t = self._images(x_t, "x_t")
         t = self._timesteps(t, x_t)
         spec = SamplingSpec(method, **settings)
-        step = method_class(method)(self, spec).step
-        sample, pred_xstart = step(predictor(self, denoise_fn, spec), x_t, t, noise)
+        rule = method_class(method)(self, spec)
+        noise = noise if rule.needs_noise else None  # as the loop: a deterministic step takes none
+        sample, pred_xstart = rule.step(predictor(self, denoise_fn, spec), x_t, t, noise)
         return {"sample": sample, "pred_xstart": pred_xstart}
 
     def p_sample(self, denoise_fn: DenoiseFn, x_t, t, noise, clip_denoised: bool = True) -> dict:
@@ -476,7 +477,6 @@ class GaussianDiffusion:
         self, denoise_fn: DenoiseFn, x_t, t, noise, eta: float = 0.0, clip_denoised: bool = True
     ) -> dict:
         """One DDIM step (Song et al.) with stochasticity eta (0: deterministic, 1: DDPM-like)."""
-        noise = noise if eta > 0 else None
         return self._step("ddim", denoise_fn, x_t, t, noise, eta=eta, clip_denoised=clip_denoised)
 
     def _run(self, method: str, denoise_fn, shape, seed, every, noise, **settings) -> dict:
