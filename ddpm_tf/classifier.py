@@ -17,6 +17,7 @@ import keras
 import numpy as np
 
 from ddpm_tf.checks import check_int
+from ddpm_tf.errors import InputError
 from ddpm_tf.pixels import scale_to_unit
 
 __all__ = ["FEATURE_LAYER", "ImageClassifier", "train_classifier"]
@@ -59,17 +60,17 @@ class ImageClassifier(keras.Model):
     ):
         super().__init__(**kwargs)
         if len(image_shape) != 3 or image_shape[-1] not in (1, 3):
-            raise ValueError(
+            raise InputError(
                 f"image_shape must be (H, W, C) with C in (1, 3), got {tuple(image_shape)!r}"
             )
         self.image_shape = tuple(check_int(s, "image_shape") for s in image_shape)
         self.num_classes = check_int(num_classes, "num_classes")
         if self.num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+            raise InputError(f"num_classes must be >= 2, got {num_classes}")
         self.width = check_int(width, "width")
         self.feature_dim = check_int(feature_dim, "feature_dim")
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+            raise InputError(f"dropout must be in [0, 1), got {dropout!r}")
         self.dropout = float(dropout)
 
         self.convs = []
@@ -136,22 +137,22 @@ def _check_images_labels(
     images = np.asarray(images)
     labels = np.asarray(labels)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
-        raise ValueError(
+        raise InputError(
             f"{arg} images must be uint8 [N, H, W, C] with C in (1, 3), got {images.dtype} "
             f"{images.shape}"
         )
     if not np.issubdtype(labels.dtype, np.integer) or labels.shape != images.shape[:1]:
-        raise ValueError(
+        raise InputError(
             f"{arg} labels must be integers of shape [N]={images.shape[:1]}, got {labels.dtype} "
             f"{labels.shape}"
         )
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(
+        raise InputError(
             f"{arg} labels must be in [0, num_classes={num_classes}), got range "
             f"[{labels.min()}, {labels.max()}]"
         )
     if images.shape[0] == 0:
-        raise ValueError(f"{arg} has no examples")
+        raise InputError(f"{arg} has no examples")
     return images, labels.astype(np.int32)
 
 
@@ -192,16 +193,16 @@ def train_classifier(
     x, y = _check_images_labels(images_uint8, labels, num_classes, "training")
     if val is not None:
         if not isinstance(val, tuple | list) or len(val) != 2:
-            raise ValueError(f"val must be a pair (images_uint8, labels), got {type(val).__name__}")
+            raise InputError(f"val must be a pair (images_uint8, labels), got {type(val).__name__}")
         val_x, val_y = _check_images_labels(val[0], val[1], num_classes, "val")
         if val_x.shape[1:] != x.shape[1:]:
-            raise ValueError(
+            raise InputError(
                 f"val images have shape {val_x.shape[1:]} but training images {x.shape[1:]}"
             )
     epochs = check_int(epochs, "epochs")
     batch_size = check_int(batch_size, "batch_size")
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an int, got {seed!r}")
+        raise InputError(f"seed must be an int, got {seed!r}")
 
     keras.utils.set_random_seed(seed)
     model = ImageClassifier(

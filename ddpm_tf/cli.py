@@ -22,6 +22,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from ddpm_tf.errors import InputError
 from ddpm_tf.sampling.spec import METHODS, NOISE_SOURCES, SamplingSpec
 
 EXIT_DONE = 0
@@ -62,16 +63,18 @@ class NonFiniteLoss(RuntimeError):
 
 
 def _bad_input_errors() -> tuple[type[BaseException], ...]:
-    """Errors that mean the user's input was wrong (exit code 2). A corrupt or mismatched
-    checkpoint is input too: the user chose the file."""
+    """Errors that mean the user's input was wrong (exit code 2): the package's own checks
+    (`InputError`), a path that is missing or of the wrong kind, a module the user's option needs,
+    and a corrupt or mismatched checkpoint (the user chose the file). A bare ValueError or
+    TypeError comes from inside a library: a failure (exit code 1), not bad input."""
     from ddpm_tf.runs import CheckpointError  # imported here: runs imports TensorFlow
 
     return (
-        ValueError,
-        TypeError,
+        InputError,
         FileNotFoundError,
         FileExistsError,
         NotADirectoryError,
+        IsADirectoryError,
         ModuleNotFoundError,
         CheckpointError,
     )
@@ -215,7 +218,7 @@ def sampling_labels(model: Any, num_samples: int, guidance_scale: float, labels:
 def check_guidance(model: Any, guidance_scale: float) -> None:
     """Raise a ValueError if `--guidance-scale` is set for an unconditional model."""
     if model.num_classes is None and guidance_scale != 1.0:
-        raise ValueError(
+        raise InputError(
             "--guidance-scale applies to class-conditional models; this model is unconditional. "
             "Leave --guidance-scale out."
         )

@@ -25,6 +25,7 @@ import difflib
 from typing import Any
 
 from ddpm_tf.checks import check_choice
+from ddpm_tf.errors import InputError
 from ddpm_tf.optimizers import LR_DECAYS
 from ddpm_tf.recipe import build_diffusion
 from ddpm_tf.sampling.spec import SamplingSpec
@@ -138,7 +139,7 @@ _AT_LEAST = {
 PRECISION_POLICIES = {"float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A preset, a file or an override is not valid."""
 
 

@@ -20,6 +20,7 @@ import tensorflow_datasets as tfds
 
 from ddpm_tf.checks import check_int
 from ddpm_tf.datasets.pixel_cache import PixelCache
+from ddpm_tf.errors import InputError
 from ddpm_tf.pixels import resize_square, scale_to_unit
 
 __all__ = [
@@ -45,7 +46,7 @@ class DatasetNotPreparedError(FileNotFoundError):
 
 def _check_nonempty_str(value: object, arg: str) -> None:
     if not isinstance(value, str) or not value:
-        raise ValueError(f"{arg} must be a non-empty string, got {value!r}")
+        raise InputError(f"{arg} must be a non-empty string, got {value!r}")
 
 
 def _validate_args(
@@ -63,7 +64,7 @@ def _validate_args(
     if image_size is not None:
         check_int(image_size, "image_size")
     if resize_method not in RESIZE_METHODS:
-        raise ValueError(f"resize_method must be one of {RESIZE_METHODS}, got {resize_method!r}")
+        raise InputError(f"resize_method must be one of {RESIZE_METHODS}, got {resize_method!r}")
     check_int(shuffle_buffer, "shuffle_buffer", 0)
     if seed is not None:
         check_int(seed, "seed", -(2**63))
@@ -97,7 +98,7 @@ def _get_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
         candidates = sorted(known.union(_local_dataset_names(data_dir)))
         close = difflib.get_close_matches(base, candidates, n=5)
         hint = f" Did you mean one of {close}?" if close else ""
-        raise ValueError(f"name={name!r} is not a known tfds dataset.{hint}") from err
+        raise InputError(f"name={name!r} is not a known tfds dataset.{hint}") from err
 
 
 def _require_prepared(builder: tfds.core.DatasetBuilder, name: str) -> None:
@@ -125,25 +126,25 @@ def _check_features(
 ) -> None:
     """Checks the decoded example spec: uint8 [H, W, C] image and optional integer scalar label."""
     if not isinstance(spec, dict):
-        raise ValueError(f"expected examples to be dicts of features, got {spec}")
+        raise InputError(f"expected examples to be dicts of features, got {spec}")
     for arg, key in (("image_key", image_key), ("label_key", label_key)):
         if key is not None and key not in spec:
-            raise ValueError(f"{arg}={key!r} is not a feature; available keys: {sorted(spec)}")
+            raise InputError(f"{arg}={key!r} is not a feature; available keys: {sorted(spec)}")
     image = spec[image_key]
     if image.dtype != tf.uint8 or image.shape.rank != 3:
-        raise ValueError(
+        raise InputError(
             f"image_key={image_key!r} must be a uint8 tensor of rank 3 (H, W, C), got "
             f"{image.dtype.name} with shape {image.shape}"
         )
     if image_size is None and None in image.shape[:2]:
-        raise ValueError(
+        raise InputError(
             f"images in {image_key!r} have variable size {image.shape}; pass image_size so they "
             "can be batched"
         )
     if label_key is not None:
         label = spec[label_key]
         if not label.dtype.is_integer or label.shape.rank != 0:
-            raise ValueError(
+            raise InputError(
                 f"label_key={label_key!r} must be an integer scalar, got {label.dtype.name} "
                 f"with shape {label.shape}"
             )
@@ -212,7 +213,7 @@ def load_arrays(
         images.append(image)
         labels.append(label)
     if not images:
-        raise ValueError(f"split={split!r} of dataset {name!r} is empty.")
+        raise InputError(f"split={split!r} of dataset {name!r} is empty.")
     return np.concatenate(images), None if label_key is None else np.concatenate(labels)
 
 
@@ -222,7 +223,7 @@ def _row_reader(images: np.ndarray | PixelCache) -> Callable[[tf.Tensor], tf.Ten
         return images.gather
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4:
-        raise ValueError(
+        raise InputError(
             f"`images` must be uint8 [N, H, W, C], got {images.dtype} with shape {images.shape}."
         )
     pixels = tf.constant(images)
@@ -260,12 +261,12 @@ def step_batches(
     count = len(images)
     check_int(batch_size, "batch_size")
     if batch_size > count:
-        raise ValueError(
+        raise InputError(
             f"`batch_size`={batch_size} is larger than the dataset ({count} images); "
             "use a batch size of at most the dataset size."
         )
     if labels is not None and len(labels) != count:
-        raise ValueError(f"`labels` has {len(labels)} entries for {count} images.")
+        raise InputError(f"`labels` has {len(labels)} entries for {count} images.")
     check_int(start_step, "start_step", 0)
     share, offset = _pipeline_rows(batch_size, input_context)
     classes = None if labels is None else tf.constant(np.asarray(labels, np.int32))
@@ -299,7 +300,7 @@ def step_batches(
 def check_global_batch(batch_size: int, replicas: int) -> None:
     """Raises a one-line ValueError unless the global batch splits evenly over the replicas."""
     if batch_size % replicas:
-        raise ValueError(
+        raise InputError(
             f"the global batch size {batch_size} is not divisible by the {replicas} replicas in "
             f"sync; use a multiple of {replicas}."
         )
@@ -470,7 +471,7 @@ def split_size(name: str, split: str, data_dir: str | None = None, download: boo
     try:
         return int(splits[split].num_examples)
     except (KeyError, ValueError) as err:
-        raise ValueError(
+        raise InputError(
             f"split={split!r} is not a split of {name!r} ({err}); its splits are {sorted(splits)}."
         ) from None
 
@@ -487,7 +488,7 @@ def image_shape(
     if image_size:
         height = width = image_size
     if None in (height, width, channels):
-        raise ValueError(f"{name!r} has images of varying size {feature.shape}: set image_size.")
+        raise InputError(f"{name!r} has images of varying size {feature.shape}: set image_size.")
     return int(height), int(width), int(channels)
 
 
@@ -499,7 +500,7 @@ def num_classes(name: str, label_key: str = "label", data_dir: str | None = None
 def _class_count(builder: tfds.core.DatasetBuilder, label_key: str) -> int:
     feature = builder.info.features[label_key]
     if not isinstance(feature, tfds.features.ClassLabel):
-        raise ValueError(f"label_key={label_key!r} is a {type(feature).__name__}, not a ClassLabel")
+        raise InputError(f"label_key={label_key!r} is a {type(feature).__name__}, not a ClassLabel")
     return feature.num_classes
 
 

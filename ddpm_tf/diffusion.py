@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from ddpm_tf import losses, rng
 from ddpm_tf.checks import check_choice
+from ddpm_tf.errors import InputError
 from ddpm_tf.schedules import respaced_betas, validate_betas
 from ddpm_tf.spacing import AllSteps, Steps, parse_steps
 
@@ -76,14 +77,14 @@ class GaussianDiffusion:
         self.loss_type = check_choice(loss_type, LOSS_TYPES, "loss_type")
         self.dtype = tf.as_dtype(dtype)
         if not self.dtype.is_floating:
-            raise ValueError(f"`dtype` must be a float dtype, got {self.dtype.name}.")
+            raise InputError(f"`dtype` must be a float dtype, got {self.dtype.name}.")
         self.num_timesteps = int(self.betas.size)
         self.timestep_map = self._check_timestep_map(timestep_map)
         gamma = float(min_snr_gamma)
         if not (gamma == 0.0 or 0.0 < gamma < math.inf):
-            raise ValueError(f"`min_snr_gamma` must be 0 (off) or a positive number, got {gamma}.")
+            raise InputError(f"`min_snr_gamma` must be 0 (off) or a positive number, got {gamma}.")
         if gamma and self.loss_type in ("kl", "rescaled_kl"):
-            raise ValueError(
+            raise InputError(
                 f"`min_snr_gamma` weights the mse term; loss_type={self.loss_type!r} has none. Use "
                 "an mse loss type or min_snr_gamma=0."
             )
@@ -96,7 +97,7 @@ class GaussianDiffusion:
             return np.arange(self.num_timesteps, dtype=np.int64)
         mapped = np.asarray(timestep_map, dtype=np.int64)
         if mapped.shape != (self.num_timesteps,) or np.any(np.diff(mapped) <= 0) or mapped[0] < 0:
-            raise ValueError(
+            raise InputError(
                 f"`timestep_map` must be {self.num_timesteps} increasing non-negative indices, "
                 f"got shape {mapped.shape}."
             )
@@ -157,12 +158,12 @@ class GaussianDiffusion:
     def _images(self, x, name: str) -> tf.Tensor:
         x = tf.convert_to_tensor(x)
         if not x.dtype.is_floating:
-            raise ValueError(
+            raise InputError(
                 f"`{name}` must be a float tensor scaled to [-1, 1], got dtype {x.dtype.name}; "
                 "convert uint8 images with ddpm_tf.pixels.scale_to_unit."
             )
         if x.shape.rank is not None and x.shape.rank != 4:
-            raise ValueError(
+            raise InputError(
                 f"`{name}` must have shape [B, H, W, C] (rank 4), got shape {x.shape}."
             )
         return tf.cast(x, self.dtype)
@@ -170,14 +171,14 @@ class GaussianDiffusion:
     def _timesteps(self, t, x: tf.Tensor, name: str = "t") -> tf.Tensor:
         t = tf.convert_to_tensor(t)
         if not t.dtype.is_integer:
-            raise ValueError(
+            raise InputError(
                 f"`{name}` must be an integer tensor of timestep indices, got {t.dtype.name}."
             )
         if t.shape.rank is not None and t.shape.rank != 1:
-            raise ValueError(f"`{name}` must have shape [B], got shape {t.shape}.")
+            raise InputError(f"`{name}` must have shape [B], got shape {t.shape}.")
         batch = x.shape[0]
         if batch is not None and t.shape[0] is not None and t.shape[0] != batch:
-            raise ValueError(
+            raise InputError(
                 f"`{name}` has {t.shape[0]} entries but the images have batch {batch}."
             )
         t = tf.cast(t, tf.int32)
@@ -185,7 +186,7 @@ class GaussianDiffusion:
         if _is_concrete(t):
             values = t.numpy()
             if values.size and (values.min() < 0 or values.max() >= self.num_timesteps):
-                raise ValueError(f"{message}; got values from {values.min()} to {values.max()}.")
+                raise InputError(f"{message}; got values from {values.min()} to {values.max()}.")
             return t
         checks = [
             tf.debugging.assert_non_negative(t, message=message),
@@ -201,7 +202,7 @@ class GaussianDiffusion:
         got = model_output.shape[-1]
         if channels is not None and got is not None and got != expected:
             detail = "2C (mean and variance)" if self.learns_variance else "C"
-            raise ValueError(
+            raise InputError(
                 f"`model_output` has {got} channels but model_var_type={self.model_var_type!r} "
                 f"with C={channels} image channels needs {detail} = {expected}."
             )
@@ -249,7 +250,7 @@ class GaussianDiffusion:
                 and x.shape.is_fully_defined()
                 and noise.shape != x.shape
             ):
-                raise ValueError(
+                raise InputError(
                     f"`noise` has shape {noise.shape} but the images have shape {x.shape}."
                 )
             return noise
@@ -565,7 +566,7 @@ class GaussianDiffusion:
         if _is_concrete(x_start):
             low, high = float(tf.reduce_min(x_start)), float(tf.reduce_max(x_start))
             if low < -1.0 - 1e-6 or high > 1.0 + 1e-6:
-                raise ValueError(
+                raise InputError(
                     f"`x_start` must be images scaled to [-1, 1] for bits/dim, got values in [{low}, {high}]."
                 )
         clip = bool(clip_denoised)

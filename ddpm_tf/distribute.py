@@ -33,6 +33,7 @@ import keras
 import tensorflow as tf
 
 from ddpm_tf import compat
+from ddpm_tf.errors import InputError
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 TRAINING_TASKS = ("chief", "worker")  # the task types MultiWorkerMirroredStrategy trains with
@@ -42,7 +43,7 @@ TF_CONFIG_EXAMPLE = (
 )
 
 
-class ClusterConfigError(ValueError):
+class ClusterConfigError(InputError):
     """TF_CONFIG is missing, malformed, or does not fit the chosen strategy."""
 
 
@@ -159,7 +160,7 @@ def make_strategy(
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "tpu":
         return _tpu_strategy(tpu)
-    raise ValueError(f"Unknown strategy {name!r} for `name`; choose one of {STRATEGIES}.")
+    raise InputError(f"Unknown strategy {name!r} for `name`; choose one of {STRATEGIES}.")
 
 
 def _tpu_strategy(tpu: str) -> tf.distribute.TPUStrategy:

@@ -18,6 +18,7 @@ import numpy as np
 import scipy.linalg
 
 from ddpm_tf.checks import check_int
+from ddpm_tf.errors import InputError, InputTypeError
 from ddpm_tf.features import ClassifierFeatures, FeatureExtractor, InceptionFeatures
 from ddpm_tf.pixels import to_unit_range
 
@@ -43,25 +44,25 @@ PSD_TOLERANCE = 1e-6
 def _as_vector(value: object, arg: str) -> np.ndarray:
     v = np.asarray(value, dtype=np.float64)
     if v.ndim != 1 or v.size == 0:
-        raise ValueError(f"{arg} must be a mean vector of shape [D], got shape {v.shape}")
+        raise InputError(f"{arg} must be a mean vector of shape [D], got shape {v.shape}")
     if not np.all(np.isfinite(v)):
-        raise ValueError(f"{arg} contains NaN or infinite values")
+        raise InputError(f"{arg} contains NaN or infinite values")
     return v
 
 
 def _as_covariance(value: object, dim: int, arg: str) -> np.ndarray:
     s = np.asarray(value, dtype=np.float64)
     if s.shape != (dim, dim):
-        raise ValueError(
+        raise InputError(
             f"{arg} must be a covariance of shape [D, D] = [{dim}, {dim}] matching the mean, "
             f"got shape {s.shape}"
         )
     if not np.all(np.isfinite(s)):
-        raise ValueError(f"{arg} contains NaN or infinite values")
+        raise InputError(f"{arg} contains NaN or infinite values")
     scale = max(float(np.abs(s).max()), np.finfo(np.float64).tiny)
     asymmetry = float(np.abs(s - s.T).max()) / scale
     if asymmetry > SYMMETRY_TOLERANCE:
-        raise ValueError(
+        raise InputError(
             f"{arg} is not symmetric (max |S - S^T| / max |S| = {asymmetry:.3g}); pass a "
             "covariance matrix such as np.cov(features, rowvar=False)"
         )
@@ -77,7 +78,7 @@ def _psd_eigh(s: np.ndarray, arg: str, eigvals_only: bool = False) -> Any:
     eigvals = result if eigvals_only else result[0]
     top = max(float(eigvals[-1]), 0.0)
     if eigvals[0] < -PSD_TOLERANCE * top - np.finfo(np.float64).tiny:
-        raise ValueError(
+        raise InputError(
             f"{arg} is not positive semi-definite (smallest eigenvalue {eigvals[0]:.3g}, largest "
             f"{top:.3g}); pass a covariance matrix"
         )
@@ -120,7 +121,7 @@ def frechet_distance(
     """
     mu1, mu2 = _as_vector(mu1, "mu1"), _as_vector(mu2, "mu2")
     if mu1.shape != mu2.shape:
-        raise ValueError(
+        raise InputError(
             f"mu1 and mu2 must have the same shape [D], got {mu1.shape} and {mu2.shape}"
         )
     dim = mu1.shape[0]
@@ -138,23 +139,23 @@ def frechet_distance(
 def _as_features(value: object, arg: str, min_rows: int = 2) -> np.ndarray:
     f = np.asarray(value)
     if f.ndim != 2 or f.shape[1] == 0:
-        raise ValueError(f"{arg} must be features of shape [N, D], got shape {f.shape}")
+        raise InputError(f"{arg} must be features of shape [N, D], got shape {f.shape}")
     if not (np.issubdtype(f.dtype, np.floating) or np.issubdtype(f.dtype, np.integer)):
-        raise TypeError(f"{arg} must be real numbers, got dtype {f.dtype}")
+        raise InputTypeError(f"{arg} must be real numbers, got dtype {f.dtype}")
     if f.shape[0] < min_rows:
-        raise ValueError(
+        raise InputError(
             f"{arg} has {f.shape[0]} rows but at least {min_rows} are needed (a covariance or an "
             "unbiased kernel estimate needs two samples); pass more images"
         )
     f = f.astype(np.float64)
     if not np.all(np.isfinite(f)):
-        raise ValueError(f"{arg} contains NaN or infinite values")
+        raise InputError(f"{arg} contains NaN or infinite values")
     return f
 
 
 def _check_same_dim(a: np.ndarray, b: np.ndarray, names: str) -> None:
     if a.shape[1] != b.shape[1]:
-        raise ValueError(
+        raise InputError(
             f"{names} must have the same feature size D, got {a.shape[1]} and {b.shape[1]}; "
             "extract both with the same feature extractor"
         )
@@ -259,7 +260,7 @@ def real_floor(
     rng = np.random.default_rng(check_int(seed, "seed", 0))
     if reference_feats is None:
         if real.shape[0] < 4:
-            raise ValueError(
+            raise InputError(
                 f"real_feats has {real.shape[0]} rows; splitting into halves needs at least 4"
             )
         order = rng.permutation(real.shape[0])
@@ -315,7 +316,7 @@ def sample_quality(
         kid_subsets, kid_subset_size (as used).
     """
     if not isinstance(extractor, FeatureExtractor):
-        raise TypeError(
+        raise InputTypeError(
             f"extractor must be a FeatureExtractor (ClassifierFeatures, InceptionFeatures), got "
             f"{type(extractor).__name__}"
         )
@@ -325,11 +326,11 @@ def sample_quality(
     images = {arg: to_unit_range(value, arg) for arg, value in named.items()}
     shapes = {arg: x.shape[1:] for arg, x in images.items()}
     if len(set(shapes.values())) != 1:
-        raise ValueError(f"all images must have the same [H, W, C], got {shapes}")
+        raise InputError(f"all images must have the same [H, W, C], got {shapes}")
     min_real = 2 if reference_uint8 is not None else 4
     for arg, minimum in (("real_uint8", min_real), ("fake_uint8", 2), ("reference_uint8", 2)):
         if arg in images and images[arg].shape[0] < minimum:
-            raise ValueError(
+            raise InputError(
                 f"{arg} has {images[arg].shape[0]} images; at least {minimum} are needed"
             )
     check_int(kid_subsets, "kid_subsets", 1)

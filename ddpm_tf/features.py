@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from ddpm_tf.checks import check_int
 from ddpm_tf.classifier import FEATURE_LAYER, ImageClassifier
+from ddpm_tf.errors import InputError
 from ddpm_tf.pixels import to_unit_range
 
 __all__ = [
@@ -57,7 +58,7 @@ class FeatureExtractor(abc.ABC):
         x = to_unit_range(images)
         shape = tuple(x.shape[1:])
         if self.image_shape is not None and shape != tuple(self.image_shape):
-            raise ValueError(
+            raise InputError(
                 f"images have shape [N, {', '.join(map(str, shape))}] but {self.name!r} takes "
                 f"[N, {', '.join(map(str, self.image_shape))}]; use a classifier trained on "
                 "this dataset"
@@ -115,7 +116,7 @@ class ClassifierFeatures(FeatureExtractor):
     def _functional_features(model: object) -> keras.Model:
         names = [layer.name for layer in getattr(model, "layers", [])]
         if not isinstance(model, keras.Model) or FEATURE_LAYER not in names:
-            raise ValueError(
+            raise InputError(
                 f"model must be an ImageClassifier or a functional Keras model with a layer named "
                 f"{FEATURE_LAYER!r}; got {type(model).__name__} with layers {names}"
             )
@@ -124,7 +125,7 @@ class ClassifierFeatures(FeatureExtractor):
         except AttributeError:
             inputs = None
         if not inputs or len(inputs) != 1:
-            raise ValueError(f"model must be functional with one image input, got {model.name!r}")
+            raise InputError(f"model must be functional with one image input, got {model.name!r}")
         return keras.Model(inputs, model.get_layer(FEATURE_LAYER).output)
 
     def _extract(self, batch: tf.Tensor) -> tf.Tensor:
@@ -156,7 +157,7 @@ class InceptionFeatures(FeatureExtractor):
                 "keras.applications.InceptionV3(include_top=False) has run there) and pass its path"
             )
         if not path.name.endswith((".h5", ".hdf5")):
-            raise ValueError(
+            raise InputError(
                 f"weights_path={str(path)!r} must be a Keras .h5 or .weights.h5 weights file "
                 f"such as {INCEPTION_WEIGHTS_FILE}"
             )
@@ -168,7 +169,7 @@ class InceptionFeatures(FeatureExtractor):
                 input_shape=(INCEPTION_SIZE, INCEPTION_SIZE, 3),
             )
         except (ValueError, OSError, KeyError) as err:
-            raise ValueError(
+            raise InputError(
                 f"weights_path={str(path)!r} could not be loaded into "
                 f"InceptionV3(include_top=False); expected {INCEPTION_WEIGHTS_FILE}: {err}"
             ) from err

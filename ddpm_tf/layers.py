@@ -17,6 +17,7 @@ import numpy as np
 from keras import ops
 
 from ddpm_tf import kernels
+from ddpm_tf.errors import InputError
 
 GROUP_NORM_EPSILON = 1e-6
 """GroupNorm epsilon of the reference TensorFlow DDPM implementation."""
@@ -31,7 +32,7 @@ def _largest_divisor_at_most(n: int, bound: int) -> int:
 def check_num_groups(num_groups: int, channels: int, where: str) -> None:
     """Raise a ValueError unless ``num_groups`` divides ``channels`` (GroupNorm requirement)."""
     if channels % num_groups:
-        raise ValueError(
+        raise InputError(
             f"{where}: `num_groups` must divide the number of channels, but received "
             f"num_groups={num_groups} for {channels} channels. The largest valid value "
             f"not above {num_groups} is {_largest_divisor_at_most(channels, num_groups)}."
@@ -62,7 +63,7 @@ class GroupNorm(keras.layers.GroupNormalization):
         training: bool | None = None,
     ) -> Any:
         if (scale is None) != (shift is None):
-            raise ValueError("GroupNorm: pass both `scale` and `shift`, or neither.")
+            raise InputError("GroupNorm: pass both `scale` and `shift`, or neither.")
         if self._fusable(inputs) and kernels.active():
             return self._fused(inputs, scale, shift, silu, dropout if training else None)
         h = super().call(inputs)
@@ -126,9 +127,9 @@ class TimestepEmbedding(keras.layers.Layer):
     def __init__(self, dim: int, max_period: float = 10000.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if int(dim) != dim or dim < 4:
-            raise ValueError(f"TimestepEmbedding: `dim` must be an integer >= 4, received {dim}.")
+            raise InputError(f"TimestepEmbedding: `dim` must be an integer >= 4, received {dim}.")
         if max_period <= 1:
-            raise ValueError(f"TimestepEmbedding: `max_period` must be > 1, received {max_period}.")
+            raise InputError(f"TimestepEmbedding: `max_period` must be > 1, received {max_period}.")
         self.dim = int(dim)
         self.max_period = float(max_period)
         # Keep float timesteps in full precision: do not cast inputs to float16.
@@ -181,11 +182,11 @@ class ResidualBlock(keras.layers.Layer):
     ) -> None:
         super().__init__(**kwargs)
         if out_channels < 1:
-            raise ValueError(
+            raise InputError(
                 f"ResidualBlock: `out_channels` must be positive, received {out_channels}."
             )
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"ResidualBlock: `dropout` must be in [0, 1), received {dropout}.")
+            raise InputError(f"ResidualBlock: `dropout` must be in [0, 1), received {dropout}.")
         check_num_groups(num_groups, out_channels, "ResidualBlock")
         self.out_channels = int(out_channels)
         self.dropout = float(dropout)
@@ -255,7 +256,7 @@ class AttentionBlock(keras.layers.Layer):
     def __init__(self, num_heads: int = 1, num_groups: int = 32, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if num_heads < 1:
-            raise ValueError(f"AttentionBlock: `num_heads` must be positive, received {num_heads}.")
+            raise InputError(f"AttentionBlock: `num_heads` must be positive, received {num_heads}.")
         self.num_heads = int(num_heads)
         self.num_groups = int(num_groups)
         self.norm = group_norm(self.num_groups, self.dtype_policy, "norm")
@@ -264,7 +265,7 @@ class AttentionBlock(keras.layers.Layer):
         channels = input_shape[-1]
         check_num_groups(self.num_groups, channels, "AttentionBlock")
         if channels % self.num_heads:
-            raise ValueError(
+            raise InputError(
                 f"AttentionBlock: `num_heads` must divide the number of channels, but "
                 f"received num_heads={self.num_heads} for {channels} channels."
             )

@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from ddpm_tf import rng
 from ddpm_tf.checks import check_int
+from ddpm_tf.errors import InputError
 from ddpm_tf.pixels import scale_to_unit
 
 __all__ = ["bits_per_dim", "even_batch"]
@@ -70,7 +71,7 @@ def bits_per_dim(
     """
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[0] == 0:
-        raise ValueError(
+        raise InputError(
             f"images must be uint8 [N, H, W, C] with N >= 1, got {images.dtype} {images.shape}."
         )
     batch = even_batch(images.shape[0], check_int(batch_size, "batch_size"))

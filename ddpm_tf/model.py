@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from ddpm_tf import compat, rng
 from ddpm_tf.diffusion import GaussianDiffusion
+from ddpm_tf.errors import InputError
 from ddpm_tf.optimizers import default_optimizer
 from ddpm_tf.sampling import (
     Sampler,
@@ -59,7 +60,7 @@ def _image_shape(network: keras.Model) -> tuple[int, int, int]:
         shape = tuple(inputs[0].shape[1:])
         if len(shape) == 3 and None not in shape:
             return tuple(int(s) for s in shape)
-    raise ValueError(
+    raise InputError(
         "`network` must say its image shape: a UNet (image_size, in_channels in its config) or a "
         "functional model whose first input is [B, H, W, C] with known H, W, C."
     )
@@ -101,11 +102,11 @@ class DiffusionModel(keras.Model):
             diffusion = GaussianDiffusion.from_config(diffusion)
         self.diffusion = diffusion if diffusion is not None else default_diffusion()
         if not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"`ema_decay` must be in [0, 1), got {ema_decay}.")
+            raise InputError(f"`ema_decay` must be in [0, 1), got {ema_decay}.")
         if grad_clip_norm is not None and grad_clip_norm <= 0:
-            raise ValueError(f"`grad_clip_norm` must be > 0 or None, got {grad_clip_norm}.")
+            raise InputError(f"`grad_clip_norm` must be > 0 or None, got {grad_clip_norm}.")
         if not 0.0 <= label_dropout < 1.0:
-            raise ValueError(f"`label_dropout` must be in [0, 1), got {label_dropout}.")
+            raise InputError(f"`label_dropout` must be in [0, 1), got {label_dropout}.")
         self.network = network
         self.image_shape = _image_shape(network)
         self.num_classes = network_num_classes(network)
@@ -122,7 +123,7 @@ class DiffusionModel(keras.Model):
         else:
             self._timestep_sampler_name = None
         if timestep_sampler.num_timesteps != self.diffusion.num_timesteps:
-            raise ValueError(
+            raise InputError(
                 f"`timestep_sampler` covers {timestep_sampler.num_timesteps} steps but the diffusion "
                 f"has T={self.diffusion.num_timesteps}."
             )
@@ -235,19 +236,19 @@ class DiffusionModel(keras.Model):
         images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
         images = tf.convert_to_tensor(images)
         if not images.dtype.is_floating:
-            raise ValueError(
+            raise InputError(
                 f"DiffusionModel expects float images in [-1, 1], got dtype {images.dtype.name}; "
                 "scale uint8 images with ddpm_tf.pixels.scale_to_unit."
             )
         if images.shape.rank != 4 or tuple(images.shape[1:]) != self.image_shape:
-            raise ValueError(
+            raise InputError(
                 f"DiffusionModel expects images of shape [B, {', '.join(map(str, self.image_shape))}] "
                 f"(the network's), got {images.shape}."
             )
         if self.num_classes is None:
             return tf.cast(images, tf.float32), None
         if labels is None:
-            raise ValueError(
+            raise InputError(
                 f"The network is class-conditional (num_classes={self.num_classes}): "
                 "the dataset must yield (images, labels)."
             )
@@ -496,22 +497,22 @@ class DiffusionModel(keras.Model):
 
         names = tuple(self.KERAS_EXPORT_FORMATS)
         if format in ("openvino", "torch"):
-            raise ValueError(
+            raise InputError(
                 f"DiffusionModel.export does not support Keras' format {format!r}: ddpm-tf "
                 f"exports verified samplers as {names} only."
             )
         if format not in names:
-            raise ValueError(
+            raise InputError(
                 f"Unknown export format {format!r}; DiffusionModel.export takes one of {names} "
                 "(Keras' names for ddpm-export's saved_model, tflite and onnx)."
             )
         if input_signature is not None:
-            raise ValueError(
+            raise InputError(
                 "DiffusionModel.export takes no `input_signature`: the exported sampler and "
                 "denoiser have fixed signatures (docs/export.md)."
             )
         if Path(filepath).suffix in (".tflite", ".onnx", ".pb", ".keras"):
-            raise ValueError(
+            raise InputError(
                 f"`filepath` {str(filepath)!r} names a file; it is the export directory, which "
                 "holds the artifacts and manifest.json."
             )

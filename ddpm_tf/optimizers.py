@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from ddpm_tf import compat
 from ddpm_tf.checks import check_choice
+from ddpm_tf.errors import InputError
 
 __all__ = ["LR_DECAYS", "FusedAdam", "LrDecay", "WarmupSchedule", "default_optimizer"]
 
@@ -48,12 +49,12 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
         decay_steps: int = 0,
     ):
         if learning_rate <= 0:
-            raise ValueError(f"`learning_rate` must be > 0, got {learning_rate}.")
+            raise InputError(f"`learning_rate` must be > 0, got {learning_rate}.")
         if warmup_steps < 0:
-            raise ValueError(f"`warmup_steps` must be >= 0, got {warmup_steps}.")
+            raise InputError(f"`warmup_steps` must be >= 0, got {warmup_steps}.")
         decay = check_choice(decay, LR_DECAYS, "decay")
         if decay != "constant" and decay_steps <= warmup_steps:
-            raise ValueError(
+            raise InputError(
                 f"a {decay} decay needs `decay_steps` ({decay_steps}) > `warmup_steps` "
                 f"({warmup_steps}): the decay runs from the end of the warm-up to `decay_steps`."
             )

@@ -20,6 +20,7 @@ import tensorflow as tf
 from PIL import Image
 
 from ddpm_tf.checks import check_int
+from ddpm_tf.errors import InputError, InputTypeError
 
 __all__ = [
     "FLOAT_TOLERANCE",
@@ -41,7 +42,9 @@ def scale_to_unit(images: tf.Tensor) -> tf.Tensor:
     """
     images = tf.convert_to_tensor(images)
     if images.dtype != tf.uint8:
-        raise TypeError(f"scale_to_unit expects uint8 pixels in [0, 255], got {images.dtype.name}")
+        raise InputTypeError(
+            f"scale_to_unit expects uint8 pixels in [0, 255], got {images.dtype.name}"
+        )
     return tf.cast(images, tf.float32) / 127.5 - 1.0
 
 
@@ -86,18 +89,18 @@ def to_unit_range(images: object, arg: str = "images") -> np.ndarray:
     """
     x = np.asarray(images)
     if x.ndim != 4 or x.shape[0] == 0 or x.shape[-1] not in (1, 3):
-        raise ValueError(
+        raise InputError(
             f"{arg} must have shape [N, H, W, C] with N >= 1 and C in (1, 3), got shape {x.shape}"
         )
     if x.dtype == np.uint8:
         return scale_to_unit(x).numpy()
     if not np.issubdtype(x.dtype, np.floating):
-        raise TypeError(f"{arg} must be uint8 in [0, 255] or floats in [-1, 1], got {x.dtype}")
+        raise InputTypeError(f"{arg} must be uint8 in [0, 255] or floats in [-1, 1], got {x.dtype}")
     if not np.all(np.isfinite(x)):
-        raise ValueError(f"{arg} contains NaN or infinite values")
+        raise InputError(f"{arg} contains NaN or infinite values")
     lo, hi = float(x.min()), float(x.max())
     if lo < -1 - FLOAT_TOLERANCE or hi > 1 + FLOAT_TOLERANCE:
-        raise ValueError(
+        raise InputError(
             f"float {arg} must be in [-1, 1], got values in [{lo:.4g}, {hi:.4g}]; pass uint8 "
             "pixels instead, or map model outputs with ddpm_tf.pixels.unit_to_uint8"
         )
@@ -135,12 +138,12 @@ def make_grid(
     """
     images = np.asarray(images)
     if images.dtype != np.uint8:
-        raise TypeError(
+        raise InputTypeError(
             f"images must be uint8 in [0, 255], got dtype {images.dtype}; convert model outputs "
             "in [-1, 1] with ddpm_tf.pixels.unit_to_uint8"
         )
     if images.ndim != 4 or images.shape[0] == 0 or images.shape[-1] not in (1, 3, 4):
-        raise ValueError(
+        raise InputError(
             f"images must have shape [N, H, W, C] with N >= 1 and C in (1, 3, 4), got "
             f"{images.shape}"
         )
@@ -150,7 +153,7 @@ def make_grid(
     pad = check_int(pad, "pad", 0)
     pad_value = check_int(pad_value, "pad_value", 0)
     if pad_value > 255:
-        raise ValueError(f"pad_value must be in [0, 255], got {pad_value}")
+        raise InputError(f"pad_value must be in [0, 255], got {pad_value}")
     ncols = min(ncols, n)
     nrows = math.ceil(n / ncols)
 
@@ -183,7 +186,7 @@ def save_grid(
     """
     path = Path(path)
     if path.suffix.lower() != ".png":
-        raise ValueError(f"path must end with .png, got {str(path)!r}")
+        raise InputError(f"path must end with .png, got {str(path)!r}")
     grid = make_grid(images, ncols=ncols, scale=scale, pad=pad, pad_value=pad_value)
     path.parent.mkdir(parents=True, exist_ok=True)
     picture = grid[..., 0] if grid.shape[-1] == 1 else grid

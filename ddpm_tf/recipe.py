@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ddpm_tf.diffusion import GaussianDiffusion
+from ddpm_tf.errors import InputError
 from ddpm_tf.model import DiffusionModel
 from ddpm_tf.optimizers import FusedAdam, WarmupSchedule
 from ddpm_tf.schedules import get_beta_schedule
@@ -50,7 +51,7 @@ def build_model(
     """
     height, width, channels = (int(s) for s in image_shape)
     if height != width:
-        raise ValueError(f"images must be square, got {tuple(image_shape)}; set data.image_size.")
+        raise InputError(f"images must be square, got {tuple(image_shape)}; set data.image_size.")
     overrides = {
         k: tuple(v) if isinstance(v, list) else v  # TOML lists -> the tuples UNet's config holds
         for k, v in config["model"].items()

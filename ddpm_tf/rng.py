@@ -20,6 +20,8 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from ddpm_tf.errors import InputError
+
 ALGORITHM = "philox"
 
 SeedLike = int | Sequence[int] | np.ndarray | tf.Tensor
@@ -31,17 +33,17 @@ def as_seed(seed: SeedLike) -> tf.Tensor:
         if seed.shape.rank not in (None, 1) or (
             seed.shape.rank == 1 and seed.shape[0] not in (None, 2)
         ):
-            raise ValueError(
+            raise InputError(
                 f"`seed` must be an int or a pair of ints, got a tensor of shape {seed.shape}."
             )
         return tf.cast(seed, tf.int32)
     if isinstance(seed, bool) or seed is None:
-        raise ValueError(f"`seed` must be an int or a pair of ints, got {seed!r}.")
+        raise InputError(f"`seed` must be an int or a pair of ints, got {seed!r}.")
     if isinstance(seed, int | np.integer):
         return tf.constant([0, int(seed)], tf.int32)
     pair = np.asarray(seed)
     if pair.shape != (2,) or not np.issubdtype(pair.dtype, np.integer):
-        raise ValueError(f"`seed` must be an int or a pair of ints, got {seed!r}.")
+        raise InputError(f"`seed` must be an int or a pair of ints, got {seed!r}.")
     return tf.constant(pair.astype(np.int32))
 
 
@@ -153,7 +155,7 @@ def portable_words(count, seed: SeedLike, stream=0) -> tf.Tensor:
     ):
         static = tf.get_static_value(value)
         if static is not None and not 0 <= int(static) <= high:
-            raise ValueError(
+            raise InputError(
                 f"The portable generator's `{name}` must lie in [0, {high}], got {int(static)}."
             )
     key = portable_key(seed)

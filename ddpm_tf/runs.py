@@ -35,6 +35,7 @@ import tensorflow as tf
 
 from ddpm_tf.checks import check_int
 from ddpm_tf.config import upgrade
+from ddpm_tf.errors import InputError
 from ddpm_tf.model import DiffusionModel
 
 CONFIG_FILE = "config.json"
@@ -60,7 +61,7 @@ def training_checkpoint(model: DiffusionModel) -> tf.train.Checkpoint:
     )
 
 
-class RunConfigError(ValueError):
+class RunConfigError(InputError):
     """The run directory belongs to a run with another config."""
 
 
@@ -252,5 +253,5 @@ def load_model(path: str | os.PathLike, compile: bool = False) -> DiffusionModel
     else:
         raise FileNotFoundError(f"{path} is neither a .keras file nor a run directory.")
     if not isinstance(model, DiffusionModel):
-        raise ValueError(f"{path} holds a {type(model).__name__}, not a DiffusionModel.")
+        raise InputError(f"{path} holds a {type(model).__name__}, not a DiffusionModel.")
     return model

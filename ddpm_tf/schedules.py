@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 
 from ddpm_tf.checks import check_int
+from ddpm_tf.errors import InputError
 from ddpm_tf.spacing import space_timesteps
 
 __all__ = [
@@ -39,14 +40,14 @@ def validate_betas(betas: Iterable[float] | np.ndarray, name: str = "betas") -> 
     """Returns `betas` as a float64 vector after checking it is 1-D, finite and inside (0, 1)."""
     arr = np.asarray(betas, dtype=np.float64)
     if arr.ndim != 1 or arr.size == 0:
-        raise ValueError(f"`{name}` must be a non-empty 1-D array, got shape {arr.shape}.")
+        raise InputError(f"`{name}` must be a non-empty 1-D array, got shape {arr.shape}.")
     if not np.all(np.isfinite(arr)):
-        raise ValueError(
+        raise InputError(
             f"`{name}` must be finite; got non-finite values at {np.flatnonzero(~np.isfinite(arr))[:5]}."
         )
     bad = np.flatnonzero((arr <= 0.0) | (arr >= 1.0))
     if bad.size:
-        raise ValueError(
+        raise InputError(
             f"`{name}` must lie strictly inside (0, 1); index {int(bad[0])} has {arr[bad[0]]!r} "
             f"({bad.size} bad values). Each beta_t is the variance of one forward step."
         )
@@ -95,7 +96,7 @@ def get_beta_schedule(
         grid = np.linspace(-6.0, 6.0, num_timesteps, dtype=np.float64)
         betas = 1.0 / (1.0 + np.exp(-grid)) * (end - start) + start
     else:
-        raise ValueError(f"Unknown beta schedule {name!r} for `name`; choose one of {SCHEDULES}.")
+        raise InputError(f"Unknown beta schedule {name!r} for `name`; choose one of {SCHEDULES}.")
     return validate_betas(betas, name=f"betas of the {name!r} schedule at T={num_timesteps}")
 
 
@@ -109,9 +110,9 @@ def respaced_betas(
     betas = validate_betas(betas)
     keep = np.asarray(sorted(set(int(k) for k in use_timesteps)), dtype=np.int64)
     if keep.size == 0:
-        raise ValueError("`use_timesteps` is empty; keep at least one step.")
+        raise InputError("`use_timesteps` is empty; keep at least one step.")
     if keep[0] < 0 or keep[-1] >= betas.size:
-        raise ValueError(
+        raise InputError(
             f"`use_timesteps` must lie in [0, {betas.size}); got values from {keep[0]} to {keep[-1]}."
         )
     alpha_bar = np.cumprod(1.0 - betas)

@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ddpm_tf.checks import check_int
+from ddpm_tf.errors import InputError
 
 __all__ = [
     "AllSteps",
@@ -81,9 +82,9 @@ class _Counted:
 
     def __post_init__(self) -> None:
         if isinstance(self.count, bool) or not isinstance(self.count, int | np.integer):
-            raise ValueError(_SYNTAX.format(self.count))
+            raise InputError(_SYNTAX.format(self.count))
         if self.count < 1:
-            raise ValueError(_SYNTAX.format(self.count))
+            raise InputError(_SYNTAX.format(self.count))
         object.__setattr__(self, "count", int(self.count))
 
     @property
@@ -115,7 +116,7 @@ class StrideSteps(_Counted):
             kept = list(range(0, num_timesteps, stride))
             if len(kept) == self.count:
                 return kept
-        raise ValueError(
+        raise InputError(
             f"steps={self.text!r}: no integer stride gives exactly {self.count} of "
             f"{num_timesteps} steps; pick another count or use uniform{self.count}."
         )
@@ -134,7 +135,7 @@ class LogSNRSteps(_Counted):
 
     def indices(self, num_timesteps: int, alphas_cumprod: np.ndarray | None = None) -> list[int]:
         if alphas_cumprod is None:
-            raise ValueError(
+            raise InputError(
                 f"steps={self.text!r} spaces steps by log-SNR, which needs the schedule: use "
                 "GaussianDiffusion.with_steps(steps) or steps.indices(T, alphas_cumprod)."
             )
@@ -158,7 +159,7 @@ class SectionSteps:
     def __post_init__(self) -> None:
         counts = tuple(self.counts)
         if len(counts) < 2:
-            raise ValueError(f"SectionSteps needs two or more counts, got {counts}.")
+            raise InputError(f"SectionSteps needs two or more counts, got {counts}.")
         for count in counts:
             _Counted(count)  # each a positive int
         object.__setattr__(self, "counts", tuple(int(c) for c in counts))
@@ -193,7 +194,7 @@ def _sections(num_timesteps: int, counts: tuple[int, ...], text: str) -> list[in
     for i, count in enumerate(counts):
         size = size_per + (1 if i < extra else 0)
         if count > size:
-            raise ValueError(
+            raise InputError(
                 f"steps={text!r}: section {i} asks for {count} steps but has {size} "
                 f"(T={num_timesteps} split into {len(counts)} sections); each count must be in "
                 f"[1, {size}]."
@@ -213,7 +214,7 @@ def parse_steps(value: Any, default_spacing: Callable[[int], Steps] = UniformSte
     if value is None:
         return AllSteps()
     if isinstance(value, bool):
-        raise ValueError(_SYNTAX.format(value))
+        raise InputError(_SYNTAX.format(value))
     if isinstance(value, int | np.integer):
         return default_spacing(_Counted(value).count)
     if isinstance(value, str):
@@ -225,21 +226,21 @@ def parse_steps(value: Any, default_spacing: Callable[[int], Steps] = UniformSte
             count = _checked_count(int(match[2]), value)
             return _PREFIXES[match[1]](count) if match[1] else default_spacing(count)
         if not re.fullmatch(r"[0-9]+(,[0-9]+)+", text):
-            raise ValueError(_SYNTAX.format(value))
+            raise InputError(_SYNTAX.format(value))
         return SectionSteps(tuple(_checked_count(int(c), value) for c in text.split(",")))
     if isinstance(value, Sequence):
         if any(isinstance(c, bool) or not isinstance(c, int | np.integer) for c in value):
-            raise ValueError(_SYNTAX.format(value))
+            raise InputError(_SYNTAX.format(value))
         counts = [_checked_count(int(c), value) for c in value]
         if not counts:
-            raise ValueError("steps (section counts) is empty; give at least one count.")
+            raise InputError("steps (section counts) is empty; give at least one count.")
         return default_spacing(counts[0]) if len(counts) == 1 else SectionSteps(tuple(counts))
-    raise ValueError(_SYNTAX.format(value))
+    raise InputError(_SYNTAX.format(value))
 
 
 def _checked_count(count: int, raw: object) -> int:
     if count < 1:
-        raise ValueError(_SYNTAX.format(raw))
+        raise InputError(_SYNTAX.format(raw))
     return count
 
 

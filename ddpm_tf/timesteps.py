@@ -19,6 +19,7 @@ from typing import Literal, get_args
 import tensorflow as tf
 
 from ddpm_tf.checks import check_choice, check_int
+from ddpm_tf.errors import InputError
 from ddpm_tf.rng import as_seed
 
 # Every replica records the same all-gathered losses, so any replica's write is the right one.
@@ -78,9 +79,9 @@ class LossSecondMomentResampler(TimestepSampler):
     ):
         super().__init__(num_timesteps, name=name)
         if history_per_term < 1:
-            raise ValueError(f"`history_per_term` must be >= 1, got {history_per_term}.")
+            raise InputError(f"`history_per_term` must be >= 1, got {history_per_term}.")
         if not 0.0 <= uniform_prob <= 1.0:
-            raise ValueError(f"`uniform_prob` must be in [0, 1], got {uniform_prob}.")
+            raise InputError(f"`uniform_prob` must be in [0, 1], got {uniform_prob}.")
         self.history_per_term = int(history_per_term)
         self.uniform_prob = float(uniform_prob)
         self.loss_history = tf.Variable(

@@ -14,6 +14,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from ddpm_tf.errors import InputError
 from ddpm_tf.layers import (
     AttentionBlock,
     Downsample,
@@ -74,7 +75,7 @@ ShapeOrTensor = Any
 
 def _require_positive_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"UNet: `{name}` must be a positive integer, received {name}={value!r}.")
+        raise InputError(f"UNet: `{name}` must be a positive integer, received {name}={value!r}.")
 
 
 def _validate_config(
@@ -100,13 +101,13 @@ def _validate_config(
     ]:
         _require_positive_int(name, value)
     if not ch_mult or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in ch_mult):
-        raise ValueError(
+        raise InputError(
             "UNet: `ch_mult` must be a non-empty sequence of positive integers, "
             f"received ch_mult={ch_mult!r}."
         )
     factor = 2 ** (len(ch_mult) - 1)
     if image_size % factor:
-        raise ValueError(
+        raise InputError(
             f"UNet: `image_size` must be divisible by 2**(len(ch_mult) - 1) = {factor} so that "
             f"every downsampling halves it exactly; received image_size={image_size} with "
             f"ch_mult={ch_mult}."
@@ -114,13 +115,13 @@ def _validate_config(
     resolutions = [image_size // 2**level for level in range(len(ch_mult))]
     unknown = sorted(set(attn_resolutions) - set(resolutions))
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"UNet: `attn_resolutions` contains {unknown}, which never occur; the feature-map "
             f"sizes of this network are {resolutions}. Received attn_resolutions="
             f"{attn_resolutions}."
         )
     if ch % num_groups:
-        raise ValueError(
+        raise InputError(
             f"UNet: `ch` must be divisible by `num_groups` (GroupNorm), received ch={ch} and "
             f"num_groups={num_groups}."
         )
@@ -128,12 +129,12 @@ def _validate_config(
         width = ch * ch_mult[level]
         attends = size in attn_resolutions or level == len(ch_mult) - 1  # middle attention
         if attends and width % num_heads:
-            raise ValueError(
+            raise InputError(
                 f"UNet: `num_heads` must divide the {width} channels of the attention at "
                 f"resolution {size}, received num_heads={num_heads}."
             )
     if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"UNet: `dropout` must be in [0, 1), received dropout={dropout}.")
+        raise InputError(f"UNet: `dropout` must be in [0, 1), received dropout={dropout}.")
     if num_classes is not None:
         _require_positive_int("num_classes", num_classes)
 
@@ -362,43 +363,43 @@ class UNet(keras.Model):
     def _unpack(self, inputs: Any, t: Any, y: Any) -> tuple[Any, Any, Any]:
         if isinstance(inputs, list | tuple):
             if t is not None or y is not None:
-                raise ValueError(
+                raise InputError(
                     "UNet: pass either a list [x_t, t] / [x_t, t, y] or separate arguments "
                     "(x_t, t, y), not both."
                 )
             if len(inputs) not in (2, 3):
-                raise ValueError(
+                raise InputError(
                     f"UNet: a list input must be [x_t, t] or [x_t, t, y], received "
                     f"{len(inputs)} tensors."
                 )
             x, t, *rest = inputs
             return x, t, (rest[0] if rest else None)
         if t is None:
-            raise ValueError("UNet: the timesteps `t` (shape [batch]) are required.")
+            raise InputError("UNet: the timesteps `t` (shape [batch]) are required.")
         return inputs, t, y
 
     def _check_inputs(self, x: Any, t: Any, y: Any) -> None:
         size, channels = self.image_size, self.in_channels
         if len(x.shape) != 4 or tuple(x.shape[1:]) != (size, size, channels):
-            raise ValueError(
+            raise InputError(
                 f"UNet: `x_t` must have shape [batch, {size}, {size}, {channels}] "
                 f"(image_size={size}, in_channels={channels}), received shape {tuple(x.shape)}."
             )
         if len(t.shape) != 1:
-            raise ValueError(f"UNet: `t` must have shape [batch], received shape {tuple(t.shape)}.")
+            raise InputError(f"UNet: `t` must have shape [batch], received shape {tuple(t.shape)}.")
         if self.num_classes is None:
             if y is not None:
-                raise ValueError(
+                raise InputError(
                     "UNet: labels `y` were given but the model is unconditional (num_classes=None)."
                 )
             return
         if y is None:
-            raise ValueError(
+            raise InputError(
                 f"UNet: labels `y` (shape [batch]) are required since num_classes="
                 f"{self.num_classes}; use label {self.num_classes} for the null class."
             )
         if len(y.shape) != 1:
-            raise ValueError(f"UNet: `y` must have shape [batch], received shape {tuple(y.shape)}.")
+            raise InputError(f"UNet: `y` must have shape [batch], received shape {tuple(y.shape)}.")
 
     def embed(self, t: Any, y: Any = None) -> Any:
         """Timestep (and class) embedding ``[B] -> [B, 4 * ch]``."""
@@ -468,5 +469,5 @@ def from_preset(name: str, **overrides: Any) -> UNet:
     ``learn_sigma`` and ``num_classes`` add output-head and embedding-table parameters.
     """
     if name not in PRESETS:
-        raise ValueError(f"Unknown UNet preset `name`={name!r}; available: {sorted(PRESETS)}.")
+        raise InputError(f"Unknown UNet preset `name`={name!r}; available: {sorted(PRESETS)}.")
     return UNet(**{**PRESETS[name], **overrides})

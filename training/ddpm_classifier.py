@@ -16,6 +16,7 @@ from pathlib import Path
 from ddpm_tf import cli
 from ddpm_tf.classifier import train_classifier
 from ddpm_tf.data import load_arrays, num_classes
+from ddpm_tf.errors import InputError
 
 __all__ = ["main"]
 
@@ -40,16 +41,16 @@ def build_parser() -> cli.ProgramParser:
 def train(args: argparse.Namespace) -> None:
     """Trains, saves the classifier and its metrics (PATH.json); checks the input first."""
     if not isinstance(args.seed, int):
-        raise ValueError(
+        raise InputError(
             "--seed takes one int here (the seed of Keras' initialisers and shuffling)"
         )
     if args.out.suffix != ".keras":
-        raise ValueError(f"--out must end with .keras, got {str(args.out)!r}")
+        raise InputError(f"--out must end with .keras, got {str(args.out)!r}")
     for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
         if value < 1:
-            raise ValueError(f"{flag} must be >= 1, got {value}")
+            raise InputError(f"{flag} must be >= 1, got {value}")
     if not args.learning_rate > 0:
-        raise ValueError(f"--learning-rate must be > 0, got {args.learning_rate}")
+        raise InputError(f"--learning-rate must be > 0, got {args.learning_rate}")
     load = dict(data_dir=args.data_dir, download=args.download)
     train_split = load_arrays(args.dataset, args.train_split, **load)
     test = load_arrays(args.dataset, args.test_split, **load)

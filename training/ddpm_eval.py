@@ -25,6 +25,7 @@ from pathlib import Path
 from ddpm_tf import cli
 from ddpm_tf.data import load_arrays
 from ddpm_tf.datasets.pixel_cache import PixelCache
+from ddpm_tf.errors import InputError
 from ddpm_tf.evaluation import sample_quality
 from ddpm_tf.features import ClassifierFeatures, InceptionFeatures
 from ddpm_tf.likelihood import bits_per_dim
@@ -91,7 +92,7 @@ def real_images(args: argparse.Namespace) -> tuple[dict, Callable, Callable]:
         )
     dataset = args.dataset or data_cfg.get("dataset")
     if not dataset:
-        raise ValueError("--dataset is needed when the model is not a run directory.")
+        raise InputError("--dataset is needed when the model is not a run directory.")
     split = args.split or data_cfg.get("test_split", "test")
     train_split = args.train_split or data_cfg.get("train_split", "train")
     load = dict(
@@ -109,10 +110,10 @@ def evaluate(args: argparse.Namespace) -> dict:
     spec = cli.sampling_spec(args, DEFAULT_SPEC)
     compared = parse_comparisons(args.compare, spec) if args.compare else []
     if compared and not (args.classifier or args.inception_weights):
-        raise ValueError("--compare scores samples: give --classifier or --inception-weights.")
+        raise InputError("--compare scores samples: give --classifier or --inception-weights.")
     out = Path(args.out)
     if (out / "report.json").exists() and not args.overwrite:
-        raise ValueError(f"{out / 'report.json'} exists; pass --overwrite or another --out.")
+        raise InputError(f"{out / 'report.json'} exists; pass --overwrite or another --out.")
     dataset, test, reference = real_images(args)
     if args.classifier:
         extractor = ClassifierFeatures(args.classifier)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ddpm_tf import cli
+from ddpm_tf.errors import InputError
 from ddpm_tf.pixels import save_grid
 from ddpm_tf.runs import load_model
 from ddpm_tf.sampling import generate_uint8
@@ -54,11 +55,11 @@ def _labels(text: str | None, num: int) -> np.ndarray | None:
     try:
         values = [int(v) for v in text.split(",")]
     except ValueError as err:
-        raise ValueError(f"--labels must be integers separated by commas, got {text!r}.") from err
+        raise InputError(f"--labels must be integers separated by commas, got {text!r}.") from err
     if len(values) == 1:
         values = values * num
     if len(values) != num:
-        raise ValueError(f"--labels has {len(values)} entries for --num-samples {num}.")
+        raise InputError(f"--labels has {len(values)} entries for --num-samples {num}.")
     return np.asarray(values, np.int32)
 
 
@@ -69,7 +70,7 @@ def sample(args: argparse.Namespace) -> None:
     grid_path, npz_path = out / "samples.png", out / "samples.npz"
     existing = [str(p) for p in (grid_path, npz_path) if p.exists()]
     if existing and not args.overwrite:
-        raise ValueError(f"{existing} exist; pass --overwrite or another --out.")
+        raise InputError(f"{existing} exist; pass --overwrite or another --out.")
     labels = _labels(args.labels, args.num_samples)
     model = load_model(args.model)
     labels = cli.sampling_labels(model, args.num_samples, args.guidance_scale, labels)

@@ -47,6 +47,7 @@ from ddpm_tf.distribute import (
     make_strategy,
     replica_values,
 )
+from ddpm_tf.errors import InputError
 from ddpm_tf.features import ClassifierFeatures
 from ddpm_tf.recipe import build_model
 from ddpm_tf.runs import CURVE_FILE, RunDirectory
@@ -164,7 +165,7 @@ def _check_same_start(strategy: tf.distribute.Strategy, start: int) -> None:
     """Raises unless every worker resumes at the same step (they read one run directory)."""
     starts = replica_values(strategy, start)
     if len(set(starts)) > 1:
-        raise ValueError(
+        raise InputError(
             f"the workers found checkpoints of different steps {starts}: resuming needs one run "
             "directory that every worker reads (a shared file system). Pass the shared "
             "directory as --run-dir on every worker, or a new one to start afresh."
@@ -272,13 +273,13 @@ def _fid_classifier(
     try:
         extractor = ClassifierFeatures(run_cfg["classifier"])
     except FileNotFoundError as err:
-        raise ValueError(f"run.classifier: {err}, or set run.fid_samples=0.") from None
+        raise InputError(f"run.classifier: {err}, or set run.fid_samples=0.") from None
     if data["images"]:
         shape = (data["image_size"], data["image_size"], data["channels"])
     else:
         shape = image_shape(data["dataset"], args.data_dir, args.download, data["image_size"])
     if extractor.image_shape is not None and tuple(extractor.image_shape) != shape:
-        raise ValueError(
+        raise InputError(
             f"run.classifier={run_cfg['classifier']!r} takes {extractor.image_shape} images but "
             f"this run trains on {shape}: give a classifier trained on this dataset "
             "(ddpm-classifier) or set run.fid_samples=0."
@@ -297,7 +298,7 @@ def _sample_fid(
         return None
     count = config["run"]["fid_samples"]
     if count > len(train_cache):
-        raise ValueError(
+        raise InputError(
             f"run.fid_samples={count} exceeds the {len(train_cache)} training images its floor "
             "draws from; lower it."
         )

@@ -27,6 +27,8 @@ from typing import Any, ClassVar
 import numpy as np
 import tensorflow_datasets as tfds
 
+from ddpm_tf.errors import InputError, InputTypeError
+
 __all__ = [
     "EMBEDDED_DATASETS",
     "Mnist5k",
@@ -47,7 +49,7 @@ def split_indices(num_examples: int, num_test: int, seed: int) -> tuple[np.ndarr
     versions and platforms (NEP 19), so the split is the same on every machine.
     """
     if not 0 < num_test < num_examples:
-        raise ValueError(f"num_test must be in (0, {num_examples}), got {num_test!r}")
+        raise InputError(f"num_test must be in (0, {num_examples}), got {num_test!r}")
     order = np.random.RandomState(seed).permutation(num_examples)
     return np.sort(order[num_test:]), np.sort(order[:num_test])
 
@@ -115,12 +117,12 @@ def _check_arrays(
     images: np.ndarray, labels: np.ndarray, shape: tuple[int, ...], source: str
 ) -> None:
     if images.shape != shape or labels.shape != shape[:1]:
-        raise ValueError(
+        raise InputError(
             f"{source}: expected images of shape {shape} and {shape[0]} labels, got "
             f"{images.shape} and {labels.shape}"
         )
     if labels.min() < 0 or labels.max() >= _NUM_CLASSES:
-        raise ValueError(
+        raise InputError(
             f"{source}: labels must be in [0, 9], got [{labels.min()}, {labels.max()}]"
         )
 
@@ -160,7 +162,7 @@ class SklearnDigits(_EmbeddedBuilder):
         values = np.asarray(values)
         ints = np.rint(values).astype(np.int64)
         if not np.array_equal(ints, values) or ints.min() < 0 or ints.max() > cls.MAX_VALUE:
-            raise ValueError(f"digit intensities must be integers in [0, {cls.MAX_VALUE}]")
+            raise InputError(f"digit intensities must be integers in [0, {cls.MAX_VALUE}]")
         return ((ints * 255 + cls.MAX_VALUE // 2) // cls.MAX_VALUE).astype(np.uint8)
 
     @classmethod
@@ -233,10 +235,10 @@ class Mnist5k(_EmbeddedBuilder):
         path = cls.csv_path()
         table = np.loadtxt(path, delimiter=",", dtype=np.int64)
         if table.ndim != 2 or table.shape[1] != 28 * 28 + 1:
-            raise ValueError(f"{path}: expected rows of 785 values, got shape {table.shape}")
+            raise InputError(f"{path}: expected rows of 785 values, got shape {table.shape}")
         pixels, labels = table[:, :-1], table[:, -1]
         if pixels.min() < 0 or pixels.max() > 255:
-            raise ValueError(f"{path}: pixels must be in [0, 255]")
+            raise InputError(f"{path}: pixels must be in [0, 255]")
         images = pixels.astype(np.uint8).reshape(-1, 28, 28, 1)
         _check_arrays(images, labels, (5000, 28, 28, 1), str(path))
         return images, labels
@@ -250,7 +252,7 @@ EMBEDDED_DATASETS: dict[str, type[_EmbeddedBuilder]] = {
 def _check_overwrite(builder: tfds.core.DatasetBuilder, overwrite: bool) -> None:
     """Refuses to touch an existing dataset directory unless ``overwrite`` is set."""
     if not isinstance(overwrite, bool):
-        raise TypeError(f"overwrite must be a bool, got {overwrite!r}")
+        raise InputTypeError(f"overwrite must be a bool, got {overwrite!r}")
     if overwrite or not builder.data_path.exists():
         return
     state = "is already prepared" if builder.is_prepared() else "has an incomplete copy"
@@ -272,7 +274,7 @@ def _download_config(overwrite: bool) -> tfds.download.DownloadConfig:
 
 def _check_data_dir(data_dir: object) -> Path:
     if not isinstance(data_dir, str | os.PathLike) or not os.fspath(data_dir):
-        raise TypeError(f"data_dir must be a non-empty str or path, got {data_dir!r}")
+        raise InputTypeError(f"data_dir must be a non-empty str or path, got {data_dir!r}")
     path = Path(data_dir).expanduser()
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"data_dir={os.fspath(data_dir)!r} exists but is not a directory")
@@ -289,7 +291,7 @@ def prepare_embedded(
         FileExistsError: the dataset exists in ``data_dir`` and ``overwrite`` is False.
     """
     if name not in EMBEDDED_DATASETS:
-        raise ValueError(
+        raise InputError(
             f"name={name!r} is not an embedded dataset; choose one of {sorted(EMBEDDED_DATASETS)}"
         )
     data_dir = _check_data_dir(data_dir)

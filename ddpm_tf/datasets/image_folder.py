@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from ddpm_tf.datasets.pixel_cache import PixelCache
+from ddpm_tf.errors import InputError
 from ddpm_tf.pixels import resize_square
 
 __all__ = ["EXTENSIONS", "ImageFolder", "UnreadableImageError", "scan_folder"]
@@ -32,7 +33,7 @@ HOLDOUT_SEED = 20_240_917  # fixes which files are held out for evaluation
 BATCH = 256  # files decoded per write
 
 
-class UnreadableImageError(ValueError):
+class UnreadableImageError(InputError):
     """An image file of the folder cannot be decoded."""
 
 
@@ -76,7 +77,7 @@ class ImageFolder:
         """
         count = len(self.paths)
         if count < 2:
-            raise ValueError(
+            raise InputError(
                 f"image folder {self.root} holds {count} image; training needs at least 2 (one is "
                 "held out for evaluation)."
             )
@@ -180,21 +181,21 @@ def scan_folder(directory: str | os.PathLike, class_conditional: bool = False) -
     """
     root = Path(directory).expanduser()
     if not root.exists():
-        raise ValueError(
+        raise InputError(
             f"image folder {root} does not exist; pass the folder holding your images."
         )
     if not root.is_dir():
-        raise ValueError(f"{root} is not a folder; pass the folder holding your images.")
+        raise InputError(f"{root} is not a folder; pass the folder holding your images.")
     if not class_conditional:
         paths = _images_under(root)
         if not paths:
-            raise ValueError(f"image folder {root} holds no {'/'.join(EXTENSIONS)} files.")
+            raise InputError(f"image folder {root} holds no {'/'.join(EXTENSIONS)} files.")
         return ImageFolder(root, tuple(paths), None, None)
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     per_class = [_images_under(root / name) for name in classes]
     kept = [(name, paths) for name, paths in zip(classes, per_class, strict=True) if paths]
     if not kept:
-        raise ValueError(
+        raise InputError(
             f"image folder {root} has no subfolder with {'/'.join(EXTENSIONS)} files; with "
             "data.class_conditional = true each class is a subfolder of it."
         )

@@ -32,13 +32,15 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from ddpm_tf.errors import InputError
+
 __all__ = ["CorruptCacheError", "PixelCache"]
 
 PIXELS, LABELS, META = "pixels.u8", "labels.npy", "meta.json"
 FORMAT = 1
 
 
-class CorruptCacheError(ValueError):
+class CorruptCacheError(InputError):
     """The files of a pixel cache do not agree with its description."""
 
 
@@ -145,7 +147,7 @@ class PixelCache:
             raise
         if count == 0:
             shutil.rmtree(directory)
-            raise ValueError(f"no images to cache in {directory}: the source is empty.")
+            raise InputError(f"no images to cache in {directory}: the source is empty.")
         if num_classes is not None:
             np.save(directory / LABELS, labels)
         meta = {

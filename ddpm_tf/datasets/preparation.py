@@ -29,6 +29,7 @@ from ddpm_tf.datasets.embedded import (
     _download_config,
     prepare_embedded,
 )
+from ddpm_tf.errors import InputError, InputTypeError
 
 __all__ = [
     "IDX_DATASETS",
@@ -63,7 +64,7 @@ _SOURCE_HINTS = {
 }
 
 
-class IdxFormatError(ValueError):
+class IdxFormatError(InputError):
     """An idx file is unreadable or does not have the expected header, counts or size."""
 
 
@@ -75,7 +76,7 @@ def default_idx_source(name: str) -> Path | None:
 
 def _check_idx_name(name: object) -> None:
     if name not in IDX_DATASETS:
-        raise ValueError(
+        raise InputError(
             f"name={name!r} cannot be prepared from idx files; choose one of {IDX_DATASETS}"
         )
 
@@ -190,7 +191,7 @@ def prepare_from_idx(
     """
     _check_idx_name(name)
     if not isinstance(source_dir, str | os.PathLike) or not os.fspath(source_dir):
-        raise TypeError(f"source_dir must be a non-empty str or path, got {source_dir!r}")
+        raise InputTypeError(f"source_dir must be a non-empty str or path, got {source_dir!r}")
     data_dir = _check_data_dir(data_dir)
     files = _find_idx_files(name, Path(source_dir).expanduser())
     builder = tfds.builder(name, data_dir=os.fspath(data_dir))
@@ -239,16 +240,16 @@ def prepare(
     """
     if name in EMBEDDED_DATASETS:
         if source_dir is not None:
-            raise ValueError(
+            raise InputError(
                 f"dataset {name!r} is embedded and takes no source_dir, got {source_dir!r}"
             )
         return prepare_embedded(name, data_dir, overwrite=overwrite)
     if name not in IDX_DATASETS:
         known = sorted([*EMBEDDED_DATASETS, *IDX_DATASETS])
-        raise ValueError(f"name={name!r} cannot be prepared offline; choose one of {known}")
+        raise InputError(f"name={name!r} cannot be prepared offline; choose one of {known}")
     source_dir = source_dir if source_dir is not None else default_idx_source(name)
     if source_dir is None:
-        raise ValueError(
+        raise InputError(
             f"dataset {name!r} has no default source directory; pass source_dir (--source) "
             f"holding its four idx files ({_SOURCE_HINTS[name]})"
         )

@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from ddpm_tf import kernels, rng
+from ddpm_tf.errors import InputError
 from ddpm_tf.pixels import unit_to_uint8
 from ddpm_tf.sampling import Sampler, call_network
 
@@ -66,7 +67,7 @@ def sampler_function(
     sample(labels [N], seed, guidance_scale); with `num_samples` fixed, labels have N entries.
     """
     if sampler.spec.noise_source != "portable":
-        raise ValueError(
+        raise InputError(
             "Exported samplers need noise_source='portable': no TF random op may be exported."
         )
     seed_spec = tf.TensorSpec([2], tf.int32, name="seed")

@@ -6,6 +6,7 @@ import dataclasses
 from typing import Literal, get_args
 
 from ddpm_tf.checks import check_choice, check_float, check_int
+from ddpm_tf.errors import InputError, InputTypeError
 from ddpm_tf.sampling.spec import SamplingSpec
 
 Format = Literal["saved_model", "tflite", "onnx"]
@@ -45,14 +46,14 @@ class ExportOptions:
     def __post_init__(self) -> None:
         formats = tuple(dict.fromkeys(self.formats))
         if not formats or any(f not in FORMATS for f in formats):
-            raise ValueError(
+            raise InputError(
                 f"`formats` must be a non-empty subset of {FORMATS}, got {self.formats}."
             )
         object.__setattr__(self, "formats", formats)
         if not isinstance(self.spec, SamplingSpec):
-            raise TypeError(f"`spec` must be a SamplingSpec, got {type(self.spec).__name__}.")
+            raise InputTypeError(f"`spec` must be a SamplingSpec, got {type(self.spec).__name__}.")
         if self.spec.noise_source != "portable":
-            raise ValueError(
+            raise InputError(
                 f"exports need noise_source='portable' (no TF random op may be exported), got "
                 f"{self.spec.noise_source!r}."
             )
@@ -60,6 +61,6 @@ class ExportOptions:
         check_float(self.guidance_scale, "guidance_scale")
         check_choice(self.tflite_quantization, QUANTIZATIONS, "tflite_quantization")
         if self.onnx_opset not in ONNX_OPSETS:
-            raise ValueError(f"`onnx_opset` must be one of {ONNX_OPSETS}, got {self.onnx_opset}.")
+            raise InputError(f"`onnx_opset` must be one of {ONNX_OPSETS}, got {self.onnx_opset}.")
         if len(self.verify_seed) != 2:
-            raise ValueError(f"`verify_seed` must be a pair of ints, got {self.verify_seed!r}.")
+            raise InputError(f"`verify_seed` must be a pair of ints, got {self.verify_seed!r}.")

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from ddpm_tf.errors import InputTypeError
 from ddpm_tf.exporting import graphs
 from ddpm_tf.exporting.onnx import write_onnx
 from ddpm_tf.exporting.options import ExportOptions
@@ -26,7 +27,7 @@ MANIFEST_VERSION = 1
 
 def check_model(model) -> DiffusionModel:
     if not isinstance(model, DiffusionModel):
-        raise TypeError(f"Expected a ddpm_tf.DiffusionModel, got {type(model).__name__}.")
+        raise InputTypeError(f"Expected a ddpm_tf.DiffusionModel, got {type(model).__name__}.")
     return model
 
 

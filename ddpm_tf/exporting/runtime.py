@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ddpm_tf.errors import InputError
+
 Feeds = dict[str, np.ndarray]
 TensorInfo = dict[str, object]  # {"shape": [...], "dtype": "..."}; -1 or None for a free size
 
@@ -31,7 +33,7 @@ class Runner:
     def __call__(self, feeds: Feeds) -> Feeds:
         missing = set(self.inputs) - set(feeds)
         if missing:
-            raise ValueError(
+            raise InputError(
                 f"Missing inputs {sorted(missing)}; the function takes {sorted(self.inputs)}."
             )
         feeds = {k: np.asarray(v, dtype=self.inputs[k]["dtype"]) for k, v in feeds.items()}
@@ -123,4 +125,4 @@ def open_function(
         return tflite_runner(path, key, num_threads)
     if format == "onnx":
         return onnx_runner(path, num_threads)
-    raise ValueError(f"Unknown `format` {format!r}; choose saved_model, tflite or onnx.")
+    raise InputError(f"Unknown `format` {format!r}; choose saved_model, tflite or onnx.")

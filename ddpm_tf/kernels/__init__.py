@@ -28,6 +28,7 @@ from collections.abc import Iterator
 import tensorflow as tf
 
 from ddpm_tf import compat
+from ddpm_tf.errors import InputError
 from ddpm_tf.kernels import build
 
 __all__ = ["active", "enabled", "group_norm", "reference_only", "status"]
@@ -42,7 +43,7 @@ def enabled() -> bool:
     """The process-wide switch ``$DDPM_TF_FUSED_KERNELS`` (default on)."""
     value = os.environ.get(ENV_SWITCH, "").strip().lower()
     if value not in _ON + _OFF:
-        raise ValueError(
+        raise InputError(
             f"{ENV_SWITCH}={os.environ[ENV_SWITCH]!r} is not a switch: use 1/on (default) or 0/off."
         )
     return value in _ON
@@ -114,7 +115,7 @@ def group_norm(
         ``[N, ..., C]`` in the dtype of ``x``. Differentiable in all three tensors.
     """
     if dropout and seed is None:
-        raise ValueError("group_norm: dropout > 0 needs a `seed` ([2] int64).")
+        raise InputError("group_norm: dropout > 0 needs a `seed` ([2] int64).")
     seed = tf.zeros([2], tf.int64) if seed is None else tf.cast(seed, tf.int64)
     y, _, _ = _library().ddpm_group_norm(
         x,

@@ -30,6 +30,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from ddpm_tf.errors import InputError
 from ddpm_tf.sampling.method import Predict, SamplingMethod
 from ddpm_tf.spacing import LogSNRSteps, half_log_snr
 
@@ -93,4 +94,4 @@ class DPMSolverPlusPlus(SamplingMethod):
     @classmethod
     def check(cls, spec) -> None:
         if spec.solver_order not in ORDERS:
-            raise ValueError(f"solver_order={spec.solver_order}: DPM-Solver++ takes 1 or 2.")
+            raise InputError(f"solver_order={spec.solver_order}: DPM-Solver++ takes 1 or 2.")

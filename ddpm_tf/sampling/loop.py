@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from ddpm_tf import rng
 from ddpm_tf.checks import check_int
+from ddpm_tf.errors import InputError
 from ddpm_tf.sampling.method import Predict, SamplingMethod
 from ddpm_tf.sampling.registry import method_class
 from ddpm_tf.sampling.spec import SamplingSpec
@@ -189,7 +190,7 @@ def run_loop(
     if noise is not None:
         noise = diffusion._images(noise, "noise")
         if tuple(noise.shape) != shape:
-            raise ValueError(f"`noise` (x_T) has shape {tuple(noise.shape)}, expected {shape}.")
+            raise InputError(f"`noise` (x_T) has shape {tuple(noise.shape)}, expected {shape}.")
     every = check_int(every, "every", 0)
     _check_start(hooks, diffusion.with_steps(spec.steps).num_timesteps, noise)
 
@@ -205,7 +206,7 @@ def run_loop(
 def _check_shape(shape) -> tuple:
     shape = tuple(int(s) for s in shape)
     if len(shape) != 4 or min(shape) < 1:
-        raise ValueError(f"`shape` must be [B, H, W, C] with positive sizes, got {shape}.")
+        raise InputError(f"`shape` must be [B, H, W, C] with positive sizes, got {shape}.")
     return shape
 
 
@@ -214,8 +215,8 @@ def _check_start(hooks: Hooks, num_steps: int, noise) -> None:
         return
     check_int(hooks.start, "hooks.start", 0)
     if hooks.start >= num_steps:
-        raise ValueError(f"hooks.start={hooks.start} must be a step index in [0, {num_steps}).")
+        raise InputError(f"hooks.start={hooks.start} must be a step index in [0, {num_steps}).")
     if noise is None:
-        raise ValueError(
+        raise InputError(
             f"hooks.start={hooks.start} starts inside the process: pass x at that step as `noise`."
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
+from ddpm_tf.errors import InputError
 from ddpm_tf.sampling.ancestral import Ancestral
 from ddpm_tf.sampling.ddim import DDIM
 from ddpm_tf.sampling.dpm_solver import DPMSolverPlusPlus
@@ -36,5 +37,5 @@ METHOD_SETTINGS: tuple[str, ...] = tuple(
 def method_class(name: str) -> type[SamplingMethod]:
     """The class of method `name`."""
     if name not in REGISTRY:
-        raise ValueError(f"Unknown `method` {name!r}; choose one of {METHODS}.")
+        raise InputError(f"Unknown `method` {name!r}; choose one of {METHODS}.")
     return REGISTRY[name]

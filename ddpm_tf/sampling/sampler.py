@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from ddpm_tf import rng
 from ddpm_tf.checks import check_float, check_int
+from ddpm_tf.errors import InputError
 from ddpm_tf.pixels import unit_to_uint8
 from ddpm_tf.sampling.loop import build_loop
 from ddpm_tf.sampling.spec import SamplingSpec, resolve_spec
@@ -60,7 +61,7 @@ def guided_denoiser(
     if guidance_scale is None:
         return lambda x_t, t: call_network(network, x_t, t, labels, training=training)
     if null_label is None:
-        raise ValueError(
+        raise InputError(
             "`null_label` is needed for guidance: the label index of the unconditional class."
         )
     scale = tf.cast(guidance_scale, tf.float32)
@@ -151,7 +152,7 @@ class Sampler(tf.Module):
     def _sample_conditional(self, labels, seed, guidance_scale=None) -> tf.Tensor:
         """Samples for `labels` [N]: guided by `guidance_scale`, or plainly conditional if None."""
         if self.num_classes is None:
-            raise ValueError("This network is unconditional: call `sample(num_samples, seed)`.")
+            raise InputError("This network is unconditional: call `sample(num_samples, seed)`.")
         denoise = guided_denoiser(
             self.network,
             labels,
@@ -175,7 +176,7 @@ class Sampler(tf.Module):
             return self.sample(tf.constant(count, tf.int32), seed)
         labels = check_labels(labels, self.num_classes, allow_null=True)
         if num_samples is not None and check_int(num_samples, "num_samples") != labels.shape[0]:
-            raise ValueError(f"num_samples={num_samples} but {labels.shape[0]} labels were given.")
+            raise InputError(f"num_samples={num_samples} but {labels.shape[0]} labels were given.")
         scale = check_float(guidance_scale, "guidance_scale")
         if scale == 1.0:  # the conditional output alone: no null-class half of the batch
             return self.sample_labels(labels, seed)
@@ -185,16 +186,16 @@ class Sampler(tf.Module):
 def check_labels(labels, num_classes: int | None, *, allow_null: bool) -> tf.Tensor:
     """Validates class labels [B] against the network's classes (the null class only if allowed)."""
     if num_classes is None:
-        raise ValueError("`labels` were given but the network is unconditional (num_classes=None).")
+        raise InputError("`labels` were given but the network is unconditional (num_classes=None).")
     labels = tf.convert_to_tensor(labels)
     if not labels.dtype.is_integer or labels.shape.rank != 1:
-        raise ValueError(
+        raise InputError(
             f"`labels` must be integer class indices of shape [B], got {labels.dtype.name} {labels.shape}."
         )
     high = num_classes + 1 if allow_null else num_classes
     values = labels.numpy()
     if values.size and (values.min() < 0 or values.max() >= high):
-        raise ValueError(
+        raise InputError(
             f"`labels` must lie in [0, {high}); got values from {values.min()} to {values.max()}."
         )
     return tf.cast(labels, tf.int32)
@@ -253,7 +254,7 @@ def generate_uint8(
     num_samples = check_int(num_samples, "num_samples")
     batch_size = check_int(batch_size, "batch_size")
     if labels is not None and len(labels) != num_samples:
-        raise ValueError(f"labels has {len(labels)} entries for num_samples={num_samples}.")
+        raise InputError(f"labels has {len(labels)} entries for num_samples={num_samples}.")
     base = rng.as_seed(seed)
     chunks = []
     for index, start in enumerate(range(0, num_samples, batch_size)):

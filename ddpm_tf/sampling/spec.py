@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any, Literal, get_args
 
 from ddpm_tf.checks import check_bool, check_choice, check_float, check_int
+from ddpm_tf.errors import InputError, InputTypeError
 from ddpm_tf.sampling.registry import METHOD_SETTINGS, METHODS, Method, method_class
 from ddpm_tf.spacing import AllSteps, Steps, parse_steps
 
@@ -78,7 +79,7 @@ class SamplingSpec:
         self._set("solver_order", check_int(self.solver_order, "solver_order"))
         threshold = check_float(self.dynamic_threshold, "dynamic_threshold", 0.0, 1.0)
         if threshold == 1.0:
-            raise ValueError("dynamic_threshold must be 0 (off) or a quantile in (0, 1), got 1.0")
+            raise InputError("dynamic_threshold must be 0 (off) or a quantile in (0, 1), got 1.0")
         self._set("dynamic_threshold", threshold)
         for name in ("clip_denoised", "use_ema", "jit_compile"):
             self._set(name, check_bool(getattr(self, name), name))
@@ -87,7 +88,7 @@ class SamplingSpec:
         for name in METHOD_SETTINGS:
             if name not in method.takes and getattr(self, name) != defaults[name]:
                 users = [m for m in METHODS if name in method_class(m).takes]
-                raise ValueError(
+                raise InputError(
                     f"{name}={getattr(self, name)} applies to method {' or '.join(users)} only; "
                     f"leave it {defaults[name]} for {self.method!r}."
                 )
@@ -111,7 +112,7 @@ class SamplingSpec:
         """A spec from a mapping of settings (a config section, keyword arguments) over `base`."""
         unknown = sorted(set(values) - set(cls.fields()))
         if unknown:
-            raise ValueError(
+            raise InputError(
                 f"unknown sampling setting(s) {unknown}; the settings are {list(cls.fields())}."
             )
         return dataclasses.replace(base or cls(), **values)
@@ -154,7 +155,7 @@ class SamplingSpec:
 def resolve_spec(spec: SamplingSpec | None, settings: dict[str, Any]) -> SamplingSpec:
     """`spec` (default: `SamplingSpec()`) with keyword `settings` applied over it."""
     if spec is not None and not isinstance(spec, SamplingSpec):
-        raise TypeError(f"`spec` must be a SamplingSpec, got {type(spec).__name__}.")
+        raise InputTypeError(f"`spec` must be a SamplingSpec, got {type(spec).__name__}.")
     return SamplingSpec.from_dict(settings, base=spec)
 
 
@@ -171,7 +172,7 @@ def parse_comparison(item: str, base: SamplingSpec) -> list[SamplingSpec]:
     method with `SamplingSpec.for_method`."""
     method, sep, steps_text = item.partition(":")
     if not sep or not steps_text or "" in steps_text.split("/"):
-        raise ValueError(f"--compare item {item!r}: {COMPARISON_SYNTAX}.")
+        raise InputError(f"--compare item {item!r}: {COMPARISON_SYNTAX}.")
     return [base.for_method(method, steps) for steps in steps_text.split("/")]
 
 
