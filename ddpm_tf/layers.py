@@ -16,6 +16,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from ddpm_tf import dropout as masks
 from ddpm_tf import kernels
 from ddpm_tf.errors import InputError
 
@@ -48,9 +49,11 @@ class GroupNorm(keras.layers.GroupNormalization):
     ``scale``/``shift`` broadcastable to ``[B, 1, ..., C]`` (the scale-shift conditioning of
     Improved DDPM) and ``dropout`` a ``keras.layers.Dropout`` applied when ``training``. Where
     :func:`ddpm_tf.kernels.active` allows (CPU, no XLA, not exporting) all of it runs as one
-    fused kernel each way, the dropout mask drawn from the Dropout layer's seed generator by the
-    kernel's own hash; elsewhere as Keras' GroupNormalization, the same arithmetic in the compute
-    dtype and the Dropout layer itself. Weights (``gamma``, ``beta``) and config are Keras' own.
+    fused kernel each way; elsewhere as Keras' GroupNormalization, the same arithmetic in the
+    compute dtype. On both paths the dropout mask is the hash of :mod:`ddpm_tf.dropout` (of the
+    step's seed, the global sample row and this layer), not Keras' Dropout stream: the Dropout
+    layer gives the rate and, outside a training step, its seed generator. Weights (``gamma``,
+    ``beta``) and config are Keras' own.
     """
 
     def call(
@@ -64,18 +67,23 @@ class GroupNorm(keras.layers.GroupNormalization):
     ) -> Any:
         if (scale is None) != (shift is None):
             raise InputError("GroupNorm: pass both `scale` and `shift`, or neither.")
+        rate = dropout.rate if dropout is not None and training else 0.0
+        # (key and salt uint32 [2], first global row): this step's mask of this layer
+        seed = masks.layer_words(self.path or self.name, dropout.seed_generator) if rate else None
         if self._fusable(inputs) and kernels.active():
-            return self._fused(inputs, scale, shift, silu, dropout if training else None)
+            return self._fused(inputs, scale, shift, silu, rate, seed)
         h = super().call(inputs)
         if scale is not None:
             h = h * (1.0 + scale) + shift
         h = ops.silu(h) if silu else h
-        return h if dropout is None else dropout(h, training=training)
+        return h if seed is None else masks.apply(h, *seed, rate)
 
     def _fusable(self, inputs: Any) -> bool:
         return self.axis in (-1, len(inputs.shape) - 1) and self.scale and self.center
 
-    def _fused(self, inputs: Any, scale: Any, shift: Any, silu: bool, dropout: Any) -> Any:
+    def _fused(
+        self, inputs: Any, scale: Any, shift: Any, silu: bool, rate: float, seed: Any
+    ) -> Any:
         channels = inputs.shape[-1]
         per_sample = (ops.shape(inputs)[0], channels)
 
@@ -88,8 +96,11 @@ class GroupNorm(keras.layers.GroupNormalization):
         else:
             s = per_channel(scale)
             a, b = gamma * (1.0 + s), beta * (1.0 + s) + per_channel(shift)
-        rate = dropout.rate if dropout is not None else 0.0
-        seed = dropout.seed_generator.next() if rate > 0 else None
+        if seed is not None:
+            words, first_row = seed
+            seed = ops.concatenate(
+                [ops.cast(words, "int64"), ops.cast(first_row, "int64")[None]], 0
+            )
         y = kernels.group_norm(inputs, a, b, self.groups, self.epsilon, silu, rate, seed)
         return ops.cast(y, self.compute_dtype)
 

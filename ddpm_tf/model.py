@@ -7,8 +7,9 @@ EMA; `test_step` reports the same loss and an unbiased estimate of the full boun
 with the EMA network, as does `generate`.
 
 Distribution: the noise, t and label dropout of a step are drawn for the whole global batch from one
-seed and each replica takes its own rows, so N replicas make the same update as one device on the
-same global batch. Gradients are all-reduced before clipping so the clip sees the global norm.
+seed and each replica takes its own rows, and the network's dropout masks are a function of (that
+seed, the global row, the layer) (`ddpm_tf.dropout`), so N replicas make the same update as one
+device on the same global batch, and a resumed run the update of an uninterrupted one. Gradients are all-reduced before clipping so the clip sees the global norm.
 Under `mixed_float16` (or `mixed_bfloat16`) the network computes in float16 (bfloat16) with a float32
 output head while the diffusion math, the loss and the EMA stay in float32; under float16 the loss
 is scaled by Keras' `LossScaleOptimizer`.
@@ -22,6 +23,7 @@ import keras
 import tensorflow as tf
 
 from ddpm_tf import compat, rng
+from ddpm_tf import dropout as masks
 from ddpm_tf.diffusion import GaussianDiffusion
 from ddpm_tf.errors import InputError
 from ddpm_tf.optimizers import default_optimizer
@@ -290,7 +292,8 @@ class DiffusionModel(keras.Model):
         )
         if labels is not None:
             labels = tf.where(drop < self.label_dropout, self.num_classes, labels)
-        with tf.GradientTape() as tape:
+        first_row = replica * tf.shape(images)[0]  # dropout masks of this replica's global rows
+        with tf.GradientTape() as tape, masks.rows(rng.fold_in(seed, 4), first_row):
             terms, _, _ = self._forward(self.network, images, labels, t, noise, training=True)
             loss = tf.reduce_mean(terms["loss"] * weights)
             scaled = loss / replicas

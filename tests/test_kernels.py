@@ -213,25 +213,25 @@ def test_dropout_keeps_one_minus_rate_independently_and_scales_the_kept():
     plain = kernels.group_norm(
         *[tf.constant(v, tf.float32) for v in (x, scale, offset)], 8, 1e-6, False
     )
-    dropped = dropout_outputs(rate, [3, 4])
+    dropped = dropout_outputs(rate, [3, 4, 0])
     kept = dropped != 0
     n, p = kept.size, 1 - rate
     assert abs(kept.mean() - p) < 5 * np.sqrt(p * rate / n)
     np.testing.assert_allclose(dropped[kept], plain.numpy()[kept] / p, rtol=1e-6)
     agree = p**2 + rate**2  # two independent masks agree this often
-    other_seed = dropout_outputs(rate, [3, 5]) != 0
+    other_seed = dropout_outputs(rate, [3, 5, 0]) != 0
     other_sample = np.roll(kept, 1, axis=0)
     neighbour = np.roll(kept, 1, axis=-1)
     for other in (other_seed, other_sample, neighbour):
         assert abs((kept == other).mean() - agree) < 5 * np.sqrt(agree * (1 - agree) / n)
-    np.testing.assert_array_equal(dropout_outputs(rate, [3, 4]), dropped)  # a seed is a mask
+    np.testing.assert_array_equal(dropout_outputs(rate, [3, 4, 0]), dropped)  # a seed is a mask
 
 
 def test_dropout_gradient_uses_the_forward_mask():
     rate, shape = 0.25, (4, 6, 6, 16)
     x, scale, offset, weight = inputs(shape, seed=2)
     args = [tf.constant(v, tf.float32) for v in (x, scale, offset)]
-    seed = tf.constant([11, 0], tf.int64)
+    seed = tf.constant([11, 0, 0], tf.int64)
     with tf.GradientTape() as tape:
         tape.watch(args)
         y = kernels.group_norm(*args, 4, 1e-6, True, rate, seed)
@@ -253,11 +253,11 @@ def test_dropout_arguments_are_checked():
         kernels.group_norm(x, per_channel, per_channel, 3, 1e-6, False, 0.1)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"dropout must be in \[0, 1\)"):
         kernels.group_norm(
-            x, per_channel, per_channel, 3, 1e-6, False, 1.0, tf.zeros([2], tf.int64)
+            x, per_channel, per_channel, 3, 1e-6, False, 1.0, tf.zeros([3], tf.int64)
         )
     with pytest.raises(tf.errors.InvalidArgumentError, match="seed must be"):
         kernels.group_norm(
-            x, per_channel, per_channel, 3, 1e-6, False, 0.1, tf.zeros([3], tf.int64)
+            x, per_channel, per_channel, 3, 1e-6, False, 0.1, tf.zeros([2], tf.int64)
         )
 
 
@@ -290,7 +290,7 @@ scale = tf.constant(rng.normal(1.0, 0.5, (6, 32)), tf.float32)
 offset = tf.constant(rng.normal(0.0, 0.5, (6, 32)), tf.float32)
 with tf.GradientTape() as tape:
     tape.watch([x, scale, offset])
-    y = kernels.group_norm(x, scale, offset, 8, 1e-6, True, 0.2, tf.constant([5, 6], tf.int64))
+    y = kernels.group_norm(x, scale, offset, 8, 1e-6, True, 0.2, tf.constant([5, 6, 0], tf.int64))
     loss = tf.reduce_sum(y * tf.cos(x))
 grads = tape.gradient(loss, [x, scale, offset])
 np.savez(sys.argv[2], *[t.numpy() for t in (y, *grads)])

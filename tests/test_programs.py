@@ -17,6 +17,7 @@ import pytest
 from helpers import program_modules
 
 from ddpm_tf import DiffusionModel, GaussianDiffusion, cli, get_beta_schedule, unet
+from ddpm_tf.errors import InputError
 from ddpm_tf.runs import RunDirectory
 from ddpm_tf.sampling.spec import SamplingSpec
 
@@ -146,14 +147,27 @@ def test_unexpected_errors_are_one_line_exit_1(capsys):
 
 
 def test_verbose_shows_the_traceback_of_bad_input_too(capsys):
-    """A ValueError can come from deep inside a library: --verbose shows where."""
+    """The package's own input errors are exit 2 and one line; --verbose shows where they came from."""
     parser = cli.ProgramParser("prog", "test")
 
     def body(args):
-        raise ValueError("bad shape")
+        raise InputError("bad shape")
 
     assert cli.run("prog", body, parser.parse_args([])) == cli.EXIT_BAD_INPUT
     assert capsys.readouterr().err == "prog: error: bad shape\n"
     assert cli.run("prog", body, parser.parse_args(["--verbose"])) == cli.EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert "Traceback" in err and "in body" in err and err.endswith("prog: error: bad shape\n")
+
+
+def test_a_value_error_from_a_library_is_a_failure_not_bad_input(capsys):
+    """A bare ValueError raised deep inside TensorFlow is not the user's input error: exit 1, one
+    line that says to rerun with --verbose."""
+    parser = cli.ProgramParser("prog", "test")
+
+    def body(args):
+        raise ValueError("Shapes (2, 3) and (3, 2) are incompatible")
+
+    assert cli.run("prog", body, parser.parse_args([])) == cli.EXIT_FAILED
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ValueError: Shapes" in err and "--verbose" in err

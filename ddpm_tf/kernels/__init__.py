@@ -106,17 +106,18 @@ def group_norm(
         groups: number of groups; must divide ``C``.
         epsilon: added to the variance.
         silu: apply ``v * sigmoid(v)`` to the result.
-        dropout: inverted dropout rate in [0, 1) applied last (0: none). The mask is a hash of
-            ``seed`` and each element's position (not TensorFlow's Philox stream), so a seed
-            gives the same mask on every run and thread count; the gradient recomputes it.
-        seed: ``[2]`` int64, required when ``dropout > 0`` (e.g. a Keras SeedGenerator's next).
+        dropout: inverted dropout rate in [0, 1) applied last (0: none). The mask is the hash
+            of :mod:`ddpm_tf.dropout` (the same bits as ``ddpm_tf.dropout.keep_mask``), so a seed
+            gives the same mask on every run, thread count and path; the gradient recomputes it.
+        seed: ``[3]`` int64 (key, salt, first global row) of the mask, required when
+            ``dropout > 0`` (``ddpm_tf.dropout.layer_words`` gives the key and salt).
 
     Returns:
         ``[N, ..., C]`` in the dtype of ``x``. Differentiable in all three tensors.
     """
     if dropout and seed is None:
-        raise InputError("group_norm: dropout > 0 needs a `seed` ([2] int64).")
-    seed = tf.zeros([2], tf.int64) if seed is None else tf.cast(seed, tf.int64)
+        raise InputError("group_norm: dropout > 0 needs a `seed` ([3] int64).")
+    seed = tf.zeros([3], tf.int64) if seed is None else tf.cast(seed, tf.int64)
     y, _, _ = _library().ddpm_group_norm(
         x,
         scale,

@@ -8,8 +8,9 @@
 // group. `scale`/`offset` are [N, C] so that a plain GroupNorm (gamma, beta broadcast over the
 // batch) and the scale-shift conditioning of Improved DDPM (gamma * (1 + s), beta * (1 + s) + b)
 // are the same kernel. `drop` is inverted dropout at rate `dropout` (0: none): an element is kept,
-// and scaled by 1 / (1 - dropout), when a hash of (seed, n, p * C + c) is at least dropout * 2^32.
-// The gradient recomputes the same mask from the seed instead of storing it. TensorFlow computes this as a chain of reductions and element-wise
+// and scaled by 1 / (1 - dropout), when a hash of (key, first_row + n, p * C + c) is at least
+// dropout * 2^32, with seed = (key, salt, first_row); ddpm_tf/dropout.py computes the same mask
+// with TensorFlow ops. The gradient recomputes the mask from the seed instead of storing it. TensorFlow computes this as a chain of reductions and element-wise
 // kernels, each a pass over the activation; here the forward pass reads x three times and writes
 // y once, and the gradient reads (dy, x) once and (x, the saved gradient) once.
 //
@@ -89,34 +90,26 @@ inline uint32_t Mix32(uint32_t x) {
   return x;
 }
 
-inline uint64_t SplitMix64(uint64_t z) {
-  z += 0x9e3779b97f4a7c15ULL;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
-
-// Inverted dropout's mask: factor(j) is 0 or 1 / (1 - rate) for element j = p * C + c of one
-// sample, from a counter-based hash of (seed, sample, j), so any thread can recompute it.
+// Inverted dropout's mask: factor(j) is 0 or 1 / (1 - rate) for element j = p * C + c of the
+// sample in global row first_row + n, from a counter-based hash of (key, salt, row, j), so any
+// thread can recompute it. seed = (key, salt, first_row); key and salt are uint32 values.
 struct DropoutMask {
   bool on = false;
   uint32_t threshold = 0;  // keep iff hash >= threshold (probability 1 - threshold / 2^32)
   float scale = 1.0f;
-  uint32_t key = 0;     // from the seed
-  uint32_t sample = 0;  // from the seed and the sample index
+  uint32_t key = 0;     // the layer's key for this step
+  uint32_t sample = 0;  // from the salt and the global row
 
   DropoutMask(float rate, const int64_t* seed, int64_t n) {
     if (rate <= 0.0f) return;
     on = true;
     threshold = static_cast<uint32_t>(std::min(4294967295.0, std::round(rate * 4294967296.0)));
     scale = 1.0f / (1.0f - rate);
-    const uint64_t k = SplitMix64(static_cast<uint64_t>(seed[0]) ^
-                                  SplitMix64(static_cast<uint64_t>(seed[1])));
-    key = static_cast<uint32_t>(k);
-    sample = Mix32(static_cast<uint32_t>(k >> 32) ^ Mix32(static_cast<uint32_t>(n)));
+    key = static_cast<uint32_t>(seed[0]);
+    sample = Mix32(static_cast<uint32_t>(seed[1]) ^ Mix32(static_cast<uint32_t>(seed[2] + n)));
   }
   inline float Factor(uint32_t j) const {
-    return Mix32(Mix32(j ^ key) + sample) >= threshold ? scale : 0.0f;
+    return Mix32(Mix32(j ^ key) ^ sample) >= threshold ? scale : 0.0f;
   }
 };
 
@@ -320,13 +313,14 @@ class GroupNormKernelBase : public OpKernel {
   }
 
  protected:
-  // Checks x, scale, offset and seed, fills in the sizes and returns the seed's two words.
+  // Checks x, scale, offset and seed, fills in the sizes and returns the seed's three words.
   absl::Status Check(const Tensor& x, const Tensor& scale, const Tensor& offset,
                      const Tensor& seed, Dims* d, const int64_t** seed_words) const {
     TF_RETURN_IF_ERROR(CheckInputs(x, scale, offset, groups_, d));
-    if (seed.shape() != TensorShape({2})) {
+    if (seed.shape() != TensorShape({3})) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "DdpmGroupNorm: seed must be [2] int64, got ", seed.shape().DebugString()));
+          "DdpmGroupNorm: seed must be [3] int64 (key, salt, first row), got ",
+          seed.shape().DebugString()));
     }
     *seed_words = seed.flat<int64_t>().data();
     return absl::OkStatus();
