@@ -28,6 +28,8 @@ Configurations (each runs in its own subprocess, so the peak resident set size i
     small28-graph-nodrop, small28-diffusers-nodrop, small28-bf16-nodrop, small28-diffusers-bf16-nodrop
                       (only with --only) the small_28 steps with dropout 0 in both frameworks: what
                       the preset's dropout 0.1 costs each (the fashion_mnist preset trains without)
+    small28-graph-standard-nodrop  (only with --only) small28-graph-standard with dropout 0: what
+                      dropout's hashed masks cost on TensorFlow's ops, against the fused kernel
 
 A step's time is the median of `--repeats` timed steps after `--warmup` steps (the first of which
 traces and compiles; its time is reported apart). Both frameworks use `--threads` intra-op threads.
@@ -112,6 +114,7 @@ CONFIGS: dict[str, Config] = {
         Config("small28-graph-nodrop", "tf", "small_28", 32, **NODROP),
         Config("cifar10-graph-standard", "tf", "ddpm_cifar10", 8, **STANDARD),
         Config("small28-graph-standard", "tf", "small_28", 32, **STANDARD),
+        Config("small28-graph-standard-nodrop", "tf", "small_28", 32, **STANDARD | NODROP),
         Config("cifar10-bf16-standard", "tf", "ddpm_cifar10", 8, precision="bfloat16", **STANDARD),
         Config("small28-bf16-standard", "tf", "small_28", 32, precision="bfloat16", **STANDARD),
         Config("small28-diffusers-nodrop", "torch", "small_28", 32, **NODROP),

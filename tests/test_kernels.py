@@ -72,6 +72,30 @@ def test_forward_and_gradients_match_float64(dtype, silu, shape, groups):
         assert relative_error(tf.cast(got, tf.float64), want) < 2 * tol
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_saved_mean_and_rstd_match_float64(dtype):
+    """The statistics the forward pass saves for the gradient, [N, G] float32: the mean and
+    1 / sqrt(var + eps) of each (sample, group) of the 16-bit input as given."""
+    shape, groups, eps = (3, 5, 7, 32), 8, 1e-6
+    x, scale, offset, _ = inputs(shape)
+    x_in = tf.cast(tf.constant(x, tf.float32), dtype)
+    _, mean, rstd = kernels._library().ddpm_group_norm(
+        x_in,
+        tf.constant(scale, tf.float32),
+        tf.constant(offset, tf.float32),
+        tf.zeros([3], tf.int64),
+        groups=groups,
+        epsilon=eps,
+        silu=False,
+        dropout=0.0,
+    )
+    grouped = tf.reshape(tf.cast(x_in, tf.float64), (shape[0], -1, groups, shape[-1] // groups))
+    mean64, var64 = tf.nn.moments(grouped, axes=[1, 3])
+    assert mean.dtype == rstd.dtype == tf.float32 and mean.shape == (shape[0], groups)
+    assert relative_error(mean, mean64) < 1e-6
+    assert relative_error(rstd, 1 / tf.sqrt(var64 + eps)) < 1e-6
+
+
 def test_results_are_bit_identical_from_call_to_call():
     x, scale, offset, _ = inputs((16, 9, 9, 64), seed=3)
     args = [tf.constant(v, tf.float32) for v in (x, scale, offset)]
@@ -227,24 +251,29 @@ def test_dropout_keeps_one_minus_rate_independently_and_scales_the_kept():
     np.testing.assert_array_equal(dropout_outputs(rate, [3, 4, 0]), dropped)  # a seed is a mask
 
 
-def test_dropout_gradient_uses_the_forward_mask():
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_dropout_gradient_uses_the_forward_mask(dtype):
     rate, shape = 0.25, (4, 6, 6, 16)
     x, scale, offset, weight = inputs(shape, seed=2)
-    args = [tf.constant(v, tf.float32) for v in (x, scale, offset)]
+    x_in = tf.cast(tf.constant(x, tf.float32), dtype)
+    args = [x_in, tf.constant(scale, tf.float32), tf.constant(offset, tf.float32)]
     seed = tf.constant([11, 0, 0], tf.int64)
     with tf.GradientTape() as tape:
         tape.watch(args)
         y = kernels.group_norm(*args, 4, 1e-6, True, rate, seed)
-        loss = tf.reduce_sum(y * weight)
+        loss = tf.reduce_sum(tf.cast(y, tf.float32) * weight)
     grads = tape.gradient(loss, args)
-    # The mask is read off the output (SiLU is never exactly 0 here); the rest is float64.
-    mask = (y.numpy() != 0) / (1 - rate)
-    x64, s64, o64 = (tf.constant(v) for v in (x, scale, offset))
+    # The mask is read off the output (SiLU is never exactly 0 here, even rounded to 16 bits);
+    # the rest is float64 of the input as given.
+    mask = (tf.cast(y, tf.float32).numpy() != 0) / (1 - rate)
+    assert abs((mask == 0).mean() - rate) < 0.05
+    x64, s64, o64 = tf.cast(x_in, tf.float64), tf.constant(scale), tf.constant(offset)
     with tf.GradientTape() as tape:
         tape.watch([x64, s64, o64])
         loss_ref = tf.reduce_sum(reference(x64, s64, o64, 4, 1e-6, True) * mask * weight)
+    tol = max(1e-5, 2 * TOLERANCE[dtype])
     for got, want in zip(grads, tape.gradient(loss_ref, [x64, s64, o64]), strict=True):
-        assert relative_error(got, want) < 1e-5
+        assert relative_error(tf.cast(got, tf.float64), want) < tol
 
 
 def test_dropout_arguments_are_checked():

@@ -29,8 +29,9 @@ from ddpm_tf import GaussianDiffusion, compat, get_beta_schedule, unet
 from ddpm_tf.data import load_arrays
 from ddpm_tf.distribute import ClusterConfigError, ClusterTask, PreemptionCheckpoint, cluster_task
 from ddpm_tf.model import DiffusionModel
-from ddpm_tf.runs import RunDirectory
+from ddpm_tf.runs import CURVE_FILE, RunDirectory
 from ddpm_tf.training.ddpm_train import main as train_main
+from ddpm_tf.training.ddpm_train_curve import read_curve
 
 TWO_WORKERS = {"worker": ["127.0.0.1:2222", "127.0.0.1:2223"]}
 
@@ -166,6 +167,7 @@ OVERRIDES = [
     f"run.checkpoint_every={EVERY}",
     f"run.eval_every={STEPS}",
     "run.bpd_examples=0",
+    "run.log_every=1",  # a curve row per step: the gradient norms before clipping are compared
 ]
 # Two half-batch gradients summed by the all-reduce against one full-batch gradient: the same
 # float32 sums in another order, so the weights, EMA and Adam moments agree to a float32 ulp or
@@ -267,6 +269,16 @@ def _max_difference(a: Path, b: Path) -> float:
     return max(float(np.abs(left[n] - right[n]).max()) for n in left if left[n].dtype.kind == "f")
 
 
+def _assert_same_gradient_norms(run: Path, single: Path) -> None:
+    """The logged pre-clipping gradient norm of every step equals one process's: a gradient-scale
+    error (e.g. a mean of per-worker means taken twice) is invisible in the weights while the clip
+    is active, not here."""
+    got, want = read_curve(run / CURVE_FILE), read_curve(single / CURVE_FILE)
+    assert [r["step"] for r in got] == [r["step"] for r in want] == list(range(1, STEPS + 1))
+    norms = [r["grad_norm"] for r in want]
+    assert [r["grad_norm"] for r in got] == pytest.approx(norms, rel=1e-5)
+
+
 def _files(run: Path) -> set[str]:
     """The run directory's files, less checkpoints and TensorBoard logs (whose names vary)."""
     skip = ("checkpoints", "logs")
@@ -294,6 +306,7 @@ def test_two_workers_end_at_the_weights_of_one_process_and_only_the_chief_writes
     assert "worker 1 of 2 (not the chief" in cluster.output(1)
     assert "step 4/" not in cluster.output(1)  # progress is the chief's to print
     assert _max_difference(run, single) < BOUND
+    _assert_same_gradient_norms(run, single)
     assert _files(run) == _files(single)
     assert _event_file_pids(run) == {cluster.pids[0]}
     assert [p for p in cluster.leftovers(0) if not p.startswith("cwd/run")] == []
@@ -340,6 +353,7 @@ def test_a_sigterm_saves_a_checkpoint_on_every_worker_and_the_rerun_resumes_exac
     cluster.assert_done()
     assert all(f"resuming at step {step} of {STEPS}" in cluster.output(i) for i in range(2))
     assert _max_difference(shared, single) < BOUND
+    _assert_same_gradient_norms(shared, single)
     assert _files(shared) == _files(single)
     assert _event_file_pids(shared) == {cluster.pids[0], cluster.pids[2]}  # the two chiefs
     assert cluster.leftovers(0) == [] and cluster.leftovers(1) == []

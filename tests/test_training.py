@@ -39,6 +39,7 @@ from ddpm_tf.training.ddpm_train_curve import TrainingCurve, read_curve
 # A small, fast run on the embedded digits: a narrow U-Net and a short schedule.
 SMALL = [
     "model.ch=16",
+    "model.dropout=0.1",  # the resume and replica tests then cover the dropout masks
     "diffusion.num_timesteps=50",
     "train.batch_size=16",
     "train.warmup_steps=2",

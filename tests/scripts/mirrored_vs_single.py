@@ -26,10 +26,11 @@ from ddpm_tf import (  # noqa: E402
 )
 from ddpm_tf.optimizers import FusedAdam  # noqa: E402
 
+# Dropout on in both: the replicas must draw the masks of the global batch's rows, not copies.
 CONFIGS = {
-    "plain": {"net": {}, "diffusion": {}, "sampler": "uniform"},
+    "plain": {"net": {"dropout": 0.1}, "diffusion": {}, "sampler": "uniform"},
     "conditional_hybrid_importance": {
-        "net": {"num_classes": 3, "learn_sigma": True},
+        "net": {"num_classes": 3, "learn_sigma": True, "dropout": 0.1},
         "diffusion": {"model_var_type": "learned_range", "loss_type": "rescaled_mse"},
         "sampler": "loss-second-moment",
     },

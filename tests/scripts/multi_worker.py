@@ -27,7 +27,7 @@ def main(out_dir: str) -> None:
     keras.utils.set_random_seed(0)
     with strategy.scope():
         model = DiffusionModel(
-            from_preset("tiny_8"),
+            from_preset("tiny_8", dropout=0.1),  # the masks of each worker's rows
             GaussianDiffusion(get_beta_schedule("linear", 1000)[:100]),
             seed=5,
         )
