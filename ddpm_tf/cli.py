@@ -121,7 +121,10 @@ SAMPLING_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
         },
     ),
     "eta": ("--eta", {"type": float, "help": "DDIM stochasticity in [0, 1]"}),
-    "solver_order": ("--solver-order", {"type": int, "help": "DPM-Solver++ order, 1 or 2"}),
+    "solver_order": (
+        "--solver-order",
+        {"type": int, "help": "multistep order: DPM-Solver++ 1-2, UniPC 1-3"},
+    ),
     "clip_denoised": (
         "--clip",
         {"action": argparse.BooleanOptionalAction, "help": "clip x_0 predictions to [-1, 1]"},

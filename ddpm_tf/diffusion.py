@@ -467,7 +467,8 @@ class GaussianDiffusion:
         spec = SamplingSpec(method, **settings)
         rule = method_class(method)(self, spec)
         noise = noise if rule.needs_noise else None  # as the loop: a deterministic step takes none
-        sample, pred_xstart = rule.step(predictor(self, denoise_fn, spec), x_t, t, noise)
+        memory = tuple(tf.zeros_like(x_t) for _ in range(rule.memory))  # a first step: no history
+        sample, pred_xstart, _ = rule.step(predictor(self, denoise_fn, spec), x_t, t, noise, memory)
         return {"sample": sample, "pred_xstart": pred_xstart}
 
     def p_sample(self, denoise_fn: DenoiseFn, x_t, t, noise, clip_denoised: bool = True) -> dict:

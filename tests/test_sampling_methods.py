@@ -105,7 +105,8 @@ def test_deterministic_methods_converge_to_the_exact_ode_solution(method, proces
 
 
 def test_the_ode_solvers_are_known_as_such():
-    assert {"ddim", "dpm_solver++"} <= set(DETERMINISTIC) and "ancestral" not in DETERMINISTIC
+    assert {"ddim", "dpm_solver++", "unipc"} <= set(DETERMINISTIC)
+    assert "ancestral" not in DETERMINISTIC
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -144,6 +145,20 @@ def test_a_start_inside_the_process_samples_from_there(method, process64):
         run_loop(process64, denoise, x_k.shape, 3, spec, hooks=Hooks(start=start))
     with pytest.raises(ValueError, match=r"step index in \[0, 200\)"):
         run_loop(process64, denoise, x_k.shape, 3, spec, noise=x_k, hooks=Hooks(start=200))
+
+
+@pytest.mark.parametrize("method", DETERMINISTIC)
+def test_a_start_inside_the_process_is_a_first_step(method, process64):
+    """Started at index k, a multistep method has no history: the loop equals one over the
+    process that ends at k (the same grid below it), whose first step is its top."""
+    denoise = eps_denoiser(process64.alphas_cumprod, MU, S)
+    spec, start = _spec(method, 200), 120  # both grids at least 15 points long
+    kept = process64.with_steps(spec.steps).timestep_map
+    x_k = tf.constant(np.random.default_rng(4).normal(size=(16, 2, 2, 1)))
+    started = run_loop(process64, denoise, x_k.shape, 0, spec, noise=x_k, hooks=Hooks(start=start))
+    top = process64.respace(kept[: start + 1])
+    whole = run_loop(top, denoise, x_k.shape, 0, spec.replace(steps="all"), noise=x_k)
+    np.testing.assert_allclose(started["sample"].numpy(), whole["sample"].numpy(), rtol=1e-12)
 
 
 @pytest.mark.parametrize("method", METHODS)

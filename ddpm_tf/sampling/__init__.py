@@ -5,7 +5,7 @@
 | `spec.py` | `SamplingSpec`, every setting of how images are sampled, validated once; `--compare` items |
 | `registry.py` | the table of methods that the spec, the loop and the programs read |
 | `method.py` | `SamplingMethod`, what a method is |
-| `ancestral.py`, `ddim.py`, `dpm_solver.py` | one module per method: its step, settings, spacing |
+| `ancestral.py`, `ddim.py`, `dpm_solver.py`, `unipc.py` | one module per method: its step, settings, spacing |
 | `loop.py` | the one `tf.while_loop` (`build_loop`, `run_loop`), its noise sources and `Hooks` |
 | `sampler.py` | `Sampler` (one compiled sampler per spec), guidance, per-replica and uint8 batches |
 

@@ -18,7 +18,7 @@ class Ancestral(SamplingMethod):
     name = "ancestral"
     summary = "the DDPM reverse process (Ho et al. 2020), one network call per step"
 
-    def step(self, predict: Predict, x_t, t, noise, x0_last=None) -> tuple[tf.Tensor, tf.Tensor]:
+    def step(self, predict: Predict, x_t, t, noise, memory=()) -> tuple:
         out = predict(x_t, t)
         scale = not_final(t, x_t) * tf.exp(0.5 * out["log_variance"])
-        return out["mean"] + scale * tf.cast(noise, x_t.dtype), out["pred_xstart"]
+        return out["mean"] + scale * tf.cast(noise, x_t.dtype), out["pred_xstart"], ()

@@ -25,7 +25,7 @@ class DDIM(SamplingMethod):
     def needs_noise(self) -> bool:
         return self.spec.eta > 0
 
-    def step(self, predict: Predict, x_t, t, noise, x0_last=None) -> tuple[tf.Tensor, tf.Tensor]:
+    def step(self, predict: Predict, x_t, t, noise, memory=()) -> tuple:
         process = self.process
         pred_xstart = predict(x_t, t)["pred_xstart"]
         eps = process.predict_eps_from_xstart(x_t, t, pred_xstart)
@@ -35,8 +35,8 @@ class DDIM(SamplingMethod):
         sigma = eta * tf.sqrt((1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev))
         mean = pred_xstart * tf.sqrt(ab_prev) + tf.sqrt(1.0 - ab_prev - sigma**2) * eps
         if noise is None:  # eta = 0: deterministic
-            return mean, pred_xstart
-        return mean + not_final(t, x_t) * sigma * tf.cast(noise, x_t.dtype), pred_xstart
+            return mean, pred_xstart, ()
+        return mean + not_final(t, x_t) * sigma * tf.cast(noise, x_t.dtype), pred_xstart, ()
 
     @classmethod
     def describe(cls, spec) -> list[str]:

@@ -15,7 +15,8 @@ the solvers approximate x_theta on the step:
 
 The steps here run over a (respaced) discrete process from index T'-1 down to 0, and the last step
 goes from index 0 to the data (abar = 1, sigma = 0): there h is infinite and the update is
-x_theta itself, so that step is first order, as is the first (no history yet) and, with fewer than
+x_theta itself, so that step is first order, as is the first (no history yet, wherever the loop
+starts) and, with fewer than
 `LOWER_ORDER_FINAL_BELOW` steps, the step onto index 0. So every step is
 
     x_prev = ratio[t] x_t + weight[t] (x0 + correction[t] (x0 - x0_last))
@@ -28,11 +29,9 @@ output is used); a bare step count is spaced evenly in log-SNR, the solver's nat
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
 
-from ddpm_tf.errors import InputError
-from ddpm_tf.sampling.method import Predict, SamplingMethod
-from ddpm_tf.spacing import LogSNRSteps, half_log_snr
+from ddpm_tf.sampling.method import MultistepSolver, Predict
+from ddpm_tf.spacing import half_log_snr
 
 __all__ = ["LOWER_ORDER_FINAL_BELOW", "DPMSolverPlusPlus", "multistep_tables"]
 
@@ -43,11 +42,14 @@ sampling: there the steps near the data are long, and extrapolating x_theta over
 ORDERS = (1, 2)
 
 
-def multistep_tables(alphas_cumprod: np.ndarray, order: int) -> dict[str, np.ndarray]:
+def multistep_tables(
+    alphas_cumprod: np.ndarray, order: int, start: int | None = None
+) -> dict[str, np.ndarray]:
     """The coefficients (ratio, weight, correction), each float64 [T'], of the step from index t.
 
     `alphas_cumprod` are those of the process being sampled (respaced or not); `order` is 1 or 2
-    (`DPMSolverPlusPlus.check` holds the spec to that).
+    (`DPMSolverPlusPlus.check` holds the spec to that); `start` the index of the first step
+    (default T'-1), which has no earlier prediction to extrapolate from.
     """
     ab = np.asarray(alphas_cumprod, np.float64)
     ab_prev = np.concatenate([[1.0], ab[:-1]])  # the step from index t lands on t - 1; 0 -> data
@@ -63,35 +65,24 @@ def multistep_tables(alphas_cumprod: np.ndarray, order: int) -> dict[str, np.nda
         correction[inner] = h[inner] / (2.0 * h_last[1:])
         if ab.size < LOWER_ORDER_FINAL_BELOW:
             correction[1] = 0.0  # the step onto the last grid point is first order too
+        correction[ab.size - 1 if start is None else start] = 0.0
     return {"ratio": ratio, "weight": weight, "correction": correction}
 
 
-class DPMSolverPlusPlus(SamplingMethod):
+class DPMSolverPlusPlus(MultistepSolver):
     name = "dpm_solver++"
+    label = "DPM-Solver++"
     summary = "DPM-Solver++ (Lu et al. 2022), multistep on the data prediction, order 1 or 2"
-    takes = ("solver_order",)
-    default_spacing = LogSNRSteps
-    multistep = True
-
-    def __init__(self, process, spec):
-        super().__init__(process, spec)
-        self.tables = multistep_tables(process.alphas_cumprod, spec.solver_order)
+    orders = ORDERS
+    make_tables = staticmethod(multistep_tables)
 
     @property
-    def needs_noise(self) -> bool:
-        return False
+    def memory(self) -> int:
+        return 1  # the previous step's x_0 prediction
 
-    def step(self, predict: Predict, x_t, t, noise, x0_last=None) -> tuple[tf.Tensor, tf.Tensor]:
+    def step(self, predict: Predict, x_t, t, noise, memory=()) -> tuple:
         process, tables = self.process, self.tables
         x0 = predict(x_t, t)["pred_xstart"]
+        (x0_last,) = memory
         data = x0 + process.gather(tables["correction"], t, x_t) * (x0 - x0_last)
-        return process.combine(t, tables["ratio"], x_t, tables["weight"], data), x0
-
-    @classmethod
-    def describe(cls, spec) -> list[str]:
-        return [f"order {spec.solver_order}"]
-
-    @classmethod
-    def check(cls, spec) -> None:
-        if spec.solver_order not in ORDERS:
-            raise InputError(f"solver_order={spec.solver_order}: DPM-Solver++ takes 1 or 2.")
+        return process.combine(t, tables["ratio"], x_t, tables["weight"], data), x0, (x0,)

@@ -113,9 +113,9 @@ def build_loop(
     The spec's `use_ema` and `jit_compile` are for the caller (which network, how to compile).
     """
     process = diffusion.with_steps(spec.steps)
-    method = method_class(spec.method)(process, spec)
-    predict = predictor(process, denoise_fn, spec, hooks.transform_output)
     first = process.num_timesteps - 1 if hooks.start is None else hooks.start
+    method = method_class(spec.method)(process, spec, start=first)
+    predict = predictor(process, denoise_fn, spec, hooks.transform_output)
     initial_noise, step_noise = noise_sources(seed, spec.noise_source, process.dtype)
     x = initial_noise(shape) if noise is None else tf.cast(noise, process.dtype)
     return _while_loop(method, predict, x, first, step_noise, every, hooks.transform_x)
@@ -126,7 +126,7 @@ def _while_loop(
 ) -> dict:
     """Runs `method.step` from process index `first` down to 0 in a tf.while_loop.
 
-    The loop carries (i, x), the previous x_0 prediction for multistep methods, and a TensorArray
+    The loop carries (i, x), the method's memory (multistep methods), and a TensorArray
     of records only if `every` > 0, so that converters lacking TensorList ops (TFLite builtins,
     ONNX) take the plain loop as it is. Methods that need no noise draw none.
     """
@@ -140,9 +140,8 @@ def _while_loop(
         if transform_x is not None:
             x = tf.ensure_shape(transform_x(x, t), x.shape)
         noise = step_noise(tf.shape(x), t_scalar) if method.needs_noise else None
-        x0_last = carried[0] if method.multistep else None
-        x_next, pred_xstart = method.step(predict, x, t, noise, x0_last)
-        memory = (pred_xstart,) if method.multistep else ()
+        x_next, pred_xstart, memory = method.step(predict, x, t, noise, carried[: method.memory])
+        memory = tuple(tf.ensure_shape(m, x.shape) for m in memory)
         if num_records:
             slot = num_records - 1 - t_scalar // every
             records = carried[-1]
@@ -154,9 +153,7 @@ def _while_loop(
             memory += (records,)
         return (i + 1, tf.ensure_shape(x_next, x.shape), *memory)
 
-    state = (tf.constant(0), x)
-    if method.multistep:
-        state += (tf.zeros_like(x),)
+    state = (tf.constant(0), x, *(tf.zeros_like(x) for _ in range(method.memory)))
     if num_records:
         state += (tf.TensorArray(dtype, size=num_records, element_shape=x.shape),)
     _, x, *carried = tf.while_loop(

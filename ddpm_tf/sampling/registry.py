@@ -16,13 +16,14 @@ from ddpm_tf.sampling.ancestral import Ancestral
 from ddpm_tf.sampling.ddim import DDIM
 from ddpm_tf.sampling.dpm_solver import DPMSolverPlusPlus
 from ddpm_tf.sampling.method import SamplingMethod
+from ddpm_tf.sampling.unipc import UniPC
 
 __all__ = ["METHODS", "METHOD_SETTINGS", "Method", "REGISTRY", "method_class"]
 
-Method = Literal["ancestral", "ddim", "dpm_solver++"]
+Method = Literal["ancestral", "ddim", "dpm_solver++", "unipc"]
 
 REGISTRY: dict[str, type[SamplingMethod]] = {
-    cls.name: cls for cls in (Ancestral, DDIM, DPMSolverPlusPlus)
+    cls.name: cls for cls in (Ancestral, DDIM, DPMSolverPlusPlus, UniPC)
 }
 if tuple(REGISTRY) != get_args(Method):  # one list of names: fail at import, not at use
     raise ImportError(f"`Method` {get_args(Method)} must list the registry {tuple(REGISTRY)}.")

@@ -43,15 +43,18 @@ class SamplingSpec:
     """How to sample: a frozen, validated, hashable set of choices.
 
     Attributes:
-        method: "ancestral" (the DDPM reverse process, Ho et al.), "ddim" (Song et al.) or
-            "dpm_solver++" (Lu et al. 2022, multistep, on the data prediction).
+        method: "ancestral" (the DDPM reverse process, Ho et al.), "ddim" (Song et al.),
+            "dpm_solver++" (Lu et al. 2022, multistep, on the data prediction) or "unipc" (Zhao
+            et al. 2023, DPM-Solver++'s predictor with a corrector that costs no network call).
         steps: the timesteps visited, a `ddpm_tf.spacing` value: `AllSteps()` (also None or
             "all"), `UniformSteps(n)`, `StrideSteps(n)`, `LogSNRSteps(n)`, `SectionSteps(c)`,
             or their text ("uniform50", "stride50", "logsnr20", "10,15,20"); a bare count (50,
-            "50") takes the method's default spacing (log-SNR for DPM-Solver++, else uniform).
+            "50") takes the method's default spacing (log-SNR for DPM-Solver++ and UniPC, else
+            uniform).
         eta: DDIM's stochasticity in [0, 1] (0: deterministic); must be 0 for the other methods.
-        solver_order: DPM-Solver++'s order, 1 (equal to DDIM with eta 0) or 2 ("2M"); the first
-            and the last step are first order. Must stay 2 for the other methods.
+        solver_order: the multistep solvers' order: DPM-Solver++ 1 (equal to DDIM with eta 0)
+            or 2 ("2M"), UniPC 1, 2 or 3; the first and the last step are first order. Must stay
+            2 for the other methods.
         clip_denoised: clip each x_0 prediction to [-1, 1].
         dynamic_threshold: 0 (off), or a quantile p in (0, 1): each x_0 prediction is clipped to
             [-s, s] and divided by s, s = max(1, the p-quantile of its |pixels|) (Saharia et al.
