@@ -22,7 +22,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from ddpm_tf import compat, rng
+from ddpm_tf import compat, editing, rng
 from ddpm_tf import dropout as masks
 from ddpm_tf.diffusion import GaussianDiffusion
 from ddpm_tf.errors import InputError
@@ -234,21 +234,26 @@ class DiffusionModel(keras.Model):
         self.restart_evaluation_noise()
         return super().evaluate(*args, **kwargs)
 
-    def _unpack(self, data) -> tuple[tf.Tensor, tf.Tensor | None]:
-        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+    def _check_images(self, images, name: str = "images") -> tf.Tensor:
+        """float32 images [B, *image_shape] in [-1, 1], or an InputError saying what is wrong."""
         images = tf.convert_to_tensor(images)
         if not images.dtype.is_floating:
             raise InputError(
-                f"DiffusionModel expects float images in [-1, 1], got dtype {images.dtype.name}; "
+                f"DiffusionModel expects float {name} in [-1, 1], got dtype {images.dtype.name}; "
                 "scale uint8 images with ddpm_tf.pixels.scale_to_unit."
             )
         if images.shape.rank != 4 or tuple(images.shape[1:]) != self.image_shape:
             raise InputError(
-                f"DiffusionModel expects images of shape [B, {', '.join(map(str, self.image_shape))}] "
+                f"DiffusionModel expects {name} of shape [B, {', '.join(map(str, self.image_shape))}] "
                 f"(the network's), got {images.shape}."
             )
+        return tf.cast(images, tf.float32)
+
+    def _unpack(self, data) -> tuple[tf.Tensor, tf.Tensor | None]:
+        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+        images = self._check_images(images)
         if self.num_classes is None:
-            return tf.cast(images, tf.float32), None
+            return images, None
         if labels is None:
             raise InputError(
                 f"The network is class-conditional (num_classes={self.num_classes}): "
@@ -445,6 +450,64 @@ class DiffusionModel(keras.Model):
             null_label=self.num_classes,
             learns_variance=self.diffusion.learns_variance,
         )
+
+    # ---------------------------------------------------------------------------------- editing
+    def _editing_denoiser(self, labels, guidance_scale, spec: SamplingSpec, batch: int):
+        """The (EMA) network as a denoise_fn: conditional on `labels` [batch] (guided by the
+        scale), or, without labels, a class-conditional network's null class at any batch."""
+        network = self.ema_network if spec.use_ema else self.network
+        if labels is None:
+            if self.num_classes is None:
+                return self.denoiser(use_ema=spec.use_ema)
+            null = self.num_classes
+            return lambda x_t, t: call_network(network, x_t, t, tf.fill(tf.shape(t), null))
+        labels = check_labels(labels, self.num_classes, allow_null=True)
+        if labels.shape[0] != batch:
+            raise InputError(f"`labels` has {labels.shape[0]} entries for {batch} images.")
+        return self.denoiser(labels, guidance_scale, spec.use_ema)
+
+    def img2img(
+        self,
+        images,
+        strength: float,
+        seed: rng.SeedLike = 0,
+        *,
+        labels=None,
+        guidance_scale: float = 1.0,
+        spec: SamplingSpec | None = None,
+        **settings: Any,
+    ) -> tf.Tensor:
+        """SDEdit (`ddpm_tf.editing.img2img`): `images` [B, H, W, C] in [-1, 1] noised to
+        strength * T and sampled back by the spec's method, its steps over the remaining part.
+        Strength 0 returns the input, 1 is sampling from the input's trace."""
+        spec = resolve_spec(spec, settings)
+        images = self._check_images(images)
+        denoise = self._editing_denoiser(labels, guidance_scale, spec, images.shape[0])
+        return editing.img2img(self.diffusion, denoise, images, strength, seed, spec)
+
+    def invert(self, images, steps=50, *, labels=None, guidance_scale: float = 1.0) -> tf.Tensor:
+        """The DDIM latents x_T of `images` [B, H, W, C] in [-1, 1] over `steps` (the
+        probability-flow ODE run up, `ddpm_tf.editing.invert`); `decode` maps them back."""
+        images = self._check_images(images)
+        spec = editing.inversion_spec(steps)
+        denoise = self._editing_denoiser(labels, guidance_scale, spec, images.shape[0])
+        return editing.invert(self.diffusion, denoise, images, spec)
+
+    def decode(self, latents, steps=50, *, labels=None, guidance_scale: float = 1.0) -> tf.Tensor:
+        """Deterministic DDIM sampling from `latents` [B, H, W, C] over `steps`."""
+        latents = self._check_images(latents, "latents")
+        spec = editing.inversion_spec(steps)
+        denoise = self._editing_denoiser(labels, guidance_scale, spec, latents.shape[0])
+        return editing.decode(self.diffusion, denoise, latents, spec)
+
+    def interpolate(self, a, b, frames: int = 8, steps=50) -> tf.Tensor:
+        """`frames` images [frames, B, H, W, C] morphing a into b (both [B, H, W, C]): their
+        DDIM latents spherically interpolated and decoded (a class-conditional model uses its
+        null class)."""
+        a, b = self._check_images(a, "a"), self._check_images(b, "b")
+        spec = editing.inversion_spec(steps)
+        denoise = self._editing_denoiser(None, None, spec, a.shape[0])
+        return editing.interpolate(self.diffusion, denoise, a, b, frames, spec)
 
     # ---------------------------------------------------------------------------- serialization
     def get_config(self) -> dict:
