@@ -466,6 +466,30 @@ class DiffusionModel(keras.Model):
             raise InputError(f"`labels` has {labels.shape[0]} entries for {batch} images.")
         return self.denoiser(labels, guidance_scale, spec.use_ema)
 
+    def inpaint(
+        self,
+        images,
+        mask,
+        seed: rng.SeedLike = 0,
+        *,
+        labels=None,
+        guidance_scale: float = 1.0,
+        spec: SamplingSpec | None = None,
+        resample: int = 1,
+        jump: int = 10,
+        **settings: Any,
+    ) -> tf.Tensor:
+        """`images` [B, H, W, C] in [-1, 1] kept where `mask` is 1 (any shape that broadcasts:
+        per image or shared) and generated elsewhere (`ddpm_tf.editing.inpaint`): RePaint with
+        `resample` rounds of `jump` steps for ancestral sampling and DDIM, plain replacement
+        (resample 1) for every method."""
+        spec = resolve_spec(spec, settings)
+        images = self._check_images(images)
+        denoise = self._editing_denoiser(labels, guidance_scale, spec, images.shape[0])
+        return editing.inpaint(
+            self.diffusion, denoise, images, mask, seed, spec, resample=resample, jump=jump
+        )
+
     def img2img(
         self,
         images,

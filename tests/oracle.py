@@ -38,3 +38,23 @@ def eps_denoiser(alphas_cumprod: np.ndarray, mu: float, s: float):
         return (x_t - tf.sqrt(ab) * xs) / tf.sqrt(1.0 - ab)
 
     return denoise
+
+
+def correlated_denoiser(alphas_cumprod: np.ndarray, mean: np.ndarray, cov: np.ndarray):
+    """The optimal eps for x_0 ~ N(mean, cov) over the D = H*W*C pixels of each image (flattened
+    in row-major order): E[x_0 | x_t] = mean + sqrt(abar) cov (abar cov + (1 - abar) I)^-1
+    (x_t - sqrt(abar) mean), one D x D gain per timestep of the ORIGINAL schedule."""
+    ab = np.asarray(alphas_cumprod, np.float64)
+    d = mean.size
+    gains = np.stack([np.sqrt(a) * cov @ np.linalg.inv(a * cov + (1 - a) * np.eye(d)) for a in ab])
+    gains, table, mu = (tf.constant(v, tf.float64) for v in (gains, ab, mean))
+
+    def denoise(x_t, t):
+        shape = tf.shape(x_t)
+        x = tf.reshape(tf.cast(x_t, tf.float64), [shape[0], d])
+        a = tf.gather(table, t)[:, None]
+        xs = mu + tf.einsum("bij,bj->bi", tf.gather(gains, t), x - tf.sqrt(a) * mu)
+        eps = (x - tf.sqrt(a) * xs) / tf.sqrt(1.0 - a)
+        return tf.cast(tf.reshape(eps, shape), x_t.dtype)
+
+    return denoise

@@ -12,8 +12,9 @@ process index t keyed by t, so graph and XLA runs, and runs started at another s
 numbers for the same step.
 
 `Hooks` are where editing and guidance plug in without forking the loop: a transform of x_t before
-each step (e.g. replacing known pixels), a transform of the network's output (e.g. shifting eps by a
-classifier's gradient), and a start at any step of the process from a given x_t.
+each step, known pixels kept (inpainting: drawn from q(x_t | x_0) before each step), a transform of
+the network's output (e.g. shifting eps by a classifier's gradient), a start at any step of the
+process from a given x_t, and a path that goes back up the process (RePaint's resampling jumps).
 """
 
 from __future__ import annotations
@@ -47,11 +48,20 @@ class Hooks:
             (C or 2C channels) before the method reads it.
         start: the process index the loop starts at (default T'-1, the top); x at that index is the
             loop's `noise` argument, which is then required.
+        known: (images, mask): before each step at index t the pixels where `mask` (0/1,
+            broadcastable to x) is 1 are replaced by a fresh draw of q(x_t | x_0 = images); the
+            replacement is applied before `transform_x`.
+        path: the process indices visited, from the start down to -1 (the data), each one away
+            from the one before: a move down is a step of the method, a move up renoises x_t to
+            x_{t+1} with q(x_{t+1} | x_t) (RePaint's jumps; one-step methods only). None: straight
+            down. With a path, step noise is keyed by the move, not by t.
     """
 
     transform_x: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None
     transform_output: Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor] | None = None
     start: int | None = None
+    known: tuple | None = None
+    path: tuple[int, ...] | None = None
 
 
 NO_HOOKS = Hooks()
@@ -118,11 +128,85 @@ def build_loop(
     predict = predictor(process, denoise_fn, spec, hooks.transform_output)
     initial_noise, step_noise = noise_sources(seed, spec.noise_source, process.dtype)
     x = initial_noise(shape) if noise is None else tf.cast(noise, process.dtype)
-    return _while_loop(method, predict, x, first, step_noise, every, hooks.transform_x)
+    prepare = _preparation(process, hooks, step_noise)
+    if hooks.path is None:
+        return _while_loop(method, predict, x, first, step_noise, every, prepare)
+    if every:
+        raise InputError("`every` records the x_0 predictions of a straight path only.")
+    path = _check_path(hooks.path, first, method)
+    return _path_loop(method, predict, x, path, step_noise, prepare)
+
+
+KNOWN_NOISE_KEY = 1 << 20
+"""Offset of the keys of the known pixels' noise, apart from the steps' (keys below it)."""
+
+
+def _preparation(process: GaussianDiffusion, hooks: Hooks, step_noise) -> Callable:
+    """prepare(x_t, t [B], key): x_t with the known pixels drawn from q(x_t | x_0) (noise of
+    `key`), then `hooks.transform_x`; the identity without those hooks."""
+
+    def prepare(x, t, key):
+        if hooks.known is not None:
+            images, mask = (tf.cast(v, x.dtype) for v in hooks.known)
+            z = step_noise(tf.shape(x), KNOWN_NOISE_KEY + key)
+            ab = process.gather(process.alphas_cumprod, t, x)
+            x = mask * (tf.sqrt(ab) * images + tf.sqrt(1.0 - ab) * z) + (1.0 - mask) * x
+        if hooks.transform_x is not None:
+            x = tf.ensure_shape(hooks.transform_x(x, t), x.shape)
+        return x
+
+    return prepare
+
+
+def _check_path(path, first: int, method: SamplingMethod) -> list[int]:
+    path = [int(t) for t in path]
+    steps = [b - a for a, b in zip(path, path[1:], strict=False)]
+    if not path or path[0] != first or path[-1] != -1 or any(abs(d) != 1 for d in steps):
+        raise InputError(
+            f"hooks.path must go from the start {first} to -1 (the data) in moves of one step, "
+            f"got {path[:8]}{'...' if len(path) > 8 else ''}."
+        )
+    if max(path) > first:
+        raise InputError(f"hooks.path goes above its start {first}.")
+    if any(d > 0 for d in steps) and method.memory:
+        raise InputError(
+            f"hooks.path goes back up, which a multistep method ({method.name}) cannot follow: "
+            "use a one-step method (ancestral or ddim)."
+        )
+    return path
+
+
+def _path_loop(method: SamplingMethod, predict: Predict, x, path, step_noise, prepare) -> dict:
+    """Follows `path` in a tf.while_loop: a method step for each move down, a draw of
+    q(x_{t+1} | x_t) for each move up; the noise of move i has key i."""
+    process = method.process
+    moves = tf.constant(path, tf.int32)
+    batch = tf.shape(x)[:1]
+
+    def body(i, x):
+        t_scalar, key = moves[i], i
+
+        def down():
+            t = tf.fill(batch, t_scalar)
+            noise = step_noise(tf.shape(x), key) if method.needs_noise else None
+            return method.step(predict, prepare(x, t, key), t, noise)[0]
+
+        def up():
+            beta = process.gather(process.betas, tf.fill(batch, t_scalar + 1), x)
+            return tf.sqrt(1.0 - beta) * x + tf.sqrt(beta) * step_noise(tf.shape(x), key)
+
+        x = tf.cond(moves[i + 1] < t_scalar, down, up)
+        return i + 1, tf.ensure_shape(x, x.shape)
+
+    count = len(path) - 1
+    _, x = tf.while_loop(
+        lambda i, _: i < count, body, (tf.constant(0), x), maximum_iterations=count
+    )
+    return {"sample": x}
 
 
 def _while_loop(
-    method: SamplingMethod, predict: Predict, x, first: int, step_noise, every, transform_x
+    method: SamplingMethod, predict: Predict, x, first: int, step_noise, every, prepare
 ) -> dict:
     """Runs `method.step` from process index `first` down to 0 in a tf.while_loop.
 
@@ -137,8 +221,7 @@ def _while_loop(
     def body(i, x, *carried):
         t_scalar = first - i
         t = tf.fill(batch, t_scalar)
-        if transform_x is not None:
-            x = tf.ensure_shape(transform_x(x, t), x.shape)
+        x = prepare(x, t, t_scalar)
         noise = step_noise(tf.shape(x), t_scalar) if method.needs_noise else None
         x_next, pred_xstart, memory = method.step(predict, x, t, noise, carried[: method.memory])
         memory = tuple(tf.ensure_shape(m, x.shape) for m in memory)
