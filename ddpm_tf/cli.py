@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 import traceback
@@ -44,7 +45,10 @@ __all__ = [
     "add_num_samples",
     "add_sampling_arguments",
     "add_seed",
+    "available_memory",
     "check_guidance",
+    "check_samples_fit",
+    "finite_float",
     "format_duration",
     "main",
     "run",
@@ -201,21 +205,36 @@ def add_num_samples(parser: argparse.ArgumentParser, default: int, help: str) ->
     )
 
 
+def finite_float(text: str) -> float:
+    """An argparse type: a float that is finite (NaN and infinities are refused while parsing)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
 def add_guidance_scale(parser: argparse.ArgumentParser, default: float, help: str) -> None:
     """`--guidance-scale S`: classifier-free guidance of class-conditional models."""
     parser.add_argument(
-        "--guidance-scale", type=float, default=default, help=f"{help} (default: {default})"
+        "--guidance-scale", type=finite_float, default=default, help=f"{help} (default: {default})"
     )
 
 
 def sampling_labels(model: Any, num_samples: int, guidance_scale: float, labels: Any = None) -> Any:
     """The labels a program samples `model` with: `labels` if given, else every class in turn
     for a class-conditional model (`sampling.every_class`), None for an unconditional one; which
-    takes no `--guidance-scale`."""
-    from ddpm_tf.sampling import every_class  # TensorFlow: not at import, for a fast --help
+    takes no `--guidance-scale`. Given labels are checked against the model's classes here, all
+    at once, before the first batch is sampled."""
+    from ddpm_tf.sampling import check_labels, every_class  # TensorFlow: not at import
 
     check_guidance(model, guidance_scale)
-    return every_class(num_samples, model.num_classes) if labels is None else labels
+    if labels is None:
+        return every_class(num_samples, model.num_classes)
+    check_labels(labels, model.num_classes, allow_null=True)
+    return labels
 
 
 def check_guidance(model: Any, guidance_scale: float) -> None:
@@ -224,6 +243,46 @@ def check_guidance(model: Any, guidance_scale: float) -> None:
         raise InputError(
             "--guidance-scale applies to class-conditional models; this model is unconditional. "
             "Leave --guidance-scale out."
+        )
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available for new data: MemAvailable of /proc/meminfo (Linux), else the
+    free physical pages (`os.sysconf`); None where neither can be read."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _bytes(count: float) -> str:
+    """A byte count in binary units, e.g. "58.2 TiB"."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024:
+            return f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TiB"
+
+
+def check_samples_fit(model: Any, num_samples: int) -> None:
+    """Raise an InputError if the `--num-samples` images of `model` alone (uint8 [N, H, W, C],
+    which a program holds in memory to save or score them) exceed the memory available now,
+    before any array of that size is made and before anything is sampled."""
+    height, width, channels = (int(s) for s in model.image_shape)
+    needed = max(num_samples, 0) * height * width * channels
+    available = available_memory()
+    if available is not None and needed > available:
+        raise InputError(
+            f"--num-samples {num_samples} needs {_bytes(needed)} of memory for the images alone "
+            f"({height}x{width}x{channels} bytes each), but {_bytes(available)} is available; "
+            "lower --num-samples (several runs with different --seed give more images)."
         )
 
 
@@ -264,7 +323,9 @@ class ProgressLine:
         self.label, self.total, self.unit, self.interval = label, total, unit, interval
         self.stream = stream
         self.started = time.perf_counter()
-        self.last_printed = -math.inf
+        # The first line after `interval`: a short loop prints only its last line, and an error
+        # within the first seconds (a corrupt file) stays the only line on stderr.
+        self.last_printed = self.started
 
     def __call__(self, done: int) -> None:
         now = time.perf_counter()

@@ -174,6 +174,8 @@ def _examples(
     center_crop: bool,
 ) -> tf.data.Dataset:
     """(uint8 image [H, W, C], int32 label) pairs of a prepared builder's split, in its fixed order."""
+    if builder.info.splits:  # empty only under tfds.testing.mock_data, which makes any split
+        _split_examples(builder, split)
     ds = builder.as_dataset(split=split, shuffle_files=False)
     _check_features(ds.element_spec, image_key, label_key, image_size)
 
@@ -467,12 +469,19 @@ def split_size(name: str, split: str, data_dir: str | None = None, download: boo
 
     Raises `DatasetNotPreparedError` if the dataset is not on disk and `download` is False.
     """
-    splits = _prepared_builder(name, data_dir, download).info.splits
+    return _split_examples(_prepared_builder(name, data_dir, download), split)
+
+
+def _split_examples(builder: tfds.core.DatasetBuilder, split: str) -> int:
+    """Number of examples of `split` (a name or a slice) of a prepared builder; an InputError
+    naming the splits there are if it has no such split (tfds' own error is a bare ValueError)."""
+    splits = builder.info.splits
     try:
         return int(splits[split].num_examples)
     except (KeyError, ValueError) as err:
         raise InputError(
-            f"split={split!r} is not a split of {name!r} ({err}); its splits are {sorted(splits)}."
+            f"split={split!r} is not a split of {builder.name!r} ({err}); its splits are "
+            f"{sorted(splits)}."
         ) from None
 
 

@@ -22,6 +22,7 @@ import tensorflow as tf
 from ddpm_tf.checks import check_int
 from ddpm_tf.classifier import FEATURE_LAYER, ImageClassifier
 from ddpm_tf.errors import InputError
+from ddpm_tf.keras_files import load_keras_file
 from ddpm_tf.pixels import to_unit_range
 
 __all__ = [
@@ -91,13 +92,9 @@ class ClassifierFeatures(FeatureExtractor):
         self.batch_size = check_int(batch_size, "batch_size")
         if isinstance(model, str | os.PathLike):
             path = Path(model)
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"classifier model {str(path)!r} does not exist; train one with "
-                    "`ddpm-classifier --dataset NAME --out PATH.keras`"
-                )
+            fix = "train one with `ddpm-classifier --dataset NAME --out PATH.keras`"
+            model = load_keras_file(path, "classifier model", fix)
             self.name = f"classifier:{path.name}"
-            model = keras.models.load_model(path)
         else:
             self.name = f"classifier:{getattr(model, 'name', type(model).__name__)}"
         if isinstance(model, ImageClassifier):

@@ -36,6 +36,7 @@ import tensorflow as tf
 from ddpm_tf.checks import check_int
 from ddpm_tf.config import upgrade
 from ddpm_tf.errors import InputError
+from ddpm_tf.keras_files import load_keras_file
 from ddpm_tf.model import DiffusionModel
 
 CONFIG_FILE = "config.json"
@@ -228,9 +229,8 @@ def load_model(path: str | os.PathLike, compile: bool = False) -> DiffusionModel
     """
     path = Path(path)
     if path.suffix == ".keras":
-        if not path.is_file():
-            raise FileNotFoundError(f"model file {path} does not exist.")
-        model = keras.models.load_model(path, compile=compile)
+        fix = "pass a .keras file saved from a DiffusionModel, or a run directory of ddpm-train."
+        model = load_keras_file(path, "model file", fix, compile=compile)
     elif path.is_dir():
         spec = path / MODEL_FILE
         if not spec.is_file():
@@ -238,7 +238,14 @@ def load_model(path: str | os.PathLike, compile: bool = False) -> DiffusionModel
                 f"{path} is not a run directory (no {MODEL_FILE}); pass a run directory written "
                 "by ddpm-train or a .keras file."
             )
-        model = keras.saving.deserialize_keras_object(json.loads(spec.read_text()))
+        try:
+            described = json.loads(spec.read_text())
+        except json.JSONDecodeError as err:
+            raise CheckpointError(
+                f"{spec} is not valid JSON ({err}): it was cut short or edited. Rerunning ddpm-train "
+                f"on {path} writes it again."
+            ) from None
+        model = keras.saving.deserialize_keras_object(described)
         latest = tf.train.latest_checkpoint(path / CHECKPOINT_DIR)
         if latest is None:
             raise FileNotFoundError(f"run directory {path} holds no checkpoint yet.")

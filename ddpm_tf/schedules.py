@@ -48,7 +48,7 @@ def validate_betas(betas: Iterable[float] | np.ndarray, name: str = "betas") -> 
     bad = np.flatnonzero((arr <= 0.0) | (arr >= 1.0))
     if bad.size:
         raise InputError(
-            f"`{name}` must lie strictly inside (0, 1); index {int(bad[0])} has {arr[bad[0]]!r} "
+            f"`{name}` must lie strictly inside (0, 1); index {int(bad[0])} has {float(arr[bad[0]])!r} "
             f"({bad.size} bad values). Each beta_t is the variance of one forward step."
         )
     return arr

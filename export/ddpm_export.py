@@ -85,6 +85,7 @@ def export(args: argparse.Namespace) -> None:
     )
     check_output_dir(args.out, args.overwrite)
     model = load_model(args.model)
+    cli.check_samples_fit(model, args.num_samples)  # the verification samples them at once
     try:
         manifest = export_model(model, args.out, options, overwrite=args.overwrite)
     except ExportVerificationError as error:

@@ -35,6 +35,9 @@ def build_parser() -> cli.ProgramParser:
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     cli.add_seed(parser)
     parser.add_argument("--out", required=True, type=Path, help="model file, PATH.keras")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing PATH.keras and PATH.json"
+    )
     return parser
 
 
@@ -46,6 +49,9 @@ def train(args: argparse.Namespace) -> None:
         )
     if args.out.suffix != ".keras":
         raise InputError(f"--out must end with .keras, got {str(args.out)!r}")
+    existing = [str(p) for p in (args.out, args.out.with_suffix(".json")) if p.exists()]
+    if existing and not args.overwrite:
+        raise FileExistsError(f"{existing} exist; pass --overwrite or another --out.")
     for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
         if value < 1:
             raise InputError(f"{flag} must be >= 1, got {value}")

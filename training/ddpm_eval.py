@@ -114,6 +114,9 @@ def evaluate(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     if (out / "report.json").exists() and not args.overwrite:
         raise InputError(f"{out / 'report.json'} exists; pass --overwrite or another --out.")
+    model = load_model(args.model)  # first: a missing model is named as such
+    cli.check_guidance(model, args.guidance_scale)  # these two before the test split is read
+    cli.check_samples_fit(model, args.num_samples)
     dataset, test, reference = real_images(args)
     if args.classifier:
         extractor = ClassifierFeatures(args.classifier)
@@ -121,8 +124,6 @@ def evaluate(args: argparse.Namespace) -> dict:
         extractor = InceptionFeatures(args.inception_weights)
     else:
         extractor = None
-    model = load_model(args.model)
-    cli.check_guidance(model, args.guidance_scale)  # before the test split is read
     test = test()
     num = len(test) if args.num_samples < 0 else args.num_samples
     labels = cli.sampling_labels(model, num, args.guidance_scale)

@@ -71,8 +71,9 @@ def sample(args: argparse.Namespace) -> None:
     existing = [str(p) for p in (grid_path, npz_path) if p.exists()]
     if existing and not args.overwrite:
         raise InputError(f"{existing} exist; pass --overwrite or another --out.")
-    labels = _labels(args.labels, args.num_samples)
     model = load_model(args.model)
+    cli.check_samples_fit(model, args.num_samples)  # before any array of that length
+    labels = _labels(args.labels, args.num_samples)
     labels = cli.sampling_labels(model, args.num_samples, args.guidance_scale, labels)
     images = generate_uint8(
         model,

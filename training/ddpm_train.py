@@ -49,6 +49,7 @@ from ddpm_tf.distribute import (
 )
 from ddpm_tf.errors import InputError
 from ddpm_tf.features import ClassifierFeatures
+from ddpm_tf.keras_files import KerasFileError
 from ddpm_tf.recipe import build_model
 from ddpm_tf.runs import CURVE_FILE, RunDirectory
 from ddpm_tf.sampling.spec import SamplingSpec
@@ -117,10 +118,11 @@ def open_data(
         folder = scan_folder(data["images"], data["class_conditional"])
         progress = _progress("decoding images", len(folder.paths), report)
         return folder.cache(root, data["image_size"], data["channels"], progress)
+    roles = ("train", "test")  # both splits are checked before either is decoded
+    totals = [split_size(data["dataset"], data[f"{r}_split"], data_dir, download) for r in roles]
     caches = []
-    for role in ("train", "test"):
+    for role, total in zip(roles, totals, strict=True):
         split = data[f"{role}_split"]
-        total = split_size(data["dataset"], split, data_dir, download)
         caches.append(
             cached_split(
                 root / role,
@@ -272,7 +274,7 @@ def _fid_classifier(
         return None
     try:
         extractor = ClassifierFeatures(run_cfg["classifier"])
-    except FileNotFoundError as err:
+    except (FileNotFoundError, KerasFileError) as err:
         raise InputError(f"run.classifier: {err}, or set run.fid_samples=0.") from None
     if data["images"]:
         shape = (data["image_size"], data["image_size"], data["channels"])
@@ -340,8 +342,8 @@ def _fit(config, task, run, strategy, train_cache, test_cache, fid) -> int:
     keras.utils.set_random_seed(train_cfg["seed"])  # the initial weights follow the seed too
     with strategy.scope():
         model = build_model(config, train_cache.shape, train_cache.num_classes)
+    start = run.restore(model)  # a checkpoint that does not fit is refused before any write
     run.open(config, model)
-    start = run.restore(model)
     if task is not None:
         _check_same_start(strategy, start)
     total, replicas = train_cfg["steps"], strategy.num_replicas_in_sync
