@@ -5,6 +5,18 @@
     ddpm-sample runs/cifar10 --steps 250 --out samples/                  # respaced ancestral
     ddpm-sample runs/cond --labels 3 --guidance-scale 2.0 --out samples/ # class 3, guided
 
+Editing (images: PNG/JPEG files, a folder of them, or an .npz with `images`, resized to the model's
+shape as training on a folder does):
+
+    ddpm-sample runs/digits --init-images photos/ --strength 0.5 --out edited/   # SDEdit
+    ddpm-sample runs/digits --init-images photos/ --mask hole.png --resample 10 --out filled/
+    ddpm-sample runs/digits --init-images photos/ --invert --steps 100 --out latents/
+    ddpm-sample runs/digits --interpolate a.png b.png --frames 8 --out morph/
+
+A mask is a grayscale image (white: keep) or an .npz with `mask` (1: keep). Editing a
+class-conditional model without --labels uses its null class. The grids show the input (and the
+mask) beside each result.
+
 A class-conditional model without --labels draws every class in turn (0, 1, ..., K-1, 0, ...), as
 ddpm-eval and the training grids do; --labels K (K classes: K is the null class) samples it
 unconditionally.
@@ -19,13 +31,17 @@ import json
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 
-from ddpm_tf import cli
+from ddpm_tf import cli, editing
+from ddpm_tf.checks import check_int
+from ddpm_tf.editing.inputs import read_images, read_mask
 from ddpm_tf.errors import InputError
-from ddpm_tf.pixels import save_grid
+from ddpm_tf.pixels import save_grid, unit_to_uint8
 from ddpm_tf.runs import load_model
 from ddpm_tf.sampling import generate_uint8
 from ddpm_tf.sampling.spec import SamplingSpec
+from ddpm_tf.spacing import AllSteps
 
 DEFAULT_SPEC = SamplingSpec()  # ancestral over all T steps, EMA weights
 
@@ -46,7 +62,48 @@ def build_parser() -> cli.ProgramParser:
     parser.add_argument("--batch-size", type=int, default=256, help="images per compiled call")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     cli.add_sampling_arguments(parser, DEFAULT_SPEC)
+    edit = parser.add_argument_group("editing")
+    edit.add_argument("--init-images", help="images to edit: a file, a folder or an .npz")
+    edit.add_argument("--strength", type=cli.finite_float, help="SDEdit strength in [0, 1]")
+    edit.add_argument("--mask", help="inpainting mask of --init-images (white/1: keep)")
+    edit.add_argument("--resample", type=int, default=1, help="RePaint rounds (1: replacement)")
+    edit.add_argument("--jump", type=int, default=10, help="RePaint jump length in steps")
+    edit.add_argument("--invert", action="store_true", help="DDIM latents of --init-images")
+    edit.add_argument("--interpolate", nargs=2, metavar=("A", "B"), help="two images to morph")
+    edit.add_argument("--frames", type=int, default=8, help="--interpolate frames (default 8)")
     return parser
+
+
+EDIT_OUTPUTS = {
+    "img2img": "edited",
+    "inpaint": "inpainted",
+    "invert": "inversion",
+    "interpolate": "interpolation",
+}
+
+
+def _edit_mode(args: argparse.Namespace) -> str | None:
+    """Which editing mode the flags ask for (None: sampling), or an InputError if they mix."""
+    chosen = [f for f in ("strength", "mask", "invert") if getattr(args, f) not in (None, False)]
+    if args.interpolate is not None:
+        if args.init_images is not None or chosen:
+            raise InputError(
+                "--interpolate A B takes no --init-images, --strength, --mask or --invert."
+            )
+        return "interpolate"
+    if args.init_images is None:
+        if chosen:
+            raise InputError(f"--{chosen[0]} edits --init-images PATH: pass the images.")
+        return None
+    if len(chosen) != 1:
+        raise InputError(
+            "--init-images needs one of --strength S (image-to-image), --mask PATH (inpainting) "
+            "or --invert (latents)."
+        )
+    mode = {"strength": "img2img", "mask": "inpaint", "invert": "invert"}[chosen[0]]
+    if mode != "inpaint" and (args.resample, args.jump) != (1, 10):
+        raise InputError("--resample and --jump are RePaint's: they go with --mask.")
+    return mode
 
 
 def _labels(text: str | None, num: int) -> np.ndarray | None:
@@ -63,10 +120,77 @@ def _labels(text: str | None, num: int) -> np.ndarray | None:
     return np.asarray(values, np.int32)
 
 
+def _ode_steps(spec: SamplingSpec):
+    """Inversion's and interpolation's steps: --steps, or 50 when it is left at all T."""
+    return 50 if isinstance(spec.steps, AllSteps) else spec.steps
+
+
+def _side_by_side(*columns: np.ndarray) -> np.ndarray:
+    """uint8 [N * K, H, W, C]: row n holds the n-th image of each of the K columns."""
+    return np.stack(columns, 1).reshape(-1, *columns[0].shape[1:])
+
+
+def _uint8(images) -> np.ndarray:
+    return np.asarray(unit_to_uint8(images))
+
+
+def edit(args: argparse.Namespace, mode: str, spec: SamplingSpec, out: Path) -> None:
+    """Runs an editing mode and writes its grid and .npz; reads and checks every input first."""
+    grid_path, npz_path = out / f"{EDIT_OUTPUTS[mode]}.png", out / f"{EDIT_OUTPUTS[mode]}.npz"
+    existing = [str(p) for p in (grid_path, npz_path) if p.exists()]
+    if existing and not args.overwrite:
+        raise InputError(f"{existing} exist; pass --overwrite or another --out.")
+    model = load_model(args.model)
+    shape = model.image_shape
+    if mode == "interpolate":
+        a, b = (read_images(path, shape) for path in args.interpolate)
+        if len(a) != len(b):
+            raise InputError(f"--interpolate: A has {len(a)} images and B {len(b)}.")
+        frames = model.interpolate(a, b, check_int(args.frames, "--frames", 2), _ode_steps(spec))
+        images = _uint8(tf.transpose(frames, [1, 0, 2, 3, 4])).reshape(-1, *shape)
+        out.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(npz_path, images=images, frames=args.frames)
+        save_grid(images, grid_path, ncols=args.frames)
+        print(f"{len(a)} interpolations of {args.frames} frames: {grid_path}, {npz_path}")
+        return
+    inputs = read_images(args.init_images, shape)
+    labels = _labels(args.labels, len(inputs))
+    if labels is not None:
+        labels = cli.sampling_labels(model, len(inputs), args.guidance_scale, labels)
+    guided = {"labels": labels, "guidance_scale": args.guidance_scale}
+    arrays: dict[str, np.ndarray] = {"inputs": _uint8(inputs)}
+    if mode == "img2img":
+        result = model.img2img(inputs, args.strength, args.seed, spec=spec, **guided)
+        columns = (arrays["inputs"], _uint8(result))
+    elif mode == "inpaint":
+        mask = editing.check_mask(read_mask(args.mask, shape), tf.constant(inputs))
+        result = model.inpaint(
+            inputs, mask, args.seed, spec=spec, resample=args.resample, jump=args.jump, **guided
+        )
+        shown = np.broadcast_to(_uint8(mask * 2.0 - 1.0), arrays["inputs"].shape)
+        columns = (arrays["inputs"], shown, _uint8(result))
+    else:
+        steps = _ode_steps(spec)
+        latents = model.invert(inputs, steps, **guided)
+        result = model.decode(latents, steps, **guided)
+        arrays["latents"] = latents.numpy().astype(np.float32)
+        columns = (arrays["inputs"], _uint8(result))
+    arrays["images"] = columns[-1]
+    settings = {**spec.to_dict(), "mode": mode, "seed": args.seed, "model": args.model}
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(npz_path, settings=json.dumps(settings), **arrays)
+    save_grid(_side_by_side(*columns), grid_path, ncols=len(columns))
+    print(f"{len(inputs)} images, {mode}: {grid_path}, {npz_path}")
+
+
 def sample(args: argparse.Namespace) -> None:
-    """Samples and writes the grid and the .npz; checks everything before sampling."""
+    """Samples (or edits) and writes the grid and the .npz; checks everything before sampling."""
     spec = cli.sampling_spec(args, DEFAULT_SPEC)
     out = Path(args.out)
+    mode = _edit_mode(args)
+    if mode is not None:
+        edit(args, mode, spec, out)
+        return
     grid_path, npz_path = out / "samples.png", out / "samples.npz"
     existing = [str(p) for p in (grid_path, npz_path) if p.exists()]
     if existing and not args.overwrite:

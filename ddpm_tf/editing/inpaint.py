@@ -88,6 +88,7 @@ def inpaint(
     `resample` rounds of `jump` steps for one-step methods, plain replacement when resample is 1.
     Returns [B, H, W, C], equal to `images` where the mask is 1."""
     spec = spec if spec is not None else SamplingSpec()
+    resample, jump = check_int(resample, "resample"), check_int(jump, "jump")
     images = diffusion._images(images, "images")
     mask = check_mask(mask, images)
     num_steps = diffusion.with_steps(spec.steps).num_timesteps
