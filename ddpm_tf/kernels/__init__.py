@@ -13,7 +13,8 @@ A layer asks :func:`active` when its graph is traced; the kernels are used when 
   know only standard TensorFlow ops);
 - no GPU is visible (the kernels are CPU kernels) and the graph is not compiled with XLA (they
   have no XLA kernel: ``jit_compile=True`` functions keep TensorFlow's ops);
-- the library compiled and loaded (:func:`status` says if not).
+- the library compiled and loaded (:func:`status` says if not; whatever went wrong in the build
+  is one warning line on the logger ``ddpm_tf.kernels``, see :mod:`ddpm_tf.kernels.build`).
 
 Results agree with TensorFlow's ops to float32 rounding, not bit for bit; for a given machine and
 library each kernel is deterministic, so a run stays bit-reproducible from its seed.
