@@ -13,8 +13,14 @@ timesteps and label drops are stateless draws seeded by (seed, step), and the da
 `ddpm_tf.data.step_batches` is a function of (seed, step)), and the timestep sampler's loss history.
 Restoring it and continuing therefore gives the same weights as a run that was never stopped.
 
-Saving is atomic: TensorFlow writes the checkpoint files first and then replaces the small
-`checkpoint` index file in one rename, so a run killed mid-save resumes from the previous one.
+Saving is atomic: TensorFlow writes a checkpoint's files (into `ckpt-N_temp/`, then moved to
+`ckpt-N.index` and `ckpt-N.data-*`) and only then replaces the small `checkpoint` state file in one
+rename, so a run killed mid-save resumes from the previous checkpoint, and a reader of a run in
+progress (`load_model`: ddpm-sample, ddpm-eval, ddpm-export) sees the newest complete one. A save
+that fails (a full disk, a read-only directory) raises `WriteError` naming the checkpoint and the
+OS reason, having removed its partial files; the state file still names the previous checkpoint.
+The other files of the directory are written to a temporary sibling and renamed into place
+(`ddpm_tf.files`).
 
 In a cluster of workers (MultiWorkerMirroredStrategy) only the chief writes the directory. The
 other workers read it (to check the config and to resume) and take part in every save, as
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -36,6 +43,7 @@ import tensorflow as tf
 from ddpm_tf.checks import check_int
 from ddpm_tf.config import upgrade
 from ddpm_tf.errors import InputError
+from ddpm_tf.files import atomic_path, writing
 from ddpm_tf.keras_files import load_keras_file
 from ddpm_tf.model import DiffusionModel
 
@@ -99,9 +107,8 @@ def config_diff(
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(path, f"the run's {path.name}") as scratch:
+        scratch.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _json_roundtrip(config: dict) -> dict:
@@ -192,12 +199,35 @@ class RunDirectory:
 
         A worker that is not the chief saves into a temporary directory and removes it (the path
         returned no longer exists): TensorFlow's pattern for the other workers of a cluster.
+        A save that fails raises `WriteError` ("could not write checkpoint to ...: reason") and
+        removes what it wrote (`_discard_unrecorded`): the directory's newest checkpoint is still
+        the previous one, and a rerun resumes from it.
         """
         if self.chief:
-            return self._manager_for(model).save(checkpoint_number=model.step)
+            manager = self._manager_for(model)
+            prefix = self.checkpoint_dir / f"ckpt-{model.step}"
+            clean_up = lambda: self._discard_unrecorded(prefix)  # noqa: E731
+            with writing("checkpoint", prefix, tensorflow=True, on_error=clean_up):
+                return manager.save(checkpoint_number=model.step)
         with tempfile.TemporaryDirectory(prefix="ddpm-train-worker-") as scratch:
             manager = tf.train.CheckpointManager(training_checkpoint(model), scratch, max_to_keep=1)
-            return manager.save(checkpoint_number=model.step)
+            with writing("a worker's scratch checkpoint", scratch, tensorflow=True):
+                return manager.save(checkpoint_number=model.step)
+
+    def _discard_unrecorded(self, prefix: Path) -> None:
+        """Removes the files of a failed save of `prefix`: TensorFlow's temporary ones, and the
+        checkpoint's own unless the state file names it (it failed after recording it: sweeping
+        the old ones or writing the state a second time, and the checkpoint is complete)."""
+        shutil.rmtree(f"{prefix}_temp", ignore_errors=True)
+        for scratch in self.checkpoint_dir.glob("checkpoint.tmp*"):  # the state file's own
+            scratch.unlink(missing_ok=True)
+        state = tf.train.get_checkpoint_state(self.checkpoint_dir)
+        recorded = state is not None and any(
+            Path(path).name == prefix.name for path in state.all_model_checkpoint_paths
+        )
+        if not recorded:
+            for part in self.checkpoint_dir.glob(f"{prefix.name}.*"):
+                part.unlink(missing_ok=True)
 
     def restore(self, model: DiffusionModel) -> int:
         """Restores the newest checkpoint into a compiled `model`; returns its step (0 if none)."""

@@ -9,7 +9,9 @@ A class-conditional model without --labels draws every class in turn (0, 1, ...,
 ddpm-eval and the training grids do; --labels K (K classes: K is the null class) samples it
 unconditionally.
 
-The `.npz` holds `images` (uint8 [N, H, W, C]), `labels` (if any) and the settings used.
+The `.npz` holds `images` (uint8 [N, H, W, C]), `labels` (if any) and the settings used. With
+--overwrite, the files at --out are replaced only once both new ones are written: a failed write
+(a full disk) leaves them as they were and exits with code 1.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 
 from ddpm_tf import cli
 from ddpm_tf.errors import InputError
+from ddpm_tf.files import atomic_path
 from ddpm_tf.pixels import save_grid
 from ddpm_tf.runs import load_model
 from ddpm_tf.sampling import generate_uint8
@@ -93,8 +96,10 @@ def sample(args: argparse.Namespace) -> None:
         "model": args.model,
     }
     extra = {} if labels is None else {"labels": labels}
-    np.savez_compressed(npz_path, images=images, settings=json.dumps(settings), **extra)
-    save_grid(images, grid_path)
+    with atomic_path(npz_path, "samples") as scratch:  # both files replaced, or neither
+        with open(scratch, "wb") as f:
+            np.savez_compressed(f, images=images, settings=json.dumps(settings), **extra)
+        save_grid(images, grid_path)
     print(f"{len(images)} images {images.shape[1:]}: {grid_path}, {npz_path}")
 
 
