@@ -7,6 +7,10 @@
 Rerunning the same command continues from the newest checkpoint of the run directory; a run
 directory holding a run with another config is refused (only `train.steps`, the `run.*`
 bookkeeping and the `[sampling]` of the grids may change, so a finished run can be extended).
+A run directory has one writer: a second `ddpm-train` on a directory that a live process trains
+is refused (exit code 2, naming that process) before it writes anything; ddpm-sample, ddpm-eval
+and ddpm-export may read the run meanwhile (its newest complete checkpoint). A file that cannot be
+written (a full disk) stops the run with exit code 1 and keeps the previous checkpoint.
 
 Several machines: every worker runs the same command with `train.strategy=multi_worker` and its
 own TF_CONFIG. Only the chief writes the run directory and prints progress; a SIGTERM to any
@@ -247,11 +251,12 @@ def train(args: argparse.Namespace) -> int:
     """Trains (or resumes) the run of `args`; see the module docstring."""
     config, task, run, strategy = _start(args)
     train_cfg = config["train"]
+    fresh = run.chief and not run.path.exists()
     with (
+        run.lock(),  # the chief's, for the whole run; before anything is written
         _data_directory(run) as root,
         _dtype_policy(precision_policy(train_cfg["mixed_precision"])),
     ):
-        fresh = run.chief and not run.path.exists()
         try:
             extractor = _fid_classifier(config, run, args)  # checked before the data is read
             train_cache, test_cache = open_data(
