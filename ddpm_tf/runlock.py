@@ -65,13 +65,21 @@ def _parse(text: str) -> dict | None:
     return info if isinstance(info, dict) else None
 
 
+def _command() -> str:
+    """This process's command line: "ddpm-train ARGS", or "python -m MODULE ARGS"."""
+    program = Path(sys.argv[0]).name
+    if program in ("__main__.py", "-c") and getattr(sys, "orig_argv", None):
+        return shlex.join([Path(sys.orig_argv[0]).name, *sys.orig_argv[1:]])
+    return shlex.join([program, *sys.argv[1:]])
+
+
 def _description() -> str:
     """This process, as the lock file's text."""
     info = {
         "pid": os.getpid(),
         "host": socket.gethostname(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-        "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": _command(),
     }
     return json.dumps(info) + "\n"
 

@@ -111,6 +111,7 @@ def test_a_killed_holder_blocks_no_trainer_and_readers_load_while_it_trains(
             assert trainer.poll() is None and time.time() < deadline, trainer.communicate()
             time.sleep(0.1)
         assert holder(run_copy)["pid"] == trainer.pid
+        assert holder(run_copy)["command"].startswith("python -m ddpm_tf.training --run-dir ")
         assert train_main(["--run-dir", str(run_copy), "--data-dir", data_dir, *SMALL]) == 2
         assert f"is being trained by process {trainer.pid}" in capsys.readouterr().err
         steps = [load_model(run_copy).step for _ in range(3)]
