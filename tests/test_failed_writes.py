@@ -66,9 +66,10 @@ def _resume(run: Path, data_dir: str, steps: int) -> list[str]:
     return ["--run-dir", str(run), "--data-dir", data_dir, *SMALL, f"train.steps={steps}"]
 
 
-# What a resumed run rewrites by design: the config (train.steps), the curve (rows of its steps,
-# dropped again by the rerun) and TensorBoard's logs (a new event file).
-REWRITTEN = ("config.json", "curve.csv", "logs")
+# What a resumed run rewrites by design: the config (train.steps) and model.json (at every start;
+# Keras names its layers by what the process built before), the curve (rows of its steps, dropped
+# again by the rerun) and TensorBoard's logs (a new event file).
+REWRITTEN = ("config.json", "model.json", "curve.csv", "logs")
 
 
 @pytest.fixture(scope="module")
