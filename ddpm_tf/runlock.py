@@ -1,11 +1,11 @@
 """One writer per run directory: an operating-system lock that dies with its holder.
 
-`ddpm-train` holds `run_lock(directory)` for the whole of its training (the chief of a cluster
-alone: the other workers write nothing there). A second `ddpm-train` on the same directory is
-refused before it writes or changes anything, by a `RunLockedError` that names the holder:
+`ddpm-train` holds `run_lock(directory)` from before its first write to its end (the chief of a
+cluster alone: the other workers write nothing there). A second `ddpm-train` on the same directory
+is refused before it writes or changes anything, by a `RunLockedError` that names the holder:
 
     run directory runs/digits is being trained by process 1234 on host gpu1 (started
-    2025-01-31 12:00:00, command: ddpm-train --config digits); wait for it or stop it.
+    2025-01-31 12:00:00 +0000, command: ddpm-train --config digits); wait for it or stop it.
 
 The lock is `fcntl.flock` on `<directory>/.lock`, which the kernel releases when the holder's
 process ends, however it ends: a SIGKILLed or crashed run leaves the file behind but never blocks
