@@ -7,7 +7,9 @@ them behave alike:
 
 - exit codes: 0 done, 1 failed, 2 bad input, 3 non-finite loss (stated in every `--help`);
 - every expected error is one line on stderr, "PROGRAM: error: what was wrong and how to fix it";
-  an unexpected one is one line too; `--verbose` adds the traceback of either;
+  a file that cannot be written (`WriteError`: a full disk, a read-only directory) is a failure,
+  "PROGRAM: failed: could not write WHAT to PATH: [Errno N] reason"; an unexpected error is one
+  line too; `--verbose` adds the traceback of each;
 - `--verbose` also shows TensorFlow's start-up lines, which a plain run holds back (see
   `ddpm_tf._startup`).
 """
@@ -23,7 +25,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from ddpm_tf.errors import InputError
+from ddpm_tf.errors import InputError, WriteError
 from ddpm_tf.sampling.spec import METHODS, NOISE_SOURCES, SamplingSpec
 
 EXIT_DONE = 0
@@ -354,7 +356,9 @@ def run(prog: str, body: Callable[[argparse.Namespace], Any], args: argparse.Nam
     except NonFiniteLoss as err:
         print(f"{prog}: stopped: {one_line(err)}", file=sys.stderr)
         return EXIT_NON_FINITE
-    except Failed as err:
+    except (Failed, WriteError) as err:
+        if getattr(args, "verbose", False):
+            traceback.print_exc()
         print(f"{prog}: failed: {one_line(err)}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

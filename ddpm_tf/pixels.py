@@ -21,6 +21,7 @@ from PIL import Image
 
 from ddpm_tf.checks import check_int
 from ddpm_tf.errors import InputError, InputTypeError
+from ddpm_tf.files import atomic_path
 
 __all__ = [
     "FLOAT_TOLERANCE",
@@ -182,7 +183,8 @@ def save_grid(
     """Writes :func:`make_grid` of uint8 ``images`` [N, H, W, C] to ``path`` as a PNG.
 
     Grayscale images give an 8-bit grey PNG, 3 channels RGB, 4 channels RGBA. The parent
-    directory is created if missing. Returns the path written.
+    directory is created if missing. The file is replaced only once the new one is complete: a
+    failed write (`WriteError`) leaves a grid that was there as it was. Returns the path written.
     """
     path = Path(path)
     if path.suffix.lower() != ".png":
@@ -190,5 +192,6 @@ def save_grid(
     grid = make_grid(images, ncols=ncols, scale=scale, pad=pad, pad_value=pad_value)
     path.parent.mkdir(parents=True, exist_ok=True)
     picture = grid[..., 0] if grid.shape[-1] == 1 else grid
-    Image.fromarray(picture).save(path, format="PNG")
+    with atomic_path(path, "sample grid") as scratch:
+        Image.fromarray(picture).save(scratch, format="PNG")
     return path

@@ -6,6 +6,7 @@ A run directory holds
                        one saved under old key names reads as the same config under the new)
     model.json         the Keras config of the `DiffusionModel` (network, diffusion, EMA settings)
     checkpoints/       `tf.train.Checkpoint`s of the model and optimizer, the newest `keep`
+    .lock              while `ddpm-train` trains it: its lock (`ddpm_tf.runlock`), one writer
 
 A checkpoint holds every variable that decides the rest of the run: the network, its EMA copy,
 the optimizer (moments, iteration count, loss scale), the model's step counter (the training noise,
@@ -13,8 +14,14 @@ timesteps and label drops are stateless draws seeded by (seed, step), and the da
 `ddpm_tf.data.step_batches` is a function of (seed, step)), and the timestep sampler's loss history.
 Restoring it and continuing therefore gives the same weights as a run that was never stopped.
 
-Saving is atomic: TensorFlow writes the checkpoint files first and then replaces the small
-`checkpoint` index file in one rename, so a run killed mid-save resumes from the previous one.
+Saving is atomic: TensorFlow writes a checkpoint's files (into `ckpt-N_temp/`, then moved to
+`ckpt-N.index` and `ckpt-N.data-*`) and only then replaces the small `checkpoint` state file in one
+rename, so a run killed mid-save resumes from the previous checkpoint, and a reader of a run in
+progress (`load_model`: ddpm-sample, ddpm-eval, ddpm-export, which take no lock) sees the newest
+complete one. A save that fails (a full disk, a read-only directory) raises `WriteError` naming
+the checkpoint and the OS reason, having removed its partial files; the state file still names the
+previous checkpoint. The other files of the directory are written to a temporary sibling and
+renamed into place (`ddpm_tf.files`).
 
 In a cluster of workers (MultiWorkerMirroredStrategy) only the chief writes the directory. The
 other workers read it (to check the config and to resume) and take part in every save, as
@@ -24,8 +31,10 @@ at once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -36,8 +45,10 @@ import tensorflow as tf
 from ddpm_tf.checks import check_int
 from ddpm_tf.config import upgrade
 from ddpm_tf.errors import InputError
+from ddpm_tf.files import atomic_path, writing
 from ddpm_tf.keras_files import load_keras_file
 from ddpm_tf.model import DiffusionModel
+from ddpm_tf.runlock import LOCK_FILE, run_lock
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.json"
@@ -99,9 +110,8 @@ def config_diff(
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(path, f"the run's {path.name}") as scratch:
+        scratch.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _json_roundtrip(config: dict) -> dict:
@@ -150,7 +160,9 @@ class RunDirectory:
             raise RunConfigError(f"run directory {self.path} exists and is not a directory.")
         saved = self.saved_config()
         if saved is None:
-            if self.path.is_dir() and any(p.name != DATA_DIR for p in self.path.iterdir()):
+            if self.path.is_dir() and any(
+                p.name not in (DATA_DIR, LOCK_FILE) for p in self.path.iterdir()
+            ):
                 raise RunConfigError(
                     f"{self.path} is not empty and holds no {CONFIG_FILE}: it is not a run "
                     "directory. Choose another --run-dir."
@@ -164,6 +176,12 @@ class RunDirectory:
                 "Use another --run-dir for a new run, or the saved values to resume this one."
             )
         return True
+
+    def lock(self) -> contextlib.AbstractContextManager:
+        """The run's writer lock (`ddpm_tf.runlock.run_lock`), for the chief, which writes here;
+        nothing for the other workers of a cluster. Raises `RunLockedError` if another process
+        trains the directory."""
+        return run_lock(self.path) if self.chief else contextlib.nullcontext()
 
     def open(self, config: dict, model: DiffusionModel) -> None:
         """Creates the directory and writes the config and the model's Keras config (the chief)."""
@@ -192,12 +210,35 @@ class RunDirectory:
 
         A worker that is not the chief saves into a temporary directory and removes it (the path
         returned no longer exists): TensorFlow's pattern for the other workers of a cluster.
+        A save that fails raises `WriteError` ("could not write checkpoint to ...: reason") and
+        removes what it wrote (`_discard_unrecorded`): the directory's newest checkpoint is still
+        the previous one, and a rerun resumes from it.
         """
         if self.chief:
-            return self._manager_for(model).save(checkpoint_number=model.step)
+            manager = self._manager_for(model)
+            prefix = self.checkpoint_dir / f"ckpt-{model.step}"
+            clean_up = lambda: self._discard_unrecorded(prefix)  # noqa: E731
+            with writing("checkpoint", prefix, tensorflow=True, on_error=clean_up):
+                return manager.save(checkpoint_number=model.step)
         with tempfile.TemporaryDirectory(prefix="ddpm-train-worker-") as scratch:
             manager = tf.train.CheckpointManager(training_checkpoint(model), scratch, max_to_keep=1)
-            return manager.save(checkpoint_number=model.step)
+            with writing("a worker's scratch checkpoint", scratch, tensorflow=True):
+                return manager.save(checkpoint_number=model.step)
+
+    def _discard_unrecorded(self, prefix: Path) -> None:
+        """Removes the files of a failed save of `prefix`: TensorFlow's temporary ones, and the
+        checkpoint's own unless the state file names it (it failed after recording it: sweeping
+        the old ones or writing the state a second time, and the checkpoint is complete)."""
+        shutil.rmtree(f"{prefix}_temp", ignore_errors=True)
+        for scratch in self.checkpoint_dir.glob("checkpoint.tmp*"):  # the state file's own
+            scratch.unlink(missing_ok=True)
+        state = tf.train.get_checkpoint_state(self.checkpoint_dir)
+        recorded = state is not None and any(
+            Path(path).name == prefix.name for path in state.all_model_checkpoint_paths
+        )
+        if not recorded:
+            for part in self.checkpoint_dir.glob(f"{prefix.name}.*"):
+                part.unlink(missing_ok=True)
 
     def restore(self, model: DiffusionModel) -> int:
         """Restores the newest checkpoint into a compiled `model`; returns its step (0 if none)."""
@@ -246,19 +287,38 @@ def load_model(path: str | os.PathLike, compile: bool = False) -> DiffusionModel
                 f"on {path} writes it again."
             ) from None
         model = keras.saving.deserialize_keras_object(described)
-        latest = tf.train.latest_checkpoint(path / CHECKPOINT_DIR)
-        if latest is None:
-            raise FileNotFoundError(f"run directory {path} holds no checkpoint yet.")
-        try:
-            status = tf.train.Checkpoint(model=model.checkpoint_variables()).restore(latest)
-            status.assert_existing_objects_matched().expect_partial()  # optimizer not needed
-        except Exception as err:  # noqa: BLE001  (any failure to read it is reported as such)
-            raise CheckpointError(
-                f"checkpoint {latest} cannot be restored into the model of {spec} "
-                f"({type(err).__name__}: {str(err).splitlines()[0]})."
-            ) from err
+        _restore_newest(model, path, spec)
     else:
         raise FileNotFoundError(f"{path} is neither a .keras file nor a run directory.")
     if not isinstance(model, DiffusionModel):
         raise InputError(f"{path} holds a {type(model).__name__}, not a DiffusionModel.")
     return model
+
+
+READ_ATTEMPTS = 5  # how often a reader retries when a trainer replaced the checkpoint it read
+
+
+def _restore_newest(model: DiffusionModel, path: Path, spec: Path) -> None:
+    """Restores the newest complete checkpoint of the run directory `path` into `model`.
+
+    The run may be training (readers take no lock): the `checkpoint` state file names complete
+    checkpoints only, but the trainer may delete the one it named (keeping the newest
+    `run.keep`) while it is read; then the newer one is read instead.
+    """
+    directory = path / CHECKPOINT_DIR
+    for attempt in range(READ_ATTEMPTS):
+        latest = tf.train.latest_checkpoint(directory)
+        if latest is None:
+            raise FileNotFoundError(f"run directory {path} holds no checkpoint yet.")
+        try:
+            status = tf.train.Checkpoint(model=model.checkpoint_variables()).restore(latest)
+            status.assert_existing_objects_matched().expect_partial()  # optimizer not needed
+            return
+        except Exception as err:  # noqa: BLE001  (any failure to read it is reported as such)
+            newer = tf.train.latest_checkpoint(directory)
+            if newer is not None and newer != latest and attempt + 1 < READ_ATTEMPTS:
+                continue
+            raise CheckpointError(
+                f"checkpoint {latest} cannot be restored into the model of {spec} "
+                f"({type(err).__name__}: {str(err).splitlines()[0]})."
+            ) from err

@@ -24,3 +24,35 @@ def mixed_precision():
         yield
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> str:
+    """A tfds data directory holding the embedded digits (`sklearn_digits`), built once per module."""
+    from ddpm_tf.data import image_shape
+
+    path = str(tmp_path_factory.mktemp("tfds"))
+    image_shape("sklearn_digits", path)  # built here, so no test's stderr holds tfds' progress bars
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, data_dir):
+    """A ddpm-train run of 8 steps of `helpers.SMALL` (checkpoints at 4 and 8), once per module."""
+    from helpers import SMALL
+
+    from ddpm_tf.training.ddpm_train import main as train_main
+
+    run = tmp_path_factory.mktemp("trained") / "run"
+    assert train_main(["--run-dir", str(run), "--data-dir", data_dir, *SMALL, "train.steps=8"]) == 0
+    return run
+
+
+@pytest.fixture
+def run_copy(trained_run, tmp_path):
+    """A copy of `trained_run` for one test to change."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(trained_run, copy)
+    return copy

@@ -1,6 +1,22 @@
-"""Small assertions shared by the Keras tests."""
+"""What several test modules share: the small training run, weight assertions, fresh processes."""
 
 import numpy as np
+
+# A small, fast run of ddpm-train on the embedded digits: a narrow U-Net and a short schedule.
+SMALL = [
+    "model.ch=16",
+    "model.dropout=0.1",  # the resume and replica tests then cover the dropout masks
+    "diffusion.num_timesteps=50",
+    "train.batch_size=16",
+    "train.warmup_steps=2",
+    "run.log_every=4",
+    "run.checkpoint_every=4",
+    "run.sample_every=1000",
+    "run.eval_every=8",
+    "run.eval_batches=1",
+    "run.num_samples=4",
+    "sampling.steps=5",
+]
 
 
 def assert_same_weights(a: list, b: list, rtol: float = 0.0, atol: float = 0.0) -> None:

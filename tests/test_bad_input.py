@@ -161,6 +161,7 @@ class Case:
     setup: Callable[[Path], None] = _nothing
     env: dict[str, str] = field(default_factory=dict)
     decodes: bool = False  # found while decoding: the new run directory is made, then removed
+    locks: bool = False  # found under the run's lock: its .lock is made, then removed
 
 
 def case(
@@ -171,9 +172,10 @@ def case(
     setup: Callable[[Path], None] = _nothing,
     env: dict[str, str] | None = None,
     decodes: bool = False,
+    locks: bool = False,
 ) -> Case:
     """A `Case`, written as one line of the table."""
-    return Case(id, program, tuple(argv), names, setup, env or {}, decodes)
+    return Case(id, program, tuple(argv), names, setup, env or {}, decodes, locks)
 
 
 TRAIN = ["--data-dir", "{data}", *SMALL]  # a new run in {tmp}/run unless a case says otherwise
@@ -185,7 +187,8 @@ EVAL_RUN = ["{cond}", *EVAL, "--method", "ddim", "--steps", "2"]
 CLASSIFIER = ["--dataset", "sklearn_digits", "--data-dir", "{data}", "--epochs", "1"]
 EXPORT = ["--out", "{tmp}/out", "--format", "saved_model", "--steps", "2"]
 
-# One case a line: id, program, argv, a fragment of its error line (then setup, env, decodes).
+# One case a line: id, program, argv, a fragment of its error line (then setup, env, decodes,
+# locks).
 # fmt: off
 CASES = [
     # ddpm-train: configs and overrides
@@ -210,11 +213,11 @@ CASES = [
     case("train-empty-folder", "ddpm-train", ["--images", "{tmp}/empty", *NEW_RUN, "data.image_size=8"], "holds no .png", _mkdir("empty")),
     case("train-corrupt-image", "ddpm-train", ["--images", "{tmp}/images", *NEW_RUN, "data.image_size=8"], "broken.png cannot be decoded", _broken_image, decodes=True),
     case("train-two-channels", "ddpm-train", ["--images", "{tmp}/images", *NEW_RUN, "data.image_size=8", "data.channels=2"], "data.channels must be 1 (gray) or 3", _images),
-    case("train-corrupt-pixel-cache", "ddpm-train", ["--run-dir", "{cut_cache}", *TRAIN], "train/pixels.u8 has 47904 bytes where 1497 images of (8, 8, 1) need 95808"),
-    case("train-corrupt-cache-description", "ddpm-train", ["--run-dir", "{bad_meta}", *TRAIN], "test/meta.json is not a valid pixel cache description"),
+    case("train-corrupt-pixel-cache", "ddpm-train", ["--run-dir", "{cut_cache}", *TRAIN], "train/pixels.u8 has 47904 bytes where 1497 images of (8, 8, 1) need 95808", locks=True),
+    case("train-corrupt-cache-description", "ddpm-train", ["--run-dir", "{bad_meta}", *TRAIN], "test/meta.json is not a valid pixel cache description", locks=True),
     # ddpm-train: run directories and checkpoints
     case("train-other-config", "ddpm-train", ["--run-dir", "{cond}", *TRAIN, "model.ch=32"], "model.ch: 16 -> 32"),
-    case("train-foreign-checkpoint", "ddpm-train", ["--run-dir", "{foreign_checkpoint}", *TRAIN, "train.steps=2"], "cannot be restored into this model"),
+    case("train-foreign-checkpoint", "ddpm-train", ["--run-dir", "{foreign_checkpoint}", *TRAIN, "train.steps=2"], "cannot be restored into this model", locks=True),
     case("train-run-dir-is-a-file", "ddpm-train", NEW_RUN, "exists and is not a directory", _write("run", "a file")),
     case("train-foreign-directory", "ddpm-train", NEW_RUN, "is not a run directory", _write("run/notes.txt", "mine")),
     case("train-missing-fid-classifier", "ddpm-train", [*NEW_RUN, "run.fid_samples=4", "run.classifier='{tmp}/none.keras'"], "none.keras' does not exist"),
@@ -340,7 +343,8 @@ def test_bad_input_is_exit_2_one_line_and_writes_nothing(bad, world, tmp_path, m
     names = {k: str(v) for k, v in world.items()} | {"tmp": str(tmp_path)}
     argv = [arg.format(**names) for arg in bad.argv]
     roots = [world["base"], tmp_path]
-    before = _snapshot(roots, dir_times=not bad.decodes)
+    dir_times = not (bad.decodes or bad.locks)  # their made and removed entries aside
+    before = _snapshot(roots, dir_times=dir_times)
     capsys.readouterr()
     try:
         code = PROGRAMS[bad.program](argv)
@@ -352,4 +356,4 @@ def test_bad_input_is_exit_2_one_line_and_writes_nothing(bad, world, tmp_path, m
     assert len(lines) == 1, err
     assert lines[0].startswith(f"{bad.program}: error: "), err
     assert bad.names.format(**names) in lines[0], err
-    assert _changes(before, _snapshot(roots, dir_times=not bad.decodes)) == []
+    assert _changes(before, _snapshot(roots, dir_times=dir_times)) == []

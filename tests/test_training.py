@@ -16,10 +16,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import SMALL
 
 from ddpm_tf import config as schema
 from ddpm_tf import every_class, rng
-from ddpm_tf.data import image_shape, load_arrays
+from ddpm_tf.data import load_arrays
 from ddpm_tf.evaluation import fid_from_features
 from ddpm_tf.features import ClassifierFeatures
 from ddpm_tf.likelihood import bits_per_dim
@@ -35,29 +36,6 @@ from ddpm_tf.training.ddpm_eval import main as eval_main
 from ddpm_tf.training.ddpm_sample import main as sample_main
 from ddpm_tf.training.ddpm_train import main as train_main
 from ddpm_tf.training.ddpm_train_curve import TrainingCurve, read_curve
-
-# A small, fast run on the embedded digits: a narrow U-Net and a short schedule.
-SMALL = [
-    "model.ch=16",
-    "model.dropout=0.1",  # the resume and replica tests then cover the dropout masks
-    "diffusion.num_timesteps=50",
-    "train.batch_size=16",
-    "train.warmup_steps=2",
-    "run.log_every=4",
-    "run.checkpoint_every=4",
-    "run.sample_every=1000",
-    "run.eval_every=8",
-    "run.eval_batches=1",
-    "run.num_samples=4",
-    "sampling.steps=5",
-]
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> str:
-    path = str(tmp_path_factory.mktemp("tfds"))
-    image_shape("sklearn_digits", path)  # built here, so no test's stderr holds tfds' progress bars
-    return path
 
 
 def _train(run_dir, data_dir, *overrides: str) -> int:

@@ -21,7 +21,9 @@ A class-conditional model without --labels draws every class in turn (0, 1, ...,
 ddpm-eval and the training grids do; --labels K (K classes: K is the null class) samples it
 unconditionally.
 
-The `.npz` holds `images` (uint8 [N, H, W, C]), `labels` (if any) and the settings used.
+The `.npz` holds `images` (uint8 [N, H, W, C]), `labels` (if any) and the settings used. With
+--overwrite, the files at --out are replaced only once both new ones are written: a failed write
+(a full disk) leaves them as they were and exits with code 1.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from ddpm_tf import cli, editing
 from ddpm_tf.checks import check_int
 from ddpm_tf.editing.inputs import read_images, read_mask
 from ddpm_tf.errors import InputError
+from ddpm_tf.files import atomic_path
 from ddpm_tf.pixels import save_grid, unit_to_uint8
 from ddpm_tf.runs import load_model
 from ddpm_tf.sampling import generate_uint8
@@ -120,6 +123,15 @@ def _labels(text: str | None, num: int) -> np.ndarray | None:
     return np.asarray(values, np.int32)
 
 
+def _write(npz_path: Path, grid_path: Path, grid: np.ndarray, ncols, **arrays) -> None:
+    """The .npz of `arrays` and the PNG grid: both replaced, or neither (a failed write keeps
+    the files that were there)."""
+    with atomic_path(npz_path, "samples") as scratch:
+        with open(scratch, "wb") as f:
+            np.savez_compressed(f, **arrays)
+        save_grid(grid, grid_path, ncols=ncols)
+
+
 def _ode_steps(spec: SamplingSpec):
     """Inversion's and interpolation's steps: --steps, or 50 when it is left at all T."""
     return 50 if isinstance(spec.steps, AllSteps) else spec.steps
@@ -149,8 +161,7 @@ def edit(args: argparse.Namespace, mode: str, spec: SamplingSpec, out: Path) -> 
         frames = model.interpolate(a, b, check_int(args.frames, "--frames", 2), _ode_steps(spec))
         images = _uint8(tf.transpose(frames, [1, 0, 2, 3, 4])).reshape(-1, *shape)
         out.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(npz_path, images=images, frames=args.frames)
-        save_grid(images, grid_path, ncols=args.frames)
+        _write(npz_path, grid_path, images, args.frames, images=images, frames=args.frames)
         print(f"{len(a)} interpolations of {args.frames} frames: {grid_path}, {npz_path}")
         return
     inputs = read_images(args.init_images, shape)
@@ -178,8 +189,8 @@ def edit(args: argparse.Namespace, mode: str, spec: SamplingSpec, out: Path) -> 
     arrays["images"] = columns[-1]
     settings = {**spec.to_dict(), "mode": mode, "seed": args.seed, "model": args.model}
     out.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(npz_path, settings=json.dumps(settings), **arrays)
-    save_grid(_side_by_side(*columns), grid_path, ncols=len(columns))
+    grid = _side_by_side(*columns)
+    _write(npz_path, grid_path, grid, len(columns), settings=json.dumps(settings), **arrays)
     print(f"{len(inputs)} images, {mode}: {grid_path}, {npz_path}")
 
 
@@ -217,8 +228,7 @@ def sample(args: argparse.Namespace) -> None:
         "model": args.model,
     }
     extra = {} if labels is None else {"labels": labels}
-    np.savez_compressed(npz_path, images=images, settings=json.dumps(settings), **extra)
-    save_grid(images, grid_path)
+    _write(npz_path, grid_path, images, None, images=images, settings=json.dumps(settings), **extra)
     print(f"{len(images)} images {images.shape[1:]}: {grid_path}, {npz_path}")
 
 

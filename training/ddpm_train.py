@@ -7,6 +7,10 @@
 Rerunning the same command continues from the newest checkpoint of the run directory; a run
 directory holding a run with another config is refused (only `train.steps`, the `run.*`
 bookkeeping and the `[sampling]` of the grids may change, so a finished run can be extended).
+A run directory has one writer: a second `ddpm-train` on a directory that a live process trains
+is refused (exit code 2, naming that process) before it writes anything; ddpm-sample, ddpm-eval
+and ddpm-export may read the run meanwhile (its newest complete checkpoint). A file that cannot be
+written (a full disk) stops the run with exit code 1 and keeps the previous checkpoint.
 
 Several machines: every worker runs the same command with `train.strategy=multi_worker` and its
 own TF_CONFIG. Only the chief writes the run directory and prints progress; a SIGTERM to any
@@ -38,7 +42,7 @@ from ddpm_tf.data import (
     image_shape,
     split_size,
 )
-from ddpm_tf.datasets.image_folder import scan_folder
+from ddpm_tf.datasets.image_folder import ImageFolder, scan_folder
 from ddpm_tf.datasets.pixel_cache import PixelCache
 from ddpm_tf.distribute import (
     ClusterTask,
@@ -101,10 +105,29 @@ def _progress(label: str, total: int, report: bool) -> cli.ProgressLine | None:
     return cli.ProgressLine(label, total, "images") if report else None
 
 
+def check_data(config: dict, data_dir: str | None, download: bool) -> ImageFolder | dict[str, int]:
+    """The training data of `config`, checked before anything is written: the scanned folder
+    (data.images), or the number of images of each tfds split ({"train": N, "test": M}). Raises
+    on a missing or empty folder, a dataset that is not prepared, a split it does not have."""
+    data = config["data"]
+    if data["images"]:
+        return scan_folder(data["images"], data["class_conditional"])
+    return {
+        role: split_size(data["dataset"], data[f"{role}_split"], data_dir, download)
+        for role in ("train", "test")  # both splits are checked before either is decoded
+    }
+
+
 def open_data(
-    config: dict, root: Path, data_dir: str | None, download: bool, report: bool = True
+    config: dict,
+    root: Path,
+    checked: ImageFolder | dict[str, int],
+    data_dir: str | None,
+    download: bool,
+    report: bool = True,
 ) -> tuple[PixelCache, PixelCache]:
-    """(train, test) pixel caches under `root` (the run's data/), decoded on the first start.
+    """(train, test) pixel caches under `root` (the run's data/) of the data `check_data` found,
+    decoded on the first start.
 
     A folder (data.images) holds out a fixed 5% for evaluation; a tfds dataset gives its two
     splits. Later starts of the run reuse the caches, so they decode nothing again; `report`
@@ -114,14 +137,11 @@ def open_data(
     training rate: `python bench/input_pipeline.py`), and one path is one behaviour to test.
     """
     data = config["data"]
-    if data["images"]:
-        folder = scan_folder(data["images"], data["class_conditional"])
-        progress = _progress("decoding images", len(folder.paths), report)
-        return folder.cache(root, data["image_size"], data["channels"], progress)
-    roles = ("train", "test")  # both splits are checked before either is decoded
-    totals = [split_size(data["dataset"], data[f"{r}_split"], data_dir, download) for r in roles]
+    if isinstance(checked, ImageFolder):
+        progress = _progress("decoding images", len(checked.paths), report)
+        return checked.cache(root, data["image_size"], data["channels"], progress)
     caches = []
-    for role, total in zip(roles, totals, strict=True):
+    for role, total in checked.items():
         split = data[f"{role}_split"]
         caches.append(
             cached_split(
@@ -247,22 +267,24 @@ def train(args: argparse.Namespace) -> int:
     """Trains (or resumes) the run of `args`; see the module docstring."""
     config, task, run, strategy = _start(args)
     train_cfg = config["train"]
+    fresh = run.chief and not run.path.exists()
     with (
         _data_directory(run) as root,
         _dtype_policy(precision_policy(train_cfg["mixed_precision"])),
     ):
-        fresh = run.chief and not run.path.exists()
-        try:
-            extractor = _fid_classifier(config, run, args)  # checked before the data is read
-            train_cache, test_cache = open_data(
-                config, root, args.data_dir, args.download, report=run.chief
-            )
-            fid = _sample_fid(config, extractor, train_cache, test_cache)
-        except BaseException:
-            if fresh:  # a failed first start leaves no directory behind
-                shutil.rmtree(run.path, ignore_errors=True)
-            raise
-        return _fit(config, task, run, strategy, train_cache, test_cache, fid)
+        extractor = _fid_classifier(config, run, args)  # checked before the data is read
+        checked = check_data(config, args.data_dir, args.download)
+        with run.lock():  # the chief's, to the end: after the checks, before the first write
+            try:
+                train_cache, test_cache = open_data(
+                    config, root, checked, args.data_dir, args.download, report=run.chief
+                )
+                fid = _sample_fid(config, extractor, train_cache, test_cache)
+            except BaseException:
+                if fresh:  # a failed first start leaves no directory behind
+                    shutil.rmtree(run.path, ignore_errors=True)
+                raise
+            return _fit(config, task, run, strategy, train_cache, test_cache, fid)
 
 
 def _fid_classifier(

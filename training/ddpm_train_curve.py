@@ -21,6 +21,8 @@ from pathlib import Path
 
 import keras
 
+from ddpm_tf.files import atomic_path, writing
+
 COLUMNS = (
     "step",
     "minutes",
@@ -74,15 +76,16 @@ class TrainingCurve(keras.callbacks.Callback):
         rows = read_curve(self.path) if self.path.is_file() else []
         kept = [row for row in rows if row["step"] <= start_step]
         if not self.path.is_file() or len(kept) != len(rows):
-            scratch = self.path.with_suffix(".tmp")
-            with open(scratch, "w", newline="") as f:
+            with (
+                atomic_path(self.path, "training curve") as scratch,
+                open(scratch, "w", newline="") as f,
+            ):
                 writer = csv.DictWriter(f, COLUMNS)
                 writer.writeheader()
                 writer.writerows(
                     {k: "" if v is None else v for k, v in row.items() if k in COLUMNS}
                     for row in kept
                 )
-            os.replace(scratch, self.path)
         return kept
 
     @property
@@ -106,7 +109,7 @@ class TrainingCurve(keras.callbacks.Callback):
             return
         values = {k: f"{v:.7g}" for k, v in self._row.items()}
         row = {"step": self._step, "minutes": f"{self.minutes:.3f}", **values}
-        with open(self.path, "a", newline="") as f:
+        with writing("training curve", self.path), open(self.path, "a", newline="") as f:
             csv.DictWriter(f, COLUMNS).writerow(row)
         self._step, self._row = None, {}
 

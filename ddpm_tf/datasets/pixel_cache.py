@@ -17,7 +17,11 @@ not grow the process's memory, whatever the size of the split. Decoding happens 
 epochs and resumed runs never decode a JPEG again. The cost is disk: N * H * W * C bytes (200,000
 images of 64x64 RGB take 2.5 GB).
 
-`meta.json` is written last: a directory without it is an unfinished build and is built again.
+A cache is built in `<directory>.partial` and renamed to `directory` once complete
+(`ddpm_tf.files.replace_directory`), so `directory` holds a complete cache or none: a build that
+fails (a full disk: `WriteError`, naming the cache and the OS reason) or is killed leaves the
+previous cache as it was, and its partial files are removed (or replaced by the next build). A
+directory without `meta.json` (left by an older layout) is an unfinished build and is built again.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 from ddpm_tf.errors import InputError
+from ddpm_tf.files import partial_sibling, replace_directory, writing
 
 __all__ = ["CorruptCacheError", "PixelCache"]
 
@@ -134,32 +139,30 @@ class PixelCache:
 
         Memory stays at a few batches whatever the split's size. `source` describes where the
         pixels came from (kept in meta.json); `progress` is called with the images written so far.
-        Anything left in `directory` by an unfinished build is replaced.
+        The cache in `directory`, if any, is replaced once the new one is complete (see above).
         """
         directory = Path(directory)
-        if directory.exists():
-            shutil.rmtree(directory)
-        directory.mkdir(parents=True)
-        try:
-            count, shape, labels = _write_rows(directory / PIXELS, examples, batch_size, progress)
-        except BaseException:  # an unfinished build leaves nothing behind
-            shutil.rmtree(directory, ignore_errors=True)
-            raise
-        if count == 0:
-            shutil.rmtree(directory)
-            raise InputError(f"no images to cache in {directory}: the source is empty.")
-        if num_classes is not None:
-            np.save(directory / LABELS, labels)
-        meta = {
-            "format": FORMAT,
-            "count": count,
-            "shape": [int(d) for d in shape],
-            "num_classes": num_classes,
-            "source": source,
-        }
-        partial = directory / (META + ".partial")
-        partial.write_text(json.dumps(meta, indent=2))
-        os.replace(partial, directory / META)
+        if directory.exists() and not (directory / META).is_file():
+            shutil.rmtree(directory)  # an unfinished build of an older layout
+        staging = partial_sibling(directory)
+        shutil.rmtree(staging, ignore_errors=True)  # left by a killed build
+        removed = lambda: shutil.rmtree(staging, ignore_errors=True)  # noqa: E731
+        with writing("pixel cache", directory, on_error=removed):  # nothing is left behind
+            staging.mkdir(parents=True)
+            count, shape, labels = _write_rows(staging / PIXELS, examples, batch_size, progress)
+            if count == 0:
+                raise InputError(f"no images to cache in {directory}: the source is empty.")
+            if num_classes is not None:
+                np.save(staging / LABELS, labels)
+            meta = {
+                "format": FORMAT,
+                "count": count,
+                "shape": [int(d) for d in shape],
+                "num_classes": num_classes,
+                "source": source,
+            }
+            (staging / META).write_text(json.dumps(meta, indent=2))
+            replace_directory(staging, directory)
         return cls(directory)
 
     @classmethod

@@ -17,6 +17,7 @@ from ddpm_tf.exporting.runtime import open_function
 from ddpm_tf.exporting.saved_model import write_saved_model
 from ddpm_tf.exporting.tflite import write_tflite
 from ddpm_tf.exporting.verify import TOLERANCES, ExportVerificationError, Tolerance, compare
+from ddpm_tf.files import partial_sibling, replace_directory, writing
 from ddpm_tf.model import DiffusionModel
 from ddpm_tf.sampling import Sampler
 
@@ -168,29 +169,33 @@ def export_model(
     results go to `out_dir/manifest.json`, which is returned. Raises `ExportVerificationError`
     when an artifact is outside its tolerance (the artifacts stay in `<out_dir>.partial`).
     The verification inputs and TensorFlow outputs go to `verification.npz` for `verify_export`.
+    Everything is written in `<out_dir>.partial` first, which replaces `out_dir` only when
+    complete and verified: a failed write (a full disk) raises `WriteError`, removes the partial
+    directory and leaves an earlier export in `out_dir` as it was.
     """
     options = options or ExportOptions()
     model = check_model(model)
     out = check_output_dir(out_dir, overwrite).resolve()
-    staging = out.with_name(out.name + ".partial")
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    sampler = build_sampler(model, options)
-    artifacts, entries = [], []
-    for fmt in options.formats:
-        for entry in _write_format(fmt, staging, sampler, options):
-            entry["reference"] = entry["function"].reference()
-            artifacts.append(_verify(fmt, staging, entry, TOLERANCES[entry["quantization"]]))
-            entries.append(entry)
-    manifest = _manifest(model, sampler, options, artifacts)
-    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    _save_verification_data(staging / VERIFICATION_DATA, artifacts, entries)
+    staging = partial_sibling(out)
+    removed = lambda: shutil.rmtree(staging, ignore_errors=True)  # noqa: E731
+    with writing("export", out, tensorflow=True, on_error=removed):  # a failed write leaves no part
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+        sampler = build_sampler(model, options)
+        artifacts, entries = [], []
+        for fmt in options.formats:
+            for entry in _write_format(fmt, staging, sampler, options):
+                entry["reference"] = entry["function"].reference()
+                artifacts.append(_verify(fmt, staging, entry, TOLERANCES[entry["quantization"]]))
+                entries.append(entry)
+        manifest = _manifest(model, sampler, options, artifacts)
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        _save_verification_data(staging / VERIFICATION_DATA, artifacts, entries)
     if not manifest["passed"]:
         raise ExportVerificationError(_failure_message(artifacts, staging))
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
+    with writing("export", out):
+        replace_directory(staging, out)  # the previous export stays whole until this rename
     return manifest
 
 
