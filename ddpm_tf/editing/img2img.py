@@ -51,10 +51,9 @@ def img2img(
     if strength == 0.0:
         return images
     process = remaining_process(diffusion, strength, spec)
-    start = process.num_timesteps - 1
-    alpha_bar = process.alphas_cumprod[start]
+    top = tf.fill(tf.shape(images)[:1], process.num_timesteps - 1)
     noise = noise_sources(rng.as_seed(seed), spec.noise_source, process.dtype)[0](tf.shape(images))
-    noised = math.sqrt(alpha_bar) * images + math.sqrt(1.0 - alpha_bar) * noise
+    noised = process.q_sample(images, top, noise)
     # The remaining process is already respaced: its loop visits all its steps, from the top.
     all_steps = spec.replace(steps="all")
     return run_loop(process, denoise_fn, noised.shape, seed, all_steps, noise=noised)["sample"]

@@ -45,23 +45,19 @@ def invert(
     images = diffusion._images(images, "images")
     process = diffusion.with_steps(spec.steps)
     predict = predictor(process, denoise_fn, spec)
-    alpha_bar = tf.constant(process.alphas_cumprod, process.dtype)
     size = process.num_timesteps
-
-    def lift(t, x0, eps):  # to grid point t, from an x_0 and an eps
-        ab = alpha_bar[t]
-        return tf.sqrt(ab) * x0 + tf.sqrt(1.0 - ab) * eps
 
     def run(images):
         zero = tf.zeros(tf.shape(images)[:1], tf.int32)
         out = predict(images, zero)  # the network at (image, 0): its eps
         eps = process.predict_eps_from_xstart(images, zero, out["pred_xstart"])
-        x = lift(0, images, eps)
+        x = process._q_sample(images, zero, eps)  # to grid point 0 with the image as x_0
 
         def body(t, x):
             ts = tf.fill(tf.shape(x)[:1], t)
             x0 = predict(x, ts)["pred_xstart"]
-            return t + 1, lift(t + 1, x0, process.predict_eps_from_xstart(x, ts, x0))
+            eps = process.predict_eps_from_xstart(x, ts, x0)
+            return t + 1, process._q_sample(x0, ts + 1, eps)  # to grid point t + 1
 
         _, x = tf.while_loop(lambda t, _: t < size - 1, body, (tf.constant(0), x))
         return x

@@ -149,8 +149,7 @@ def _preparation(process: GaussianDiffusion, hooks: Hooks, step_noise) -> Callab
         if hooks.known is not None:
             images, mask = (tf.cast(v, x.dtype) for v in hooks.known)
             z = step_noise(tf.shape(x), KNOWN_NOISE_KEY + key)
-            ab = process.gather(process.alphas_cumprod, t, x)
-            x = mask * (tf.sqrt(ab) * images + tf.sqrt(1.0 - ab) * z) + (1.0 - mask) * x
+            x = mask * process._q_sample(images, t, z) + (1.0 - mask) * x
         if hooks.transform_x is not None:
             x = tf.ensure_shape(hooks.transform_x(x, t), x.shape)
         return x
