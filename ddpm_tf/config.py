@@ -97,7 +97,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "eval_every": 2000,
         "eval_batches": 4,
         "bpd_examples": 32,  # test images whose exact bound is logged at each evaluation (0: off)
-        "num_samples": 64,
+        "num_samples": 64,  # images in each sample grid (0: no grids)
         "fid_samples": 0,  # samples scored by FID at each evaluation (0: off; needs classifier)
         "classifier": "",  # a .keras classifier from ddpm-classifier, for fid_samples
     },
@@ -132,6 +132,7 @@ _AT_LEAST = {
     "run.sample_every": 1,
     "run.eval_every": 1,
     "run.bpd_examples": 0,
+    "run.num_samples": 0,
 }
 
 # train.mixed_precision -> the Keras dtype policy of the network. The diffusion mathematics, the

@@ -14,7 +14,7 @@ SMALL = [
     "run.sample_every=1000",
     "run.eval_every=8",
     "run.eval_batches=1",
-    "run.num_samples=4",
+    "run.num_samples=0",  # no sample grids: 8 s of tracing per run; tests that need one ask
     "sampling.steps=5",
 ]
 

@@ -206,9 +206,9 @@ def test_missing_dataset_fails_before_writing(tmp_path, capsys):
 # ---------------------------------------------------------------------------------- resume
 @pytest.fixture(scope="module")
 def long_run(tmp_path_factory, data_dir) -> Path:
-    """16 steps in one go."""
+    """16 steps in one go, with a sample grid at the end."""
     run = tmp_path_factory.mktemp("long")
-    assert _train(run, data_dir, "train.steps=16") == 0
+    assert _train(run, data_dir, "train.steps=16", "run.num_samples=4") == 0
     return run
 
 
@@ -227,6 +227,7 @@ def test_extending_a_run_equals_one_long_run(tmp_path, data_dir, long_run, capsy
     evaluations = [line for line in capsys.readouterr().out.splitlines() if "eval at" in line]
     assert len(evaluations) == 2 and all("(exact bound, 32 test images)" in e for e in evaluations)
     _assert_same_checkpoints(tmp_path, long_run)
+    assert not (tmp_path / "samples").exists()  # run.num_samples=0: no grids
     # The training curve of the two sessions is the one of the single run, minutes aside.
     extended, single = read_curve(tmp_path / CURVE_FILE), read_curve(long_run / CURVE_FILE)
     assert [r["step"] for r in extended] == [r["step"] for r in single] == [4, 8, 12, 16]
@@ -250,7 +251,7 @@ def test_a_run_saved_under_old_key_names_resumes(tmp_path, data_dir, long_run, c
     shutil.copytree(long_run, run)
     saved = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps(_old_style(saved)))
-    assert _train(run, data_dir, "train.steps=16") == 0
+    assert _train(run, data_dir, "train.steps=16", "run.num_samples=4") == 0
     assert "resuming at step 16 of 16" in capsys.readouterr().out
     assert json.loads((run / "config.json").read_text()) == saved  # under the new names
     assert load_model(run).step == 16

@@ -260,7 +260,8 @@ def _callbacks(
         if task is not None
         else cb.SignalCheckpoint(checkpointer.save)
     )
-    return _Callbacks(guard, checkpointer, logs, samples if run.chief else None, preemption)
+    drawn = run.chief and run_cfg["num_samples"] > 0  # run.num_samples=0: no grids
+    return _Callbacks(guard, checkpointer, logs, samples if drawn else None, preemption)
 
 
 def train(args: argparse.Namespace) -> int:
@@ -419,7 +420,8 @@ def _fit(config, task, run, strategy, train_cache, test_cache, fid) -> int:
     writer.flush()
     done = f"done: step {model.step} in {time.perf_counter() - began:.0f} s"
     if run.chief:
-        print(f"{done}; checkpoint {run.latest_checkpoint()}; samples {grid}", flush=True)
+        grid = f"samples {grid}" if grid else "no samples (run.num_samples=0)"
+        print(f"{done}; checkpoint {run.latest_checkpoint()}; {grid}", flush=True)
     else:
         print(f"{task}: {done}; the chief wrote the checkpoints and samples", flush=True)
     return 0
