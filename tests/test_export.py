@@ -183,7 +183,6 @@ def trained(tmp_path_factory):
 
 DDIM = SamplingSpec(method="ddim", steps=int(STEPS), noise_source="portable")
 # The command line's export: DPM-Solver++ on log-SNR spacing, the multistep loop with the most state.
-DPM_ARGS = ["--method", "dpm_solver++", "--steps", "logsnr" + STEPS]
 DPM = SamplingSpec(method="dpm_solver++", steps="logsnr" + STEPS, noise_source="portable")
 
 
@@ -198,7 +197,7 @@ def exported(trained, tmp_path_factory):
     _, path = trained
     out = tmp_path_factory.mktemp("export") / "out"
     argv = [str(path), "--format", "saved_model", "tflite", "onnx", "--out", str(out)]
-    argv += [*DPM_ARGS, "--num-samples", str(N)]
+    argv += ["--method", DPM.method, "--steps", DPM.to_dict()["steps"], "--num-samples", str(N)]
     assert main([*argv, "--seed", *map(str, SEED)]) == 0
     return out
 
@@ -544,7 +543,8 @@ KERAS_FORMATS = {"tf_saved_model": "saved_model", "litert": "tflite", "onnx": "o
 
 
 def test_keras_spelling_of_export_writes_loads_and_verifies(trained, tmp_path):
-    """One real export (LiteRT, whose converter is the strictest); the slow tests run the others."""
+    """One real export (LiteRT, whose converter is the strictest); the slow tests export every
+    format through the command line, which calls the same `export_model`."""
     model, _ = trained
     out = tmp_path / "out"
     manifest = model.export(out, format="litert", spec=DDIM, num_samples=N)

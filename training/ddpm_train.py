@@ -208,7 +208,7 @@ class _Callbacks:
     guard: cb.NanGuard
     checkpointer: cb.Checkpointer
     logs: list[keras.callbacks.Callback]  # progress and evaluation
-    samples: cb.Samples | None  # the chief's
+    samples: cb.Samples | None  # the chief's, unless run.num_samples=0
     preemption: PreemptionCheckpoint | cb.SignalCheckpoint  # SIGTERM: save, stop
 
     def all(self) -> list[keras.callbacks.Callback]:
@@ -247,21 +247,24 @@ def _callbacks(
         ),
         *([curve] if curve else []),  # after the two: their values of a step share one row
     ]
-    samples = cb.Samples(
-        run.path / "samples",
-        run_cfg["sample_every"],
-        writer,
-        run_cfg["num_samples"],
-        SAMPLE_SEED,
-        SamplingSpec.from_dict(config["sampling"]),
+    samples = (  # the chief's grids; run.num_samples=0: none
+        cb.Samples(
+            run.path / "samples",
+            run_cfg["sample_every"],
+            writer,
+            run_cfg["num_samples"],
+            SAMPLE_SEED,
+            SamplingSpec.from_dict(config["sampling"]),
+        )
+        if run.chief and run_cfg["num_samples"]
+        else None
     )
     preemption = (
         PreemptionCheckpoint(strategy, checkpointer.save)
         if task is not None
         else cb.SignalCheckpoint(checkpointer.save)
     )
-    drawn = run.chief and run_cfg["num_samples"] > 0  # run.num_samples=0: no grids
-    return _Callbacks(guard, checkpointer, logs, samples if drawn else None, preemption)
+    return _Callbacks(guard, checkpointer, logs, samples, preemption)
 
 
 def train(args: argparse.Namespace) -> int:
@@ -420,8 +423,8 @@ def _fit(config, task, run, strategy, train_cache, test_cache, fid) -> int:
     writer.flush()
     done = f"done: step {model.step} in {time.perf_counter() - began:.0f} s"
     if run.chief:
-        grid = f"samples {grid}" if grid else "no samples (run.num_samples=0)"
-        print(f"{done}; checkpoint {run.latest_checkpoint()}; {grid}", flush=True)
+        wrote = f"samples {grid}" if grid else "no samples (run.num_samples=0)"
+        print(f"{done}; checkpoint {run.latest_checkpoint()}; {wrote}", flush=True)
     else:
         print(f"{task}: {done}; the chief wrote the checkpoints and samples", flush=True)
     return 0
