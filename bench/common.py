@@ -10,15 +10,22 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
+VECTOR_FEATURES = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
+"""The CPU flags that decide which kernels run fast (oneDNN's ISA levels)."""
+
 
 def machine() -> str:
-    """One line naming the CPU, core count and library versions, printed with every result."""
-    cpu = platform.processor() or platform.machine()
+    """One line naming the CPU, its vector features, core count and library versions, printed with every result."""
+    cpu, flags = platform.processor() or platform.machine(), set()
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+            lines = f.read().splitlines()
+        cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+        flags = set(next(line for line in lines if line.startswith("flags")).split(":")[1].split())
     except (OSError, StopIteration):
         pass
+    vector = [name for name in VECTOR_FEATURES if name in flags]
+    cpu += f" ({' '.join(vector) or 'no AVX2/AVX-512/AMX'})"
     import keras
 
     return (

@@ -2,7 +2,8 @@
 
     ddpm-export RUN_DIR_OR_MODEL --format saved_model tflite onnx --out DIR [options]
 
-Exports the sampler and the denoiser of a trained model in each format, runs every artifact in
+Exports the sampler and the denoiser of a trained model in each format (with `--functions`, also
+the editing functions `inpaint` and `img2img`), runs every artifact in
 its own runtime against TensorFlow and writes DIR/manifest.json. A thin command line over
 `ddpm_tf.exporting`: an artifact outside its tolerance is a failure (exit code 1; the artifacts
 are kept in DIR.partial).
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 
 from ddpm_tf import cli, rng
+from ddpm_tf.errors import InputError
 from ddpm_tf.exporting import (
     EXPORT_SPEC,
     FORMATS,
@@ -21,7 +23,7 @@ from ddpm_tf.exporting import (
     export_model,
     load_model,
 )
-from ddpm_tf.exporting.options import ONNX_OPSETS, QUANTIZATIONS
+from ddpm_tf.exporting.options import FUNCTIONS, ONNX_OPSETS, QUANTIZATIONS
 from ddpm_tf.exporting.pipeline import check_output_dir
 
 
@@ -43,6 +45,24 @@ def build_parser() -> cli.ProgramParser:
         help="formats to write (default: all)",
     )
     parser.add_argument("--out", required=True, help="output directory (must be empty or new)")
+    defaults = ExportOptions()
+    parser.add_argument(
+        "--functions",
+        nargs="+",
+        choices=FUNCTIONS,
+        default=list(defaults.functions),
+        help="functions every format carries (default: sample denoise); inpaint and img2img edit "
+        "uint8 images with the sampling method",
+    )
+    parser.add_argument(
+        "--strength",
+        type=cli.finite_float,
+        help=f"img2img's strength (default {defaults.strength})",
+    )
+    parser.add_argument(
+        "--resample", type=int, help="inpaint's RePaint rounds (default 1: plain replacement)"
+    )
+    parser.add_argument("--jump", type=int, help=f"RePaint's jump length (default {defaults.jump})")
     cli.add_num_samples(
         parser, 4, "batch of the fixed-shape TFLite/ONNX samplers and of the verification"
     )
@@ -72,9 +92,21 @@ def _summary(manifest: dict) -> str:
     return "\n".join(lines)
 
 
+def _editing_settings(args: argparse.Namespace) -> dict:
+    """--strength, --resample and --jump as ExportOptions fields; each needs its function."""
+    owners = {"strength": "img2img", "resample": "inpaint", "jump": "inpaint"}
+    settings = {name: getattr(args, name) for name in owners if getattr(args, name) is not None}
+    for name in settings:
+        if owners[name] not in args.functions:
+            raise InputError(f"--{name} sets {owners[name]}: add it to --functions.")
+    return settings
+
+
 def export(args: argparse.Namespace) -> None:
     """Checks every input (options, output directory, model) first, then exports and verifies."""
     options = ExportOptions(
+        functions=tuple(args.functions),
+        **_editing_settings(args),
         formats=tuple(args.formats),
         spec=cli.sampling_spec(args, EXPORT_SPEC),
         num_samples=args.num_samples,

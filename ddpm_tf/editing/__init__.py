@@ -11,15 +11,24 @@ tests/oracle.py test them); `DiffusionModel.inpaint`, `img2img`, `invert`, `deco
 them with the model's (EMA) network, labels and guidance.
 """
 
-from ddpm_tf.editing.img2img import img2img, remaining_process
-from ddpm_tf.editing.inpaint import check_mask, inpaint, repaint_path
+from ddpm_tf.editing.img2img import img2img, img2img_graph, remaining_process
+from ddpm_tf.editing.inpaint import (
+    check_mask,
+    inpaint,
+    inpaint_graph,
+    inpainting_path,
+    repaint_path,
+)
 from ddpm_tf.editing.inversion import decode, interpolate, inversion_spec, invert, slerp
 
 __all__ = [
     "check_mask",
     "decode",
     "img2img",
+    "img2img_graph",
     "inpaint",
+    "inpaint_graph",
+    "inpainting_path",
     "interpolate",
     "inversion_spec",
     "invert",

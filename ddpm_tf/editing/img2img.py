@@ -17,13 +17,13 @@ import tensorflow as tf
 
 from ddpm_tf import rng
 from ddpm_tf.checks import check_float
-from ddpm_tf.sampling.loop import noise_sources, run_loop
+from ddpm_tf.sampling.loop import build_loop, noise_sources
 from ddpm_tf.sampling.spec import SamplingSpec
 
 if TYPE_CHECKING:
     from ddpm_tf.diffusion import DenoiseFn, GaussianDiffusion
 
-__all__ = ["img2img", "remaining_process"]
+__all__ = ["img2img", "img2img_graph", "remaining_process"]
 
 
 def remaining_process(diffusion: GaussianDiffusion, strength: float, spec: SamplingSpec):
@@ -31,6 +31,26 @@ def remaining_process(diffusion: GaussianDiffusion, strength: float, spec: Sampl
     its top index is where sampling starts (float64 tables like the diffusion's)."""
     top = max(1, math.ceil(strength * diffusion.num_timesteps))  # steps 0 .. top - 1 remain
     return diffusion.respace(range(top)).with_steps(spec.steps)
+
+
+def img2img_graph(
+    diffusion: GaussianDiffusion,
+    denoise_fn: DenoiseFn,
+    images: tf.Tensor,
+    strength: float,
+    seed: tf.Tensor,
+    spec: SamplingSpec,
+) -> tf.Tensor:
+    """SDEdit as graph-building code inside a caller's `tf.function`: `images` [B, H, W, C] (the
+    batch may be unknown), `strength` in (0, 1] fixed at trace time, `seed` int32 [2]."""
+    process = remaining_process(diffusion, strength, spec)
+    top = tf.fill(tf.shape(images)[:1], process.num_timesteps - 1)
+    noise = noise_sources(seed, spec.noise_source, process.dtype)[0](tf.shape(images))
+    noised = process._q_sample(tf.cast(images, process.dtype), top, noise)
+    # The remaining process is already respaced: its loop visits all its steps, from the top.
+    all_steps = spec.replace(steps="all")
+    sample = build_loop(process, denoise_fn, tf.shape(images), seed, all_steps, noise=noised)
+    return tf.ensure_shape(sample["sample"], images.shape)
 
 
 def img2img(
@@ -50,10 +70,9 @@ def img2img(
     images = diffusion._images(images, "images")
     if strength == 0.0:
         return images
-    process = remaining_process(diffusion, strength, spec)
-    top = tf.fill(tf.shape(images)[:1], process.num_timesteps - 1)
-    noise = noise_sources(rng.as_seed(seed), spec.noise_source, process.dtype)[0](tf.shape(images))
-    noised = process.q_sample(images, top, noise)
-    # The remaining process is already respaced: its loop visits all its steps, from the top.
-    all_steps = spec.replace(steps="all")
-    return run_loop(process, denoise_fn, noised.shape, seed, all_steps, noise=noised)["sample"]
+
+    def run(images, seed):
+        return img2img_graph(diffusion, denoise_fn, images, strength, seed, spec)
+
+    compiled = tf.function(run, jit_compile=spec.jit_compile, autograph=False)
+    return compiled(images, rng.as_seed(seed))

@@ -19,13 +19,14 @@ import tensorflow as tf
 from ddpm_tf import rng
 from ddpm_tf.checks import check_int
 from ddpm_tf.errors import InputError
-from ddpm_tf.sampling.loop import Hooks, run_loop
+from ddpm_tf.sampling.loop import Hooks, build_loop
+from ddpm_tf.sampling.registry import method_class
 from ddpm_tf.sampling.spec import SamplingSpec
 
 if TYPE_CHECKING:
     from ddpm_tf.diffusion import DenoiseFn, GaussianDiffusion
 
-__all__ = ["check_mask", "inpaint", "repaint_path"]
+__all__ = ["check_mask", "inpaint", "inpaint_graph", "inpainting_path", "repaint_path"]
 
 
 def repaint_path(num_steps: int, resample: int, jump: int) -> tuple[int, ...]:
@@ -73,6 +74,42 @@ def check_mask(mask, images: tf.Tensor) -> tf.Tensor:
     return mask
 
 
+def inpaint_graph(
+    diffusion: GaussianDiffusion,
+    denoise_fn: DenoiseFn,
+    images: tf.Tensor,
+    mask: tf.Tensor,
+    seed: tf.Tensor,
+    spec: SamplingSpec,
+    path: tuple[int, ...] | None,
+) -> tf.Tensor:
+    """Inpainting as graph-building code inside a caller's `tf.function` (the batch of `images`
+    [B, H, W, C] may be unknown; `mask` is 0/1 and broadcasts to them; `seed` is int32 [2];
+    `path` is `repaint_path`'s, or None for plain replacement). Returns [B, H, W, C]."""
+    hooks = Hooks(known=(images, mask), path=path)
+    sample = build_loop(diffusion, denoise_fn, tf.shape(images), seed, spec, hooks=hooks)
+    sample = tf.ensure_shape(sample["sample"], images.shape)
+    return mask * images + (1.0 - mask) * sample
+
+
+def inpainting_path(
+    process: GaussianDiffusion, spec: SamplingSpec, resample: int, jump: int
+) -> tuple[int, ...] | None:
+    """The loop's path over `process` (the diffusion respaced to the spec's steps) for
+    `resample` rounds of `jump` steps: None (straight down, plain replacement) when resample is
+    1. The jumps go back up the process, which only one-step methods can follow."""
+    resample, jump = check_int(resample, "resample"), check_int(jump, "jump")
+    if resample == 1:
+        return None
+    if method_class(spec.method)(process, spec).memory:
+        raise InputError(
+            f"RePaint's resampling (resample={resample}) goes back up the process, which the "
+            f"multistep method {spec.method!r} cannot follow: use method 'ancestral' or 'ddim', "
+            "or resample=1 (plain replacement)."
+        )
+    return repaint_path(process.num_timesteps, resample, jump)
+
+
 def inpaint(
     diffusion: GaussianDiffusion,
     denoise_fn: DenoiseFn,
@@ -88,11 +125,12 @@ def inpaint(
     `resample` rounds of `jump` steps for one-step methods, plain replacement when resample is 1.
     Returns [B, H, W, C], equal to `images` where the mask is 1."""
     spec = spec if spec is not None else SamplingSpec()
-    resample, jump = check_int(resample, "resample"), check_int(jump, "jump")
     images = diffusion._images(images, "images")
     mask = check_mask(mask, images)
-    num_steps = diffusion.with_steps(spec.steps).num_timesteps
-    path = repaint_path(num_steps, resample, jump) if resample > 1 else None
-    hooks = Hooks(known=(images, mask), path=path)
-    sample = run_loop(diffusion, denoise_fn, tuple(images.shape), seed, spec, hooks=hooks)
-    return mask * images + (1.0 - mask) * sample["sample"]
+    path = inpainting_path(diffusion.with_steps(spec.steps), spec, resample, jump)
+
+    def run(images, mask, seed):
+        return inpaint_graph(diffusion, denoise_fn, images, mask, seed, spec, path)
+
+    compiled = tf.function(run, jit_compile=spec.jit_compile, autograph=False)
+    return compiled(images, mask, rng.as_seed(seed))

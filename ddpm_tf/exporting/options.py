@@ -10,9 +10,11 @@ from ddpm_tf.errors import InputError, InputTypeError
 from ddpm_tf.sampling.spec import SamplingSpec
 
 Format = Literal["saved_model", "tflite", "onnx"]
+Function = Literal["sample", "denoise", "inpaint", "img2img"]
 Quantization = Literal["none", "float16", "dynamic"]
 
 FORMATS: tuple[str, ...] = get_args(Format)
+FUNCTIONS: tuple[str, ...] = get_args(Function)
 QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
 ONNX_OPSETS = (17, 18)
 
@@ -26,6 +28,12 @@ class ExportOptions:
 
     Attributes:
         formats: any of "saved_model", "tflite", "onnx".
+        functions: which functions each format carries, in the order of `FUNCTIONS` (the first is
+            the SavedModel's `serving_default`): "sample" (the sampler), "denoise" (the network),
+            "inpaint" and "img2img" (editing uint8 images with the sampler's method).
+        strength: img2img's SDEdit strength in (0, 1], fixed in the graph.
+        resample, jump: inpaint's RePaint rounds and jump length, fixed in the graph (resample 1:
+            plain replacement, any method; above 1 a one-step method, ancestral or DDIM).
         spec: the `SamplingSpec` the exported sampler runs (method, steps, eta, clipping, EMA or
             raw weights). Its noise source must be "portable": no TF random op may be exported.
         num_samples: the batch of the fixed-shape sampler (TFLite, ONNX) and of the verification.
@@ -36,9 +44,13 @@ class ExportOptions:
     """
 
     formats: tuple[Format, ...] = FORMATS
+    functions: tuple[Function, ...] = ("sample", "denoise")
     spec: SamplingSpec = EXPORT_SPEC
     num_samples: int = 4
     guidance_scale: float = 2.0
+    strength: float = 0.5
+    resample: int = 1
+    jump: int = 10
     tflite_quantization: Quantization = "none"
     onnx_opset: int = 17
     verify_seed: tuple[int, int] = (0, 2024)  # what `--seed 2024` gives (rng.as_seed)
@@ -50,6 +62,16 @@ class ExportOptions:
                 f"`formats` must be a non-empty subset of {FORMATS}, got {self.formats}."
             )
         object.__setattr__(self, "formats", formats)
+        functions = set(self.functions) if isinstance(self.functions, tuple | list) else {None}
+        if not functions or not functions <= set(FUNCTIONS):
+            raise InputError(
+                f"`functions` must be a non-empty subset of {FUNCTIONS}, got {self.functions!r}."
+            )
+        object.__setattr__(self, "functions", tuple(f for f in FUNCTIONS if f in functions))
+        if check_float(self.strength, "strength", 0.0, 1.0) == 0.0:
+            raise InputError("`strength` must be above 0: img2img at strength 0 is the identity.")
+        check_int(self.resample, "resample")
+        check_int(self.jump, "jump")
         if not isinstance(self.spec, SamplingSpec):
             raise InputTypeError(f"`spec` must be a SamplingSpec, got {type(self.spec).__name__}.")
         if self.spec.noise_source != "portable":

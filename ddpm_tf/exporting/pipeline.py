@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from ddpm_tf import editing
 from ddpm_tf.errors import InputTypeError
 from ddpm_tf.exporting import graphs
 from ddpm_tf.exporting.onnx import write_onnx
@@ -50,31 +52,46 @@ def build_sampler(model: DiffusionModel, options: ExportOptions) -> Sampler:
     return model.sampler(options.spec)
 
 
+def inpainting_path(sampler: Sampler, options: ExportOptions) -> tuple[int, ...] | None:
+    """The exported inpaint's path (RePaint's jumps over the sampler's steps, or None), checked
+    before any work: a multistep method cannot resample, a jump must fit in the steps."""
+    return editing.inpainting_path(sampler.process, options.spec, options.resample, options.jump)
+
+
 def _functions(
     sampler: Sampler, options: ExportOptions, fixed: bool
 ) -> list[graphs.ExportedFunction]:
-    n = options.num_samples
-    return [
-        graphs.sampler_function(
-            sampler, n if fixed else None, n, options.guidance_scale, options.verify_seed
+    n, seed, scale = options.num_samples, options.verify_seed, options.guidance_scale
+    batch = n if fixed else None
+    build = {
+        "sample": lambda: graphs.sampler_function(sampler, batch, n, scale, seed),
+        "denoise": lambda: graphs.denoiser_function(sampler, None, n, seed),
+        "inpaint": lambda: graphs.inpaint_function(
+            sampler, batch, n, scale, seed, inpainting_path(sampler, options)
         ),
-        graphs.denoiser_function(sampler, None, n, options.verify_seed),
-    ]
+        "img2img": lambda: graphs.img2img_function(
+            sampler, batch, n, scale, seed, options.strength
+        ),
+    }
+    return [build[name]() for name in options.functions]
 
 
 def tflite_quantization(function_name: str, options: ExportOptions) -> str:
     """The quantization of one TFLite function. float16 applies to the denoiser only: TFLite's
     float16 pass converts every float constant, the noise generator's integer constants and the
-    schedule included, so a float16 sampler could not draw the portable noise."""
-    if options.tflite_quantization == "float16" and function_name == "sample":
+    schedule included, so a float16 sampler (or editor) could not draw the portable noise."""
+    if options.tflite_quantization == "float16" and function_name != "denoise":
         return "none"
     return options.tflite_quantization
 
 
-_FILES = {
-    "tflite": ("sampler.tflite", "denoiser.tflite"),
-    "onnx": ("sampler.onnx", "denoiser.onnx"),
+FILE_STEMS = {
+    "sample": "sampler",
+    "denoise": "denoiser",
+    "inpaint": "inpaint",
+    "img2img": "img2img",
 }
+"""The file of each function in the one-function-per-file formats: `<fmt>/<stem>.<fmt>`."""
 
 
 def _write_format(fmt: str, root: Path, sampler: Sampler, options: ExportOptions) -> list[dict]:
@@ -94,7 +111,8 @@ def _write_format(fmt: str, root: Path, sampler: Sampler, options: ExportOptions
         ]
     (root / fmt).mkdir()
     entries = []
-    for function, filename in zip(functions, _FILES[fmt], strict=True):
+    for function in functions:
+        filename = f"{FILE_STEMS[function.name]}.{fmt}"
         path = root / fmt / filename
         quantization = tflite_quantization(function.name, options) if fmt == "tflite" else "none"
         if fmt == "tflite":
@@ -150,10 +168,30 @@ def _manifest(model: DiffusionModel, sampler: Sampler, options: ExportOptions, a
             "tflite_quantization": options.tflite_quantization,
             "onnx_opset": options.onnx_opset,
         },
+        "functions": list(options.functions),
+        "editing": _editing_settings(sampler, options),
         "verification_seed": list(options.verify_seed),
         "passed": all(a["verification"]["passed"] for a in artifacts),
         "artifacts": artifacts,
     }
+
+
+def _editing_settings(sampler: Sampler, options: ExportOptions) -> dict:
+    """What the exported editing functions have fixed in their graphs."""
+    settings = {}
+    if "inpaint" in options.functions:
+        path = inpainting_path(sampler, options)
+        settings["inpaint"] = {
+            "resample": options.resample,
+            "jump": options.jump if path else None,
+            "network_calls": sampler.process.num_timesteps
+            if path is None
+            else sum(b < a for a, b in itertools.pairwise(path)),
+            "mask": "float32 [N, H, W, 1], kept where > 0.5",
+        }
+    if "img2img" in options.functions:
+        settings["img2img"] = {"strength": options.strength}
+    return settings
 
 
 def export_model(
@@ -177,12 +215,14 @@ def export_model(
     model = check_model(model)
     out = check_output_dir(out_dir, overwrite).resolve()
     staging = partial_sibling(out)
+    sampler = build_sampler(model, options)
+    if "inpaint" in options.functions:
+        inpainting_path(sampler, options)  # a bad resample or jump fails here, before any write
     removed = lambda: shutil.rmtree(staging, ignore_errors=True)  # noqa: E731
     with writing("export", out, tensorflow=True, on_error=removed):  # a failed write leaves no part
         if staging.exists():
             shutil.rmtree(staging)
         staging.mkdir(parents=True)
-        sampler = build_sampler(model, options)
         artifacts, entries = [], []
         for fmt in options.formats:
             for entry in _write_format(fmt, staging, sampler, options):

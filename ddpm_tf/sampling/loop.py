@@ -20,6 +20,7 @@ process from a given x_t, and a path that goes back up the process (RePaint's re
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -175,29 +176,48 @@ def _check_path(path, first: int, method: SamplingMethod) -> list[int]:
     return path
 
 
+def _path_segments(path: list[int]) -> tuple[list[int], list[int], list[int]]:
+    """The path as segments of one move down followed by moves up: for each move down, its
+    index t, its key (its place in the path) and how many moves up follow it."""
+    downs, keys, ups = [], [], []
+    for i, (a, b) in enumerate(itertools.pairwise(path)):
+        if b < a:
+            downs.append(a)
+            keys.append(i)
+            ups.append(0)
+        else:
+            ups[-1] += 1
+    return downs, keys, ups
+
+
 def _path_loop(method: SamplingMethod, predict: Predict, x, path, step_noise, prepare) -> dict:
-    """Follows `path` in a tf.while_loop: a method step for each move down, a draw of
-    q(x_{t+1} | x_t) for each move up; the noise of move i has key i."""
+    """Follows `path` in a tf.while_loop: a method step for each move down, then the draws of
+    q(x_{t+1} | x_t) for the moves up after it, in an inner loop without the network (so the
+    network sits in no conditional branch, which converters such as tf2onnx cannot take); the
+    noise of move i of the path has key i."""
     process = method.process
-    moves = tf.constant(path, tf.int32)
+    segments = _path_segments(path)
+    downs, keys, ups = (tf.constant(v, tf.int32) for v in segments)
     batch = tf.shape(x)[:1]
 
+    def renoise(j, x, t, key):  # the move up from index t: x_{t+1} ~ q(x_{t+1} | x_t)
+        beta = process.gather(process.betas, tf.fill(batch, t + 1), x)
+        x = tf.sqrt(1.0 - beta) * x + tf.sqrt(beta) * step_noise(tf.shape(x), key)
+        return j + 1, tf.ensure_shape(x, x.shape), t + 1, key + 1
+
     def body(i, x):
-        t_scalar, key = moves[i], i
+        t_scalar, key = downs[i], keys[i]
+        t = tf.fill(batch, t_scalar)
+        noise = step_noise(tf.shape(x), key) if method.needs_noise else None
+        x = method.step(predict, prepare(x, t, key), t, noise)[0]
+        x = tf.ensure_shape(x, x.shape)
+        count = ups[i]
+        _, x, _, _ = tf.while_loop(
+            lambda j, *_: j < count, renoise, (tf.constant(0), x, t_scalar - 1, key + 1)
+        )
+        return i + 1, x
 
-        def down():
-            t = tf.fill(batch, t_scalar)
-            noise = step_noise(tf.shape(x), key) if method.needs_noise else None
-            return method.step(predict, prepare(x, t, key), t, noise)[0]
-
-        def up():
-            beta = process.gather(process.betas, tf.fill(batch, t_scalar + 1), x)
-            return tf.sqrt(1.0 - beta) * x + tf.sqrt(beta) * step_noise(tf.shape(x), key)
-
-        x = tf.cond(moves[i + 1] < t_scalar, down, up)
-        return i + 1, tf.ensure_shape(x, x.shape)
-
-    count = len(path) - 1
+    count = len(segments[0])
     _, x = tf.while_loop(
         lambda i, _: i < count, body, (tf.constant(0), x), maximum_iterations=count
     )
