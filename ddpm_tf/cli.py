@@ -239,6 +239,61 @@ def sampling_labels(model: Any, num_samples: int, guidance_scale: float, labels:
     return labels
 
 
+def add_classifier_guidance(parser: argparse.ArgumentParser) -> None:
+    """`--noisy-classifier PATH` and `--classifier-scale S`: classifier guidance."""
+    group = parser.add_argument_group(
+        "classifier guidance", "steer sampling toward --labels with a classifier of noisy images"
+    )
+    group.add_argument(
+        "--noisy-classifier",
+        metavar="PATH",
+        help="the run directory (or its classifier.keras) of ddpm-classifier --noisy RUN_DIR; "
+        "without --labels every class in turn",
+    )
+    group.add_argument(
+        "--classifier-scale",
+        type=finite_float,
+        help="how strongly the classifier steers, >= 0 (default: 1; 0: not at all)",
+    )
+
+
+def conditioning(
+    args: argparse.Namespace, model: Any, num_samples: int, labels: Any = None
+) -> dict:
+    """The keyword arguments of `generate_uint8` that condition `model` as the flags say:
+    labels, guidance_scale, and with --noisy-classifier the classifier and its scale. Labels
+    default to every class in turn (of the model, or of the classifier); all are checked here,
+    before anything is sampled."""
+    path = getattr(args, "noisy_classifier", None)
+    scale = getattr(args, "classifier_scale", None)
+    if path is None:
+        if scale is not None:
+            raise InputError("--classifier-scale goes with --noisy-classifier PATH.")
+        labels = sampling_labels(model, num_samples, args.guidance_scale, labels)
+        return {"labels": labels, "guidance_scale": args.guidance_scale}
+    from ddpm_tf.guidance import load_noisy_classifier  # TensorFlow: not at import
+    from ddpm_tf.sampling import check_labels, every_class
+    from ddpm_tf.sampling.sampler import classifier_classes
+
+    check_guidance(model, args.guidance_scale)
+    classifier = load_noisy_classifier(path)
+    classes = classifier_classes(classifier, model.image_shape)
+    if labels is None:
+        labels = every_class(num_samples, classes)
+    check_labels(labels, classes, allow_null=False)
+    if model.num_classes is not None:
+        check_labels(labels, model.num_classes, allow_null=False)
+    scale = 1.0 if scale is None else scale
+    if scale < 0:
+        raise InputError(f"--classifier-scale must be >= 0, got {scale:g}.")
+    return {
+        "labels": labels,
+        "guidance_scale": args.guidance_scale,
+        "classifier": classifier,
+        "classifier_scale": scale,
+    }
+
+
 def check_guidance(model: Any, guidance_scale: float) -> None:
     """Raise a ValueError if `--guidance-scale` is set for an unconditional model."""
     if model.num_classes is None and guidance_scale != 1.0:

@@ -392,3 +392,64 @@ class Upsample(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "with_conv": self.with_conv}
+
+
+@keras.saving.register_keras_serializable(package="ddpm_tf")
+class AttentionPool(keras.layers.Layer):
+    """Attention pooling, ``[B, H, W, C] -> [B, output_dim]``: the head of guided-diffusion's
+    noise-aware classifier (Dhariwal & Nichol 2021).
+
+    The mean over the ``H * W`` positions is prepended as one more token, every token gets a
+    learned position embedding, and a multi-head attention whose only query is that mean token
+    reads all ``H * W + 1`` tokens; a linear map of what it reads is the output, computed in
+    float32 (logits). Heads attend with ``C / num_heads`` channels, logits scaled by
+    ``(C / num_heads) ** -0.5``.
+    """
+
+    def __init__(self, output_dim: int, num_heads: int = 1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if int(output_dim) != output_dim or output_dim < 1:
+            raise InputError(f"AttentionPool: `output_dim` must be positive, got {output_dim}.")
+        if int(num_heads) != num_heads or num_heads < 1:
+            raise InputError(f"AttentionPool: `num_heads` must be positive, got {num_heads}.")
+        self.output_dim = int(output_dim)
+        self.num_heads = int(num_heads)
+
+    def build(self, input_shape: Shape) -> None:
+        _, height, width, channels = input_shape
+        if None in (height, width, channels) or channels % self.num_heads:
+            raise InputError(
+                f"AttentionPool: needs a fixed [B, H, W, C] input with C divisible by "
+                f"num_heads={self.num_heads}, got {tuple(input_shape)}."
+            )
+        self.position = self.add_weight(
+            shape=(height * width + 1, channels),
+            initializer=keras.initializers.RandomNormal(stddev=channels**-0.5),
+            name="position",
+        )
+        dtype = self.dtype_policy
+        self.qkv = keras.layers.Dense(3 * channels, dtype=dtype, name="qkv")
+        self.qkv.build((None, height * width + 1, channels))
+        self.proj = keras.layers.Dense(self.output_dim, dtype="float32", name="proj")
+        self.proj.build((None, channels))
+
+    def call(self, x: Any) -> Any:
+        _, height, width, channels = x.shape
+        heads, head_dim = self.num_heads, channels // self.num_heads
+        tokens = ops.reshape(x, (-1, height * width, channels))
+        tokens = ops.concatenate([ops.mean(tokens, axis=1, keepdims=True), tokens], axis=1)
+        tokens = tokens + ops.cast(self.position, tokens.dtype)[None]
+        q, k, v = ops.split(self.qkv(tokens), 3, axis=-1)
+        q = ops.reshape(q[:, :1], (-1, 1, heads, head_dim))  # the mean token's query alone
+        k = ops.reshape(k, (-1, height * width + 1, heads, head_dim))
+        v = ops.reshape(v, (-1, height * width + 1, heads, head_dim))
+        logits = ops.einsum("bqhd,bkhd->bhqk", q, k) * head_dim**-0.5
+        weights = ops.cast(ops.softmax(ops.cast(logits, "float32"), axis=-1), v.dtype)
+        read = ops.reshape(ops.einsum("bhqk,bkhd->bqhd", weights, v), (-1, channels))
+        return self.proj(ops.cast(read, "float32"))
+
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
+        return (input_shape[0], self.output_dim)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "output_dim": self.output_dim, "num_heads": self.num_heads}

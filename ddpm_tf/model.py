@@ -405,18 +405,25 @@ class DiffusionModel(keras.Model):
         return self._report(terms, tf.reduce_mean(terms["loss"] * weights), ("vlb_bpd",))
 
     # --------------------------------------------------------------------------------- sampling
-    def sampler(self, spec: SamplingSpec | None = None, **settings: Any) -> Sampler:
-        """The compiled `Sampler` for a `SamplingSpec` (built once per spec, then reused).
+    def sampler(
+        self, spec: SamplingSpec | None = None, *, classifier=None, **settings: Any
+    ) -> Sampler:
+        """The compiled `Sampler` for a `SamplingSpec` (built once per spec and classifier, then
+        reused).
 
         `settings` are `SamplingSpec` fields applied over `spec` (default `SamplingSpec()`):
         method (`ddpm_tf.sampling.METHODS`), steps, eta, solver_order, clip_denoised,
-        dynamic_threshold, use_ema, noise_source ("philox" | "portable"), jit_compile.
+        dynamic_threshold, use_ema, noise_source ("philox" | "portable"), jit_compile. A
+        `classifier` of noisy images (`ddpm_tf.guidance.NoisyClassifier`) adds classifier guidance.
         """
         spec = resolve_spec(spec, settings)
-        if spec not in self._samplers:
+        key = (spec, classifier)
+        if key not in self._samplers:
             network = self.ema_network if spec.use_ema else self.network
-            self._samplers[spec] = Sampler(network, self.diffusion, self.image_shape, spec)
-        return self._samplers[spec]
+            self._samplers[key] = Sampler(
+                network, self.diffusion, self.image_shape, spec, classifier=classifier
+            )
+        return self._samplers[key]
 
     def generate(
         self,
@@ -425,6 +432,8 @@ class DiffusionModel(keras.Model):
         *,
         labels=None,
         guidance_scale: float = 1.0,
+        classifier=None,
+        classifier_scale: float = 1.0,
         spec: SamplingSpec | None = None,
         **settings: Any,
     ) -> tf.Tensor:
@@ -433,9 +442,14 @@ class DiffusionModel(keras.Model):
         `spec` and `settings` choose the sampler as in `sampler()`, e.g. `method="ddim",
         steps=50`. Class-conditional networks take `labels` [N] (the null class num_classes gives
         unconditional samples) and a `guidance_scale` (1: conditional, >1: classifier-free
-        guidance).
+        guidance). A `classifier` of noisy images steers toward `labels` (then the classes asked
+        of it) by `classifier_scale` (classifier guidance, `ddpm_tf.guidance`), for unconditional
+        and class-conditional networks alike; guidance_scale 0 leaves a class-conditional
+        network's null class to the classifier alone.
         """
-        fn = self.sampler(spec, **settings)
+        fn = self.sampler(spec, classifier=classifier, **settings)
+        if classifier is not None:
+            return fn(num_samples, seed, labels, guidance_scale, classifier_scale)
         if labels is not None:
             labels = check_labels(labels, self.num_classes, allow_null=True)
         return fn(num_samples if labels is None else labels.shape[0], seed, labels, guidance_scale)

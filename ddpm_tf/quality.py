@@ -33,16 +33,15 @@ def quality_against_steps(
     reference: np.ndarray | None = None,
     num_samples: int,
     seed: int | tuple[int, int] = 0,
-    labels: np.ndarray | None = None,
-    guidance_scale: float = 1.0,
     batch_size: int = 256,
     progress: Callable[[SamplingSpec], Callable[[int], None]] | None = None,
     on_samples: Callable[[SamplingSpec, np.ndarray], None] | None = None,
+    **conditioning: Any,
 ) -> list[dict[str, Any]]:
     """One row per spec: method, steps, num_steps (network calls), FID, KID, the floor, seconds.
 
-    `labels` [num_samples] and `guidance_scale` condition a class-conditional model (as in
-    `generate_uint8`). `progress(spec)` gives a per-batch callback for that spec's sampling;
+    `conditioning` are `generate_uint8`'s labels [num_samples], guidance_scale, classifier and
+    classifier_scale. `progress(spec)` gives a per-batch callback for that spec's sampling;
     `on_samples(spec, images)` sees each spec's uint8 samples (e.g. to save a grid).
     """
     rows = []
@@ -53,10 +52,9 @@ def quality_against_steps(
             num_samples,
             seed,
             spec,
-            labels=labels,
-            guidance_scale=guidance_scale,
             batch_size=batch_size,
             progress=None if progress is None else progress(spec),
+            **conditioning,
         )
         seconds = time.perf_counter() - began
         if on_samples is not None:

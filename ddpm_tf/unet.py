@@ -73,9 +73,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 ShapeOrTensor = Any
 
 
-def _require_positive_int(name: str, value: Any) -> None:
+def _require_positive_int(name: str, value: Any, where: str = "UNet") -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"UNet: `{name}` must be a positive integer, received {name}={value!r}.")
+        raise InputError(
+            f"{where}: `{name}` must be a positive integer, received {name}={value!r}."
+        )
 
 
 def _validate_config(
@@ -89,6 +91,7 @@ def _validate_config(
     num_heads: int,
     num_classes: int | None,
     num_groups: int,
+    where: str = "UNet",
 ) -> None:
     """Raise a ValueError naming the offending argument if the configuration is invalid."""
     for name, value in [
@@ -99,16 +102,16 @@ def _validate_config(
         ("num_heads", num_heads),
         ("num_groups", num_groups),
     ]:
-        _require_positive_int(name, value)
+        _require_positive_int(name, value, where)
     if not ch_mult or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in ch_mult):
         raise InputError(
-            "UNet: `ch_mult` must be a non-empty sequence of positive integers, "
+            f"{where}: `ch_mult` must be a non-empty sequence of positive integers, "
             f"received ch_mult={ch_mult!r}."
         )
     factor = 2 ** (len(ch_mult) - 1)
     if image_size % factor:
         raise InputError(
-            f"UNet: `image_size` must be divisible by 2**(len(ch_mult) - 1) = {factor} so that "
+            f"{where}: `image_size` must be divisible by 2**(len(ch_mult) - 1) = {factor} so that "
             f"every downsampling halves it exactly; received image_size={image_size} with "
             f"ch_mult={ch_mult}."
         )
@@ -116,13 +119,13 @@ def _validate_config(
     unknown = sorted(set(attn_resolutions) - set(resolutions))
     if unknown:
         raise InputError(
-            f"UNet: `attn_resolutions` contains {unknown}, which never occur; the feature-map "
+            f"{where}: `attn_resolutions` contains {unknown}, which never occur; the feature-map "
             f"sizes of this network are {resolutions}. Received attn_resolutions="
             f"{attn_resolutions}."
         )
     if ch % num_groups:
         raise InputError(
-            f"UNet: `ch` must be divisible by `num_groups` (GroupNorm), received ch={ch} and "
+            f"{where}: `ch` must be divisible by `num_groups` (GroupNorm), received ch={ch} and "
             f"num_groups={num_groups}."
         )
     for level, size in enumerate(resolutions):
@@ -130,17 +133,169 @@ def _validate_config(
         attends = size in attn_resolutions or level == len(ch_mult) - 1  # middle attention
         if attends and width % num_heads:
             raise InputError(
-                f"UNet: `num_heads` must divide the {width} channels of the attention at "
+                f"{where}: `num_heads` must divide the {width} channels of the attention at "
                 f"resolution {size}, received num_heads={num_heads}."
             )
     if not 0.0 <= dropout < 1.0:
-        raise InputError(f"UNet: `dropout` must be in [0, 1), received dropout={dropout}.")
+        raise InputError(f"{where}: `dropout` must be in [0, 1), received dropout={dropout}.")
     if num_classes is not None:
-        _require_positive_int("num_classes", num_classes)
+        _require_positive_int("num_classes", num_classes, where)
+
+
+ENCODER_SETTINGS = (
+    "image_size",
+    "in_channels",
+    "ch",
+    "ch_mult",
+    "num_res_blocks",
+    "attn_resolutions",
+    "dropout",
+    "num_heads",
+    "use_scale_shift_norm",
+    "num_groups",
+    "resamp_with_conv",
+)
+"""The encoder's settings, shared by `UNet` and `NoisyClassifier`; the first eight in the order
+`_validate_config` takes them."""
+
+
+class Encoder:
+    """The U-Net's encoder, shared by `UNet` and the noise-aware classifier
+    (`ddpm_tf.guidance.NoisyClassifier`): the timestep (and class) embedding, ``conv_in``, the
+    down path and the middle ResBlock-Attention-ResBlock. The host sets ``image_size``,
+    ``in_channels``, ``ch``, ``ch_mult``, ``num_res_blocks``, ``attn_resolutions``, ``dropout``,
+    ``num_heads``, ``use_scale_shift_norm`` and ``num_groups`` before ``_make_encoder``."""
+
+    def _configure(self, settings: dict[str, Any], num_classes: int | None, where: str) -> None:
+        """Validates the encoder's `ENCODER_SETTINGS` (messages start with `where`) and sets them
+        as attributes of the same names."""
+        settings = {**settings, "ch_mult": tuple(settings["ch_mult"])}
+        settings["attn_resolutions"] = tuple(settings["attn_resolutions"])
+        _validate_config(
+            *(settings[k] for k in ENCODER_SETTINGS[:8]),
+            num_classes,
+            settings["num_groups"],
+            where=where,
+        )
+        for name in ENCODER_SETTINGS:
+            setattr(self, name, settings[name])
+        self.dropout = float(self.dropout)
+        self.use_scale_shift_norm = bool(self.use_scale_shift_norm)
+        self.resamp_with_conv = bool(self.resamp_with_conv)
+
+    def _make_encoder(self, num_classes: int | None) -> None:
+        dtype = self.dtype_policy
+        temb_dim = 4 * self.ch
+        self.time_embed = TimestepEmbedding(self.ch, dtype=dtype, name="time_embed")
+        self.temb_dense0 = keras.layers.Dense(temb_dim, dtype=dtype, name="temb_dense0")
+        self.temb_dense1 = keras.layers.Dense(temb_dim, dtype=dtype, name="temb_dense1")
+        self.label_embed = None
+        if num_classes is not None:
+            self.label_embed = keras.layers.Embedding(
+                num_classes + 1, temb_dim, dtype=dtype, name="label_embed"
+            )
+        self.conv_in = keras.layers.Conv2D(self.ch, 3, padding="same", dtype=dtype, name="conv_in")
+        self._make_down_path()
+        top = self.ch * self.ch_mult[-1]
+        self.mid_layers = [
+            self._res_block(top, "mid_res0"),
+            self._attention("mid_attn"),
+            self._res_block(top, "mid_res1"),
+        ]
+
+    def _res_block(self, out_channels: int, name: str) -> ResidualBlock:
+        return ResidualBlock(
+            out_channels,
+            dropout=self.dropout,
+            use_scale_shift_norm=self.use_scale_shift_norm,
+            num_groups=self.num_groups,
+            dtype=self.dtype_policy,
+            name=name,
+        )
+
+    def _attention(self, name: str) -> AttentionBlock:
+        return AttentionBlock(
+            self.num_heads, num_groups=self.num_groups, dtype=self.dtype_policy, name=name
+        )
+
+    def _stage(self, level: int, index: int, prefix: str) -> list[keras.layers.Layer]:
+        """A ResidualBlock of the level's width, plus attention at attention resolutions."""
+        name = f"{prefix}{level}_"
+        stage = [self._res_block(self.ch * self.ch_mult[level], f"{name}res{index}")]
+        if self.image_size // 2**level in self.attn_resolutions:
+            stage.append(self._attention(f"{name}attn{index}"))
+        return stage
+
+    def _make_down_path(self) -> None:
+        """Flat layer list; ``_down_push[i]`` marks outputs kept as skip connections."""
+        layers, push = [], []
+        last = len(self.ch_mult) - 1
+        for level in range(last + 1):
+            for index in range(self.num_res_blocks):
+                stage = self._stage(level, index, "down")
+                layers += stage
+                push += [False] * (len(stage) - 1) + [True]
+            if level != last:
+                layers.append(
+                    Downsample(self.resamp_with_conv, dtype=self.dtype_policy, name=f"down{level}")
+                )
+                push.append(True)
+        self.down_layers = layers
+        self._down_push = tuple(push)
+
+    def _encode(self, h: ShapeOrTensor, apply: Callable) -> tuple[ShapeOrTensor, list]:
+        """The down and middle paths on ``conv_in``'s output (tensors, or shapes for ``build``):
+        (the middle's output, the skip connections the up path takes)."""
+        skips = [h]
+        for layer, push in zip(self.down_layers, self._down_push, strict=True):
+            h = apply(layer, h)
+            if push:
+                skips.append(h)
+        for layer in self.mid_layers:
+            h = apply(layer, h)
+        return h, skips
+
+    def _build_encoder(self) -> tuple:
+        """Builds the embedding and ``conv_in``; returns the shape ``conv_in`` gives."""
+        x_shape = (None, self.image_size, self.image_size, self.in_channels)
+        self.time_embed.build((None,))
+        self.temb_dense0.build((None, self.ch))
+        self.temb_dense1.build((None, 4 * self.ch))
+        if self.label_embed is not None:
+            self.label_embed.build((None,))
+        self.conv_in.build(x_shape)
+        return self.conv_in.compute_output_shape(x_shape)
+
+    def _build_layer(self, layer: keras.layers.Layer, shape: tuple) -> tuple:
+        shapes = (shape, (None, 4 * self.ch)) if isinstance(layer, ResidualBlock) else (shape,)
+        layer.build(*shapes)
+        return layer.compute_output_shape(*shapes)
+
+    def _applier(self, emb: Any, training: bool | None) -> Callable[[keras.layers.Layer, Any], Any]:
+        """apply(layer, h): a ResidualBlock takes the embedding ``emb``, other layers ``h`` alone."""
+
+        def apply(layer: keras.layers.Layer, h: Any) -> Any:
+            if isinstance(layer, ResidualBlock):
+                return layer(h, emb, training=training)
+            return layer(h)
+
+        return apply
+
+    def _encoder_config(self) -> dict[str, Any]:
+        """The encoder's part of ``get_config``: its `ENCODER_SETTINGS` (tuples as lists)."""
+        values = {name: getattr(self, name) for name in ENCODER_SETTINGS}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+    def embed(self, t: Any, y: Any = None) -> Any:
+        """Timestep (and class) embedding ``[B] -> [B, 4 * ch]``."""
+        emb = self.temb_dense1(ops.silu(self.temb_dense0(self.time_embed(t))))
+        if self.label_embed is not None:
+            emb = emb + self.label_embed(y)
+        return emb
 
 
 @keras.saving.register_keras_serializable(package="ddpm_tf")
-class UNet(keras.Model):
+class UNet(Encoder, keras.Model):
     """DDPM U-Net; call as ``unet(x_t, t)`` / ``unet([x_t, t])`` or with labels ``y``.
 
     Architecture (Ho et al.): 3x3 ``conv_in``; for each level ``num_res_blocks``
@@ -193,52 +348,13 @@ class UNet(keras.Model):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        ch_mult = tuple(ch_mult)
-        attn_resolutions = tuple(attn_resolutions)
-        _validate_config(
-            image_size,
-            in_channels,
-            ch,
-            ch_mult,
-            num_res_blocks,
-            attn_resolutions,
-            dropout,
-            num_heads,
-            num_classes,
-            num_groups,
-        )
-        self.image_size = image_size
-        self.in_channels = in_channels
-        self.ch = ch
-        self.ch_mult = ch_mult
-        self.num_res_blocks = num_res_blocks
-        self.attn_resolutions = attn_resolutions
-        self.dropout = float(dropout)
-        self.num_heads = num_heads
-        self.use_scale_shift_norm = bool(use_scale_shift_norm)
+        encoder = {k: v for k, v in locals().items() if k in ENCODER_SETTINGS}
+        self._configure(encoder, num_classes, "UNet")
         self.learn_sigma = bool(learn_sigma)
         self.num_classes = num_classes
-        self.num_groups = num_groups
-        self.resamp_with_conv = bool(resamp_with_conv)
 
         dtype = self.dtype_policy
-        temb_dim = 4 * ch
-        self.time_embed = TimestepEmbedding(ch, dtype=dtype, name="time_embed")
-        self.temb_dense0 = keras.layers.Dense(temb_dim, dtype=dtype, name="temb_dense0")
-        self.temb_dense1 = keras.layers.Dense(temb_dim, dtype=dtype, name="temb_dense1")
-        self.label_embed = None
-        if num_classes is not None:
-            self.label_embed = keras.layers.Embedding(
-                num_classes + 1, temb_dim, dtype=dtype, name="label_embed"
-            )
-        self.conv_in = keras.layers.Conv2D(ch, 3, padding="same", dtype=dtype, name="conv_in")
-        self._make_down_path()
-        top = ch * ch_mult[-1]
-        self.mid_layers = [
-            self._res_block(top, "mid_res0"),
-            self._attention("mid_attn"),
-            self._res_block(top, "mid_res1"),
-        ]
+        self._make_encoder(num_classes)
         self._make_up_path()
         self.norm_out = group_norm(num_groups, dtype, "norm_out")
         out_channels = 2 * in_channels if self.learn_sigma else in_channels
@@ -254,46 +370,6 @@ class UNet(keras.Model):
         self.build((None, image_size, image_size, in_channels))
 
     # --- construction -------------------------------------------------------------------
-
-    def _res_block(self, out_channels: int, name: str) -> ResidualBlock:
-        return ResidualBlock(
-            out_channels,
-            dropout=self.dropout,
-            use_scale_shift_norm=self.use_scale_shift_norm,
-            num_groups=self.num_groups,
-            dtype=self.dtype_policy,
-            name=name,
-        )
-
-    def _attention(self, name: str) -> AttentionBlock:
-        return AttentionBlock(
-            self.num_heads, num_groups=self.num_groups, dtype=self.dtype_policy, name=name
-        )
-
-    def _stage(self, level: int, index: int, prefix: str) -> list[keras.layers.Layer]:
-        """A ResidualBlock of the level's width, plus attention at attention resolutions."""
-        name = f"{prefix}{level}_"
-        stage = [self._res_block(self.ch * self.ch_mult[level], f"{name}res{index}")]
-        if self.image_size // 2**level in self.attn_resolutions:
-            stage.append(self._attention(f"{name}attn{index}"))
-        return stage
-
-    def _make_down_path(self) -> None:
-        """Flat layer list; ``_down_push[i]`` marks outputs kept as skip connections."""
-        layers, push = [], []
-        last = len(self.ch_mult) - 1
-        for level in range(last + 1):
-            for index in range(self.num_res_blocks):
-                stage = self._stage(level, index, "down")
-                layers += stage
-                push += [False] * (len(stage) - 1) + [True]
-            if level != last:
-                layers.append(
-                    Downsample(self.resamp_with_conv, dtype=self.dtype_policy, name=f"down{level}")
-                )
-                push.append(True)
-        self.down_layers = layers
-        self._down_push = tuple(push)
 
     def _make_up_path(self) -> None:
         """Flat layer list; ``_up_pop[i]`` marks layers whose input gets a skip concatenated."""
@@ -318,13 +394,7 @@ class UNet(keras.Model):
         concat: Callable[[ShapeOrTensor, ShapeOrTensor], ShapeOrTensor],
     ) -> ShapeOrTensor:
         """Run the down, middle and up paths on tensors or, for ``build``, on shapes."""
-        skips = [h]
-        for layer, push in zip(self.down_layers, self._down_push, strict=True):
-            h = apply(layer, h)
-            if push:
-                skips.append(h)
-        for layer in self.mid_layers:
-            h = apply(layer, h)
+        h, skips = self._encode(h, apply)
         for layer, pop in zip(self.up_layers, self._up_pop, strict=True):
             if pop:
                 h = concat(h, skips.pop())
@@ -335,26 +405,11 @@ class UNet(keras.Model):
         """Create all weights. Every shape follows from the config; ``input_shape`` is unused."""
         if self.built:
             return
-        x_shape = (None, self.image_size, self.image_size, self.in_channels)
-        emb_shape = (None, 4 * self.ch)
-        self.time_embed.build((None,))
-        self.temb_dense0.build((None, self.ch))
-        self.temb_dense1.build(emb_shape)
-        if self.label_embed is not None:
-            self.label_embed.build((None,))
-        self.conv_in.build(x_shape)
-
-        def build_layer(layer: keras.layers.Layer, shape: tuple) -> tuple:
-            shapes = (shape, emb_shape) if isinstance(layer, ResidualBlock) else (shape,)
-            layer.build(*shapes)
-            return layer.compute_output_shape(*shapes)
 
         def concat_shapes(a: tuple, b: tuple) -> tuple:
             return (*a[:-1], a[-1] + b[-1])
 
-        h_shape = self._route(
-            self.conv_in.compute_output_shape(x_shape), build_layer, concat_shapes
-        )
+        h_shape = self._route(self._build_encoder(), self._build_layer, concat_shapes)
         self.norm_out.build(h_shape)
         self.conv_out.build(h_shape)
 
@@ -401,22 +456,10 @@ class UNet(keras.Model):
         if len(y.shape) != 1:
             raise InputError(f"UNet: `y` must have shape [batch], received shape {tuple(y.shape)}.")
 
-    def embed(self, t: Any, y: Any = None) -> Any:
-        """Timestep (and class) embedding ``[B] -> [B, 4 * ch]``."""
-        emb = self.temb_dense1(ops.silu(self.temb_dense0(self.time_embed(t))))
-        if self.label_embed is not None:
-            emb = emb + self.label_embed(y)
-        return emb
-
     def call(self, inputs: Any, t: Any = None, y: Any = None, training: bool | None = None) -> Any:
         x, t, y = self._unpack(inputs, t, y)
         self._check_inputs(x, t, y)
-        emb = self.embed(t, y)
-
-        def apply(layer: keras.layers.Layer, h: Any) -> Any:
-            if isinstance(layer, ResidualBlock):
-                return layer(h, emb, training=training)
-            return layer(h)
+        apply = self._applier(self.embed(t, y), training)
 
         def concat(a: Any, b: Any) -> Any:
             return ops.concatenate([a, b], axis=-1)
@@ -429,19 +472,9 @@ class UNet(keras.Model):
     def get_config(self) -> dict[str, Any]:
         return {
             **super().get_config(),
-            "image_size": self.image_size,
-            "in_channels": self.in_channels,
-            "ch": self.ch,
-            "ch_mult": list(self.ch_mult),
-            "num_res_blocks": self.num_res_blocks,
-            "attn_resolutions": list(self.attn_resolutions),
-            "dropout": self.dropout,
-            "num_heads": self.num_heads,
-            "use_scale_shift_norm": self.use_scale_shift_norm,
+            **self._encoder_config(),
             "learn_sigma": self.learn_sigma,
             "num_classes": self.num_classes,
-            "num_groups": self.num_groups,
-            "resamp_with_conv": self.resamp_with_conv,
         }
 
     @classmethod

@@ -58,3 +58,64 @@ def correlated_denoiser(alphas_cumprod: np.ndarray, mean: np.ndarray, cov: np.nd
         return tf.cast(tf.reshape(eps, shape), x_t.dtype)
 
     return denoise
+
+
+class GaussianMixture:
+    """Labelled data x_0 | y=k ~ N(means[k], stds[k]^2 I), p(y=k) = weights[k], in D dimensions
+    (images [B, 1, 1, D]): its noisy class posterior p(y | x_t) and its exact denoiser are closed
+    forms, since x_t | k ~ N(sqrt(abar) means[k], (abar stds[k]^2 + 1 - abar) I)."""
+
+    def __init__(self, alphas_cumprod, means, stds, weights):
+        self.ab = tf.constant(alphas_cumprod, tf.float64)
+        self.means = np.asarray(means, np.float64)
+        self.stds = np.asarray(stds, np.float64)
+        self.weights = np.asarray(weights, np.float64)
+        self.dim = self.means.shape[1]
+
+    def _terms(self, x_t, t):
+        """(x [B, D] float64, abar [B, 1], per-component log joint [B, K], variances [B, K])."""
+        x = tf.reshape(tf.cast(x_t, tf.float64), [-1, self.dim])
+        ab = tf.gather(self.ab, t)[:, None]
+        var = ab * self.stds**2 + 1.0 - ab  # [B, K]
+        centred = x[:, None, :] - tf.sqrt(ab)[:, :, None] * self.means  # [B, K, D]
+        log_joint = (
+            np.log(self.weights)
+            - 0.5 * self.dim * tf.math.log(2 * np.pi * var)
+            - 0.5 * tf.reduce_sum(centred**2, -1) / var
+        )
+        return x, ab, log_joint, var
+
+    def classifier(self, inputs):
+        """Logits log p(y, x_t) [B, K] of `[x_t, t]` (t the schedule's indices): exact p(y | x_t)."""
+        x_t, t = inputs
+        return tf.cast(self._terms(x_t, t)[2], x_t.dtype)
+
+    def denoiser(self, label: int | None = None):
+        """denoise_fn(x_t, t) -> the exact eps of p(x_0) (or of p(x_0 | y=label))."""
+
+        def denoise(x_t, t):
+            x, ab, log_joint, var = self._terms(x_t, t)
+            if label is None:
+                resp = tf.nn.softmax(log_joint, -1)
+            else:
+                resp = tf.one_hot(tf.fill(tf.shape(t), label), len(self.weights), dtype=tf.float64)
+            gain = tf.sqrt(ab) * self.stds**2 / var  # [B, K]
+            centred = x[:, None, :] - tf.sqrt(ab)[:, :, None] * self.means
+            x0 = tf.reduce_sum(resp[:, :, None] * (self.means + gain[:, :, None] * centred), 1)
+            eps = (x - tf.sqrt(ab) * x0) / tf.sqrt(1.0 - ab)
+            return tf.cast(tf.reshape(eps, tf.shape(x_t)), x_t.dtype)
+
+        return denoise
+
+    def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """n draws (x_0 [n, D], y [n])."""
+        y = rng.choice(len(self.weights), n, p=self.weights)
+        return self.means[y] + self.stds[y, None] * rng.normal(size=(n, self.dim)), y
+
+    def posterior(self, x0: np.ndarray) -> np.ndarray:
+        """p(y | x_0) [n, K] of clean points [n, D]."""
+        d2 = ((x0[:, None, :] - self.means) ** 2).sum(-1)
+        log_joint = np.log(self.weights) - self.dim * np.log(self.stds) - 0.5 * d2 / self.stds**2
+        log_joint -= log_joint.max(1, keepdims=True)
+        p = np.exp(log_joint)
+        return p / p.sum(1, keepdims=True)

@@ -1,6 +1,8 @@
-"""``ddpm-classifier``: train the feature classifier for FID/KID on a tfds dataset.
+"""``ddpm-classifier``: train the feature classifier for FID/KID on a tfds dataset, or (--noisy)
+a classifier of noisy images for classifier guidance of a ddpm-train run.
 
     ddpm-classifier --dataset sklearn_digits --out runs/digits_classifier.keras
+    ddpm-classifier --noisy runs/digits --steps 2000      # ddpm_classifier_noisy.py
 
 loads the train and test splits as uint8 arrays, trains a ``ddpm_tf.classifier.ImageClassifier``
 (seeded), saves it to ``--out`` and writes its metrics (test accuracy among them) as JSON next to
@@ -17,24 +19,33 @@ from ddpm_tf import cli
 from ddpm_tf.classifier import train_classifier
 from ddpm_tf.data import load_arrays, num_classes
 from ddpm_tf.errors import InputError
+from ddpm_tf.training import ddpm_classifier_noisy as noisy
 
 __all__ = ["main"]
 
 
 def build_parser() -> cli.ProgramParser:
     parser = cli.ProgramParser(
-        "ddpm-classifier", "Train the classifier whose features ddpm-eval uses for FID and KID."
+        "ddpm-classifier",
+        "Train the classifier whose features ddpm-eval uses for FID and KID, or (--noisy) a "
+        "classifier of noisy images that guides a run's sampling.",
     )
-    parser.add_argument("--dataset", required=True, help="tfds name, e.g. sklearn_digits, mnist")
+    parser.add_argument("--dataset", help="tfds name, e.g. sklearn_digits, mnist")
     parser.add_argument("--data-dir", default=None, help="tfds data directory")
     parser.add_argument("--download", action="store_true", help="allow tfds to download")
     parser.add_argument("--train-split", default="train")
     parser.add_argument("--test-split", default="test")
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, help="passes over the data (default 20)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     cli.add_seed(parser)
-    parser.add_argument("--out", required=True, type=Path, help="model file, PATH.keras")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="model file PATH.keras; --noisy: the classifier's run directory (default "
+        "RUN_DIR/noisy_classifier)",
+    )
+    noisy.add_arguments(parser)
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing PATH.keras and PATH.json"
     )
@@ -43,6 +54,15 @@ def build_parser() -> cli.ProgramParser:
 
 def train(args: argparse.Namespace) -> None:
     """Trains, saves the classifier and its metrics (PATH.json); checks the input first."""
+    if args.noisy is not None:
+        if args.dataset is not None:
+            raise InputError("--noisy trains on the run's own dataset: leave out --dataset.")
+        return noisy.train(args)
+    if args.steps is not None:
+        raise InputError("--steps is for --noisy; the feature classifier trains for --epochs.")
+    if args.dataset is None or args.out is None:
+        raise InputError("--dataset and --out are required (or --noisy RUN_DIR).")
+    args.epochs = 20 if args.epochs is None else args.epochs
     if not isinstance(args.seed, int):
         raise InputError(
             "--seed takes one int here (the seed of Keras' initialisers and shuffling)"

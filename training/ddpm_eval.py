@@ -57,6 +57,7 @@ def build_parser() -> cli.ProgramParser:
         "class-conditional models, sampled with every class in turn: classifier-free guidance "
         "(1: conditional, > 1: guided, 0: the unconditional null class)",
     )
+    cli.add_classifier_guidance(parser)
     cli.add_seed(parser)
     parser.add_argument("--batch-size", type=int, default=256, help="images per compiled call")
     features = parser.add_mutually_exclusive_group()
@@ -126,13 +127,18 @@ def evaluate(args: argparse.Namespace) -> dict:
         extractor = None
     test = test()
     num = len(test) if args.num_samples < 0 else args.num_samples
-    labels = cli.sampling_labels(model, num, args.guidance_scale)
+    condition = cli.conditioning(args, model, num)
     report: dict = {"model": str(args.model), "step": model.step, **dataset}
-    if labels is not None and num > 0:
+    if condition["labels"] is not None and num > 0:
         report["conditioning"] = {
             "labels": "every class in turn",
             "guidance_scale": args.guidance_scale,
         }
+        if "classifier" in condition:
+            report["conditioning"].update(
+                noisy_classifier=args.noisy_classifier,
+                classifier_scale=condition["classifier_scale"],
+            )
     began = time.perf_counter()
     if args.bpd_examples != 0:
         count = len(test) if args.bpd_examples < 0 else min(args.bpd_examples, len(test))
@@ -156,13 +162,12 @@ def evaluate(args: argparse.Namespace) -> dict:
             reference=reference(),
             num_samples=num,
             seed=args.seed,
-            labels=labels,
-            guidance_scale=args.guidance_scale,
             batch_size=args.batch_size,
             progress=lambda s: cli.ProgressLine(f"{s.method} {s.steps.text}", num, "images"),
             on_samples=lambda s, images: save_grid(
                 images[:64], out / f"samples_{s.method}_{s.steps.text}.png"
             ),
+            **condition,
         )
         write_table(rows, out / "quality.json")
         title = f"{dataset['dataset']}: {num} samples, {model.step} steps"
@@ -175,10 +180,9 @@ def evaluate(args: argparse.Namespace) -> dict:
             num,
             args.seed,
             spec,
-            labels=labels,
-            guidance_scale=args.guidance_scale,
             batch_size=args.batch_size,
             progress=cli.ProgressLine("sampling", num, "images"),
+            **condition,
         )
         report["sampling"] = {**spec.to_dict(), "seed": args.seed, "num_samples": num}
         report["sampling"]["seconds"] = round(time.perf_counter() - began, 1)

@@ -4,6 +4,8 @@
     ddpm-sample runs/digits --method ddim --steps 50 --seed 7 --out samples/
     ddpm-sample runs/cifar10 --steps 250 --out samples/                  # respaced ancestral
     ddpm-sample runs/cond --labels 3 --guidance-scale 2.0 --out samples/ # class 3, guided
+    ddpm-sample runs/uncond --noisy-classifier runs/uncond/noisy_classifier --labels 3 \
+        --classifier-scale 2 --method dpm_solver++ --steps 20 --out samples/  # classifier guidance
 
 Editing (images: PNG/JPEG files, a folder of them, or an .npz with `images`, resized to the model's
 shape as training on a folder does):
@@ -61,6 +63,7 @@ def build_parser() -> cli.ProgramParser:
         "(default: every class in turn; the null class num_classes: unconditional)",
     )
     cli.add_guidance_scale(parser, 1.0, "classifier-free guidance of class-conditional models")
+    cli.add_classifier_guidance(parser)
     cli.add_seed(parser)
     parser.add_argument("--batch-size", type=int, default=256, help="images per compiled call")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -200,6 +203,8 @@ def sample(args: argparse.Namespace) -> None:
     out = Path(args.out)
     mode = _edit_mode(args)
     if mode is not None:
+        if args.noisy_classifier is not None or args.classifier_scale is not None:
+            raise InputError("classifier guidance is for sampling; the editing modes take none.")
         edit(args, mode, spec, out)
         return
     grid_path, npz_path = out / "samples.png", out / "samples.npz"
@@ -209,16 +214,15 @@ def sample(args: argparse.Namespace) -> None:
     model = load_model(args.model)
     cli.check_samples_fit(model, args.num_samples)  # before any array of that length
     labels = _labels(args.labels, args.num_samples)
-    labels = cli.sampling_labels(model, args.num_samples, args.guidance_scale, labels)
+    condition = cli.conditioning(args, model, args.num_samples, labels)
     images = generate_uint8(
         model,
         args.num_samples,
         args.seed,
         spec,
-        labels=labels,
-        guidance_scale=args.guidance_scale,
         batch_size=args.batch_size,
         progress=cli.ProgressLine("sampling", args.num_samples, "images"),
+        **condition,
     )
     out.mkdir(parents=True, exist_ok=True)
     settings = {
@@ -227,6 +231,11 @@ def sample(args: argparse.Namespace) -> None:
         "guidance_scale": args.guidance_scale,
         "model": args.model,
     }
+    if "classifier" in condition:
+        settings.update(
+            noisy_classifier=args.noisy_classifier, classifier_scale=condition["classifier_scale"]
+        )
+    labels = condition["labels"]
     extra = {} if labels is None else {"labels": labels}
     _write(npz_path, grid_path, images, None, images=images, settings=json.dumps(settings), **extra)
     print(f"{len(images)} images {images.shape[1:]}: {grid_path}, {npz_path}")

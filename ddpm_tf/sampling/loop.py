@@ -52,6 +52,9 @@ class Hooks:
         known: (images, mask): before each step at index t the pixels where `mask` (0/1,
             broadcastable to x) is 1 are replaced by a fresh draw of q(x_t | x_0 = images); the
             replacement is applied before `transform_x`.
+        guide: (process, prediction, x_t, t) -> prediction, applied to the model's p(x_{t-1} | x_t)
+            (dict of mean, log_variance, pred_xstart) after the x_0 bounds: guidance by a
+            classifier's gradient (`ddpm_tf.guidance.ClassifierGuidance`).
         path: the process indices visited, from the start down to -1 (the data), each one away
             from the one before: a move down is a step of the method, a move up renoises x_t to
             x_{t+1} with q(x_{t+1} | x_t) (RePaint's jumps; one-step methods only). None: straight
@@ -62,6 +65,7 @@ class Hooks:
     transform_output: Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor] | None = None
     start: int | None = None
     known: tuple | None = None
+    guide: Callable[[GaussianDiffusion, dict, tf.Tensor, tf.Tensor], dict] | None = None
     path: tuple[int, ...] | None = None
 
 
@@ -87,19 +91,22 @@ def noise_sources(seed, noise_source: str, dtype: tf.DType) -> tuple[Callable, C
 
 
 def predictor(
-    process: GaussianDiffusion,
-    denoise_fn: DenoiseFn,
-    spec: SamplingSpec,
-    transform_output: Callable | None = None,
+    process: GaussianDiffusion, denoise_fn: DenoiseFn, spec: SamplingSpec, hooks: Hooks = NO_HOOKS
 ) -> Predict:
-    """predict(x_t, t): the network's p(x_{t-1} | x_t) at process indices t, with the spec's x_0
-    bounds (clipping or dynamic thresholding) and the output transform applied."""
+    """predict(x_t, t): the network's p(x_{t-1} | x_t) at process indices t, with the hooks'
+    output transform, the spec's x_0 bounds (clipping or dynamic thresholding), then the hooks'
+    guide applied."""
 
     def predict(x_t, t):
         output = process.model_output(denoise_fn, x_t, t)
-        if transform_output is not None:
-            output = transform_output(output, x_t, t)
-        return process._p_mean_variance(output, x_t, t, spec.clip_denoised, spec.dynamic_threshold)
+        if hooks.transform_output is not None:
+            output = hooks.transform_output(output, x_t, t)
+        prediction = process._p_mean_variance(
+            output, x_t, t, spec.clip_denoised, spec.dynamic_threshold
+        )
+        if hooks.guide is not None:
+            prediction = hooks.guide(process, prediction, x_t, t)
+        return prediction
 
     return predict
 
@@ -126,7 +133,7 @@ def build_loop(
     process = diffusion.with_steps(spec.steps)
     first = process.num_timesteps - 1 if hooks.start is None else hooks.start
     method = method_class(spec.method)(process, spec, start=first)
-    predict = predictor(process, denoise_fn, spec, hooks.transform_output)
+    predict = predictor(process, denoise_fn, spec, hooks)
     initial_noise, step_noise = noise_sources(seed, spec.noise_source, process.dtype)
     x = initial_noise(shape) if noise is None else tf.cast(noise, process.dtype)
     prepare = _preparation(process, hooks, step_noise)

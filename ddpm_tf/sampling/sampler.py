@@ -11,6 +11,14 @@ for fidelity. Both outputs come from one network call on a doubled batch; at s =
 points (`Sampler.__call__`, `DiffusionModel.generate`) call the network on the conditional half
 alone. With a learned variance only the mean part is guided; the variance comes from the
 conditional output.
+
+Classifier guidance (`ddpm_tf.guidance`) takes a separate classifier of noisy images: a `Sampler`
+built with one also has `sample_guided(labels, seed, guidance_scale, classifier_scale)`, which
+steers every step toward `labels` by classifier_scale times the classifier's gradient, on top of
+classifier-free guidance for a class-conditional network (guidance_scale 0: its null class, so the
+classifier alone steers; an unconditional network ignores guidance_scale), and
+`sample_classifier_guided(labels, network_labels, seed, classifier_scale)`, the same with the
+network called once per image on `network_labels` (plain conditional, or the null class).
 """
 
 from __future__ import annotations
@@ -26,8 +34,9 @@ import tensorflow as tf
 from ddpm_tf import rng
 from ddpm_tf.checks import check_float, check_int
 from ddpm_tf.errors import InputError
+from ddpm_tf.guidance.classifier_guidance import Classifier, ClassifierGuidance
 from ddpm_tf.pixels import unit_to_uint8
-from ddpm_tf.sampling.loop import build_loop
+from ddpm_tf.sampling.loop import NO_HOOKS, Hooks, build_loop
 from ddpm_tf.sampling.spec import SamplingSpec, resolve_spec
 
 if TYPE_CHECKING:
@@ -103,6 +112,7 @@ class Sampler(tf.Module):
         image_shape: tuple[int, int, int],
         spec: SamplingSpec | None = None,
         *,
+        classifier: Classifier | None = None,
         name: str | None = None,
     ):
         super().__init__(name=name)
@@ -132,16 +142,60 @@ class Sampler(tf.Module):
             input_signature=[tf.TensorSpec([None], tf.int32, name="labels"), seed_spec],
             jit_compile=jit,
         )
+        self.classifier = classifier
+        self.classifier_classes = None
+        if classifier is not None:
+            self.classifier_classes = classifier_classes(classifier, self.image_shape)
+            labels_spec = tf.TensorSpec([None], tf.int32, name="labels")
+            scale_spec = tf.TensorSpec([], tf.float32, name="classifier_scale")
+            self.sample_guided = tf.function(
+                self._sample_guided,
+                input_signature=[
+                    labels_spec,
+                    seed_spec,
+                    tf.TensorSpec([], tf.float32, name="guidance_scale"),
+                    scale_spec,
+                ],
+                jit_compile=jit,
+            )
+            self.sample_classifier_guided = tf.function(
+                self._sample_classifier_guided,
+                input_signature=[
+                    labels_spec,
+                    tf.TensorSpec([None], tf.int32, name="network_labels"),
+                    seed_spec,
+                    scale_spec,
+                ],
+                jit_compile=jit,
+            )
 
     @functools.cached_property
     def process(self) -> GaussianDiffusion:
         """The process the sampler runs: the diffusion respaced to the spec's steps."""
         return self.diffusion.with_steps(self.spec.steps)
 
-    def _run(self, denoise_fn, num_samples, seed) -> tf.Tensor:
+    def _run(self, denoise_fn, num_samples, seed, hooks: Hooks = NO_HOOKS) -> tf.Tensor:
         shape = tf.concat([[num_samples], tf.constant(self.image_shape, tf.int32)], axis=0)
-        out = build_loop(self.diffusion, denoise_fn, shape, seed, self.spec)
+        out = build_loop(self.diffusion, denoise_fn, shape, seed, self.spec, hooks=hooks)
         return tf.ensure_shape(out["sample"], (None, *self.image_shape))
+
+    def _classifier_hooks(self, labels, classifier_scale) -> Hooks:
+        return Hooks(guide=ClassifierGuidance(self.classifier, labels, classifier_scale))
+
+    def _sample_guided(self, labels, seed, guidance_scale, classifier_scale) -> tf.Tensor:
+        """Samples for `labels` [N] steered by the classifier, over classifier-free guidance."""
+        conditional = None if self.num_classes is None else labels
+        denoise = self._denoiser(conditional, guidance_scale)
+        hooks = self._classifier_hooks(labels, classifier_scale)
+        return self._run(denoise, tf.shape(labels)[0], seed, hooks)
+
+    def _sample_classifier_guided(self, labels, network_labels, seed, classifier_scale):
+        """Samples for `labels` [N] steered by the classifier; the network is called once per
+        image, on `network_labels` if it is class-conditional."""
+        conditional = None if self.num_classes is None else network_labels
+        denoise = self._denoiser(conditional)
+        hooks = self._classifier_hooks(labels, classifier_scale)
+        return self._run(denoise, tf.shape(labels)[0], seed, hooks)
 
     def _sample(self, num_samples, seed) -> tf.Tensor:
         if self.num_classes is not None:
@@ -153,14 +207,18 @@ class Sampler(tf.Module):
         """Samples for `labels` [N]: guided by `guidance_scale`, or plainly conditional if None."""
         if self.num_classes is None:
             raise InputError("This network is unconditional: call `sample(num_samples, seed)`.")
-        denoise = guided_denoiser(
+        return self._run(self._denoiser(labels, guidance_scale), tf.shape(labels)[0], seed)
+
+    def _denoiser(self, labels=None, guidance_scale=None):
+        """The network as a denoise_fn: on `labels` (None: unconditional), mixed with its null
+        class by `guidance_scale` (None: the conditional output alone)."""
+        return guided_denoiser(
             self.network,
             labels,
-            guidance_scale,
+            None if labels is None else guidance_scale,
             null_label=self.num_classes,
             learns_variance=self.diffusion.learns_variance,
         )
-        return self._run(denoise, tf.shape(labels)[0], seed)
 
     def __call__(
         self,
@@ -168,9 +226,15 @@ class Sampler(tf.Module):
         seed: rng.SeedLike = 0,
         labels=None,
         guidance_scale: float = 1.0,
+        classifier_scale: float | None = None,
     ) -> tf.Tensor:
-        """Eager convenience over the compiled functions, with input checks."""
+        """Eager convenience over the compiled functions, with input checks; `classifier_scale`
+        (a Sampler built with a classifier) steers toward `labels` by the classifier."""
         seed = rng.as_seed(seed)
+        if classifier_scale is not None:
+            return self._call_classifier_guided(
+                num_samples, seed, labels, guidance_scale, classifier_scale
+            )
         if labels is None:
             count = check_int(num_samples, "num_samples")
             return self.sample(tf.constant(count, tf.int32), seed)
@@ -181,6 +245,50 @@ class Sampler(tf.Module):
         if scale == 1.0:  # the conditional output alone: no null-class half of the batch
             return self.sample_labels(labels, seed)
         return self.sample_conditional(labels, seed, tf.constant(scale, tf.float32))
+
+    def _call_classifier_guided(self, num_samples, seed, labels, guidance_scale, classifier_scale):
+        if self.classifier is None:
+            raise InputError("classifier_scale was given but this Sampler has no classifier.")
+        if labels is None:
+            raise InputError(
+                "classifier guidance needs `labels` [N]: the classes asked of the classifier."
+            )
+        labels = check_labels(labels, self.classifier_classes, allow_null=False)
+        count = labels.shape[0]
+        if num_samples is not None and check_int(num_samples, "num_samples") != count:
+            raise InputError(f"num_samples={num_samples} but {count} labels were given.")
+        scale = tf.constant(check_float(classifier_scale, "classifier_scale", 0.0), tf.float32)
+        guidance = check_float(guidance_scale, "guidance_scale")
+        if self.num_classes is None:
+            if guidance != 1.0:
+                raise InputError(
+                    f"guidance_scale={guidance:g} is classifier-free guidance, which an "
+                    "unconditional network cannot do: leave it 1."
+                )
+            return self.sample_classifier_guided(labels, labels, seed, scale)
+        check_labels(labels, self.num_classes, allow_null=False)
+        if guidance in (0.0, 1.0):  # the null class alone, or the conditional output alone
+            network_labels = labels if guidance else tf.fill([count], self.num_classes)
+            return self.sample_classifier_guided(labels, network_labels, seed, scale)
+        return self.sample_guided(labels, seed, tf.constant(guidance, tf.float32), scale)
+
+
+def classifier_classes(classifier: Classifier, image_shape: tuple[int, int, int]) -> int:
+    """The number of classes K of a noisy-image classifier, from one call on a zero image of
+    `image_shape` at t = 0 (which also checks that it reads such images): logits [1, K]."""
+    try:
+        logits = classifier([tf.zeros((1, *image_shape)), tf.zeros((1,), tf.int32)])
+    except (ValueError, TypeError, tf.errors.InvalidArgumentError) as err:
+        raise InputError(
+            f"the classifier cannot read this model's {image_shape} images at a timestep "
+            f"({type(err).__name__}: {str(err).splitlines()[0]}); train one on its data "
+            "(ddpm-classifier --noisy RUN_DIR)."
+        ) from None
+    if logits.shape.rank != 2 or logits.shape[0] != 1 or logits.shape[1] < 2:
+        raise InputError(
+            f"the classifier must return logits [B, K] with K >= 2, got shape {logits.shape}."
+        )
+    return int(logits.shape[1])
 
 
 def check_labels(labels, num_classes: int | None, *, allow_null: bool) -> tf.Tensor:
@@ -242,13 +350,16 @@ def generate_uint8(
     *,
     labels: np.ndarray | None = None,
     guidance_scale: float = 1.0,
+    classifier: Classifier | None = None,
+    classifier_scale: float = 1.0,
     batch_size: int = 256,
     progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """`num_samples` images of a `DiffusionModel` as uint8 [N, H, W, C], in batches.
 
     Batch i is drawn from the seed `rng.fold_in(seed, i)`, so the images depend on `batch_size`
-    but not on the machine; `labels` [N] (class-conditional models) are split with the batches.
+    but not on the machine; `labels` [N] (class-conditional models, or the classes asked of a
+    `classifier` that guides by `classifier_scale`) are split with the batches.
     `progress` is called with the number of images done after each batch.
     """
     num_samples = check_int(num_samples, "num_samples")
@@ -266,6 +377,11 @@ def generate_uint8(
             labels=part,
             guidance_scale=guidance_scale,
             spec=spec,
+            **(
+                {}
+                if classifier is None
+                else {"classifier": classifier, "classifier_scale": classifier_scale}
+            ),
         )
         chunks.append(unit_to_uint8(images).numpy())
         if progress is not None:
