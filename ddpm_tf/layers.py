@@ -437,10 +437,13 @@ class AttentionPool(keras.layers.Layer):
         _, height, width, channels = x.shape
         heads, head_dim = self.num_heads, channels // self.num_heads
         tokens = ops.reshape(x, (-1, height * width, channels))
-        tokens = ops.concatenate([ops.mean(tokens, axis=1, keepdims=True), tokens], axis=1)
+        mean = ops.mean(tokens, axis=1, keepdims=True)  # prepended by padding, not concatenation:
+        place = [[0, 0], [0, height * width], [0, 0]]  # tf2onnx lacks the ShapeN of its gradient
+        tokens = ops.pad(mean, place) + ops.pad(tokens, [[0, 0], [1, 0], [0, 0]])
         tokens = tokens + ops.cast(self.position, tokens.dtype)[None]
         q, k, v = ops.split(self.qkv(tokens), 3, axis=-1)
-        q = ops.reshape(q[:, :1], (-1, 1, heads, head_dim))  # the mean token's query alone
+        q = ops.split(q, [1], axis=1)[0]  # the mean token's query alone (split: TFLite can
+        q = ops.reshape(q, (-1, 1, heads, head_dim))  # take its gradient, a slice's it cannot)
         k = ops.reshape(k, (-1, height * width + 1, heads, head_dim))
         v = ops.reshape(v, (-1, height * width + 1, heads, head_dim))
         logits = ops.einsum("bqhd,bkhd->bhqk", q, k) * head_dim**-0.5

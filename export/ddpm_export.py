@@ -25,6 +25,7 @@ from ddpm_tf.exporting import (
 )
 from ddpm_tf.exporting.options import FUNCTIONS, ONNX_OPSETS, QUANTIZATIONS
 from ddpm_tf.exporting.pipeline import check_output_dir
+from ddpm_tf.guidance import load_noisy_classifier
 
 
 def build_parser() -> cli.ProgramParser:
@@ -52,7 +53,8 @@ def build_parser() -> cli.ProgramParser:
         choices=FUNCTIONS,
         default=list(defaults.functions),
         help="functions every format carries (default: sample denoise); inpaint and img2img edit "
-        "uint8 images with the sampling method",
+        "uint8 images with the sampling method; guided is the sampler steered by "
+        "--noisy-classifier",
     )
     parser.add_argument(
         "--strength",
@@ -67,6 +69,7 @@ def build_parser() -> cli.ProgramParser:
         parser, 4, "batch of the fixed-shape TFLite/ONNX samplers and of the verification"
     )
     cli.add_guidance_scale(parser, 2.0, "guidance scale used to verify a class-conditional sampler")
+    cli.add_classifier_guidance(parser)
     parser.add_argument(
         "--tflite-quantization",
         choices=QUANTIZATIONS,
@@ -111,15 +114,23 @@ def export(args: argparse.Namespace) -> None:
         spec=cli.sampling_spec(args, EXPORT_SPEC),
         num_samples=args.num_samples,
         guidance_scale=args.guidance_scale,
+        **({} if args.classifier_scale is None else {"classifier_scale": args.classifier_scale}),
         tflite_quantization=args.tflite_quantization,
         onnx_opset=args.onnx_opset,
         verify_seed=tuple(int(v) for v in rng.as_seed(args.seed).numpy()),
     )
+    if args.classifier_scale is not None and args.noisy_classifier is None:
+        raise InputError("--classifier-scale goes with --noisy-classifier PATH.")
     check_output_dir(args.out, args.overwrite)
     model = load_model(args.model)
     cli.check_samples_fit(model, args.num_samples)  # the verification samples them at once
+    classifier = (
+        None if args.noisy_classifier is None else load_noisy_classifier(args.noisy_classifier)
+    )
     try:
-        manifest = export_model(model, args.out, options, overwrite=args.overwrite)
+        manifest = export_model(
+            model, args.out, options, classifier=classifier, overwrite=args.overwrite
+        )
     except ExportVerificationError as error:
         raise cli.Failed(f"verification failed: {error}") from error
     print(_summary(manifest))

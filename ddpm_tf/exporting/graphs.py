@@ -106,6 +106,45 @@ def sampler_function(
     return _exported("sample", sample, signature, feeds)
 
 
+def guided_function(
+    sampler: Sampler,
+    num_samples: int | None,
+    feed_samples: int,
+    guidance_scale: float,
+    classifier_scale: float,
+    seed,
+) -> ExportedFunction:
+    """guided(labels [N], seed[, guidance_scale], classifier_scale) -> {"images": uint8}: the
+    sampler steered toward `labels` by its classifier (`Sampler.sample_guided`); a
+    class-conditional network also takes the classifier-free guidance scale (0: its null class)."""
+    if sampler.classifier is None:
+        raise InputError("the guided function needs a Sampler built with a classifier.")
+    signature = [tf.TensorSpec([num_samples], tf.int32, name="labels")]
+    signature.append(tf.TensorSpec([2], tf.int32, name="seed"))
+    feeds: Feeds = {
+        "labels": np.arange(feed_samples, dtype=np.int32) % sampler.classifier_classes,
+        "seed": np.asarray(seed, np.int32),
+    }
+    scale = tf.TensorSpec([], tf.float32, name="classifier_scale")
+    if sampler.num_classes is None:
+        run = sampler.sample_classifier_guided.python_function
+
+        def guided(labels, seed, classifier_scale):
+            return {"images": unit_to_uint8(run(labels, labels, seed, classifier_scale))}
+
+    else:
+        run = sampler.sample_guided.python_function
+
+        def guided(labels, seed, guidance_scale, classifier_scale):
+            return {"images": unit_to_uint8(run(labels, seed, guidance_scale, classifier_scale))}
+
+        signature.append(tf.TensorSpec([], tf.float32, name="guidance_scale"))
+        feeds["guidance_scale"] = np.asarray(guidance_scale, np.float32)
+    signature.append(scale)
+    feeds["classifier_scale"] = np.asarray(classifier_scale, np.float32)
+    return _exported("guided", guided, signature, feeds)
+
+
 def denoiser_function(
     sampler: Sampler, batch: int | None, feed_batch: int, seed
 ) -> ExportedFunction:

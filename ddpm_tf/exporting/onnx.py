@@ -1,9 +1,17 @@
-"""ONNX conversion through tf2onnx, failing on what tf2onnx only logs (unsupported ops)."""
+"""ONNX conversion through tf2onnx, failing on what tf2onnx only logs (unsupported ops).
+
+tf2onnx has no handler for two ops that the classifier's gradient in the guided sampler holds:
+RsqrtGrad (of GroupNorm's rsqrt) and ShapeN (of a convolution's input gradient);
+`GRADIENT_HANDLERS` writes them in standard ONNX ops.
+"""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+
+import numpy as np
+from onnx import TensorProto
 
 from ddpm_tf.exporting.graphs import ExportedFunction
 
@@ -43,6 +51,38 @@ def check_standard_ops(model) -> list[str]:
     return sorted({op for _, op in ops})
 
 
+def _rsqrt_grad(ctx, node, name, args):
+    """RsqrtGrad(y, dy) = dy * (-0.5 y^3) for y = rsqrt(x), as three Muls."""
+    del name, args
+    y, dy = node.input
+    cube = ctx.make_node("Mul", [ctx.make_node("Mul", [y, y]).output[0], y]).output[0]
+    half = ctx.make_const(f"{node.name}_minus_half", np.array(-0.5, np.float32)).output[0]
+    scaled = ctx.make_node("Mul", [cube, half]).output[0]
+    node.type = "Mul"
+    ctx.replace_inputs(node, [scaled, dy])
+    return node
+
+
+def _shape_n(ctx, node, name, args):
+    """ShapeN(x_1, ..., x_N) = (Shape(x_1), ..., Shape(x_N)), each cast to the output's type."""
+    del name, args
+    for index, (source, output) in enumerate(zip(node.input, node.output, strict=True)):
+        dtype = ctx.get_dtype(output)
+        shape = ctx.make_node("Shape", [source], name=f"{node.name}_shape{index}")
+        ctx.set_dtype(shape.output[0], TensorProto.INT64)
+        cast = ctx.make_node(
+            "Cast", [shape.output[0]], attr={"to": dtype}, name=f"{node.name}_cast{index}"
+        )
+        ctx.set_dtype(cast.output[0], dtype)
+        ctx.copy_shape(output, cast.output[0])
+        ctx.replace_all_inputs(output, cast.output[0])
+    ctx.remove_node(node.name)
+
+
+GRADIENT_HANDLERS = {"RsqrtGrad": (_rsqrt_grad, []), "ShapeN": (_shape_n, [])}
+"""tf2onnx handlers (`custom_op_handlers`) of the gradient ops it lacks."""
+
+
 def convert_onnx(function: ExportedFunction, opset: int):
     """The ONNX ModelProto of `function`; raises on any op tf2onnx could not convert."""
     import tf2onnx
@@ -52,7 +92,10 @@ def convert_onnx(function: ExportedFunction, opset: int):
     logger.addHandler(capture)
     try:
         model, _ = tf2onnx.convert.from_function(
-            function.fn, input_signature=function.signature, opset=opset
+            function.fn,
+            input_signature=function.signature,
+            opset=opset,
+            custom_op_handlers=GRADIENT_HANDLERS,
         )
     finally:
         logger.removeHandler(capture)

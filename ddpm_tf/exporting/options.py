@@ -10,7 +10,7 @@ from ddpm_tf.errors import InputError, InputTypeError
 from ddpm_tf.sampling.spec import SamplingSpec
 
 Format = Literal["saved_model", "tflite", "onnx"]
-Function = Literal["sample", "denoise", "inpaint", "img2img"]
+Function = Literal["sample", "denoise", "inpaint", "img2img", "guided"]
 Quantization = Literal["none", "float16", "dynamic"]
 
 FORMATS: tuple[str, ...] = get_args(Format)
@@ -30,7 +30,8 @@ class ExportOptions:
         formats: any of "saved_model", "tflite", "onnx".
         functions: which functions each format carries, in the order of `FUNCTIONS` (the first is
             the SavedModel's `serving_default`): "sample" (the sampler), "denoise" (the network),
-            "inpaint" and "img2img" (editing uint8 images with the sampler's method).
+            "inpaint" and "img2img" (editing uint8 images with the sampler's method), "guided"
+            (the sampler steered by a classifier of noisy images, given to `export_model`).
         strength: img2img's SDEdit strength in (0, 1], fixed in the graph.
         resample, jump: inpaint's RePaint rounds and jump length, fixed in the graph (resample 1:
             plain replacement, any method; above 1 a one-step method, ancestral or DDIM).
@@ -38,6 +39,7 @@ class ExportOptions:
             raw weights). Its noise source must be "portable": no TF random op may be exported.
         num_samples: the batch of the fixed-shape sampler (TFLite, ONNX) and of the verification.
         guidance_scale: the guidance scale used to verify a class-conditional sampler.
+        classifier_scale: the classifier scale used to verify the guided sampler.
         tflite_quantization: "none", "float16" or "dynamic" (dynamic-range int8 weights).
         onnx_opset: 17 or 18.
         verify_seed: the seed of the verification run.
@@ -48,6 +50,7 @@ class ExportOptions:
     spec: SamplingSpec = EXPORT_SPEC
     num_samples: int = 4
     guidance_scale: float = 2.0
+    classifier_scale: float = 1.0
     strength: float = 0.5
     resample: int = 1
     jump: int = 10
@@ -81,6 +84,7 @@ class ExportOptions:
             )
         check_int(self.num_samples, "num_samples")
         check_float(self.guidance_scale, "guidance_scale")
+        check_float(self.classifier_scale, "classifier_scale", 0.0)
         check_choice(self.tflite_quantization, QUANTIZATIONS, "tflite_quantization")
         if self.onnx_opset not in ONNX_OPSETS:
             raise InputError(f"`onnx_opset` must be one of {ONNX_OPSETS}, got {self.onnx_opset}.")

@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from ddpm_tf import editing
-from ddpm_tf.errors import InputTypeError
+from ddpm_tf.errors import InputError, InputTypeError
 from ddpm_tf.exporting import graphs
 from ddpm_tf.exporting.onnx import write_onnx
 from ddpm_tf.exporting.options import ExportOptions
@@ -47,9 +47,16 @@ def check_output_dir(out_dir: str | Path, overwrite: bool) -> Path:
     return out
 
 
-def build_sampler(model: DiffusionModel, options: ExportOptions) -> Sampler:
-    """The in-memory sampler that the exports reproduce: `model.sampler(options.spec)`."""
-    return model.sampler(options.spec)
+def build_sampler(model: DiffusionModel, options: ExportOptions, classifier=None) -> Sampler:
+    """The in-memory sampler that the exports reproduce: `model.sampler(options.spec)`, with the
+    classifier of the guided function (which needs one, and nothing else takes one)."""
+    if ("guided" in options.functions) != (classifier is not None):
+        raise InputError(
+            "the guided function needs a classifier of noisy images (--noisy-classifier PATH)"
+            if classifier is None
+            else "a classifier was given but no guided function: add guided to the functions."
+        )
+    return model.sampler(options.spec, classifier=classifier)
 
 
 def inpainting_path(sampler: Sampler, options: ExportOptions) -> tuple[int, ...] | None:
@@ -72,6 +79,9 @@ def _functions(
         "img2img": lambda: graphs.img2img_function(
             sampler, batch, n, scale, seed, options.strength
         ),
+        "guided": lambda: graphs.guided_function(
+            sampler, batch, n, scale, options.classifier_scale, seed
+        ),
     }
     return [build[name]() for name in options.functions]
 
@@ -90,6 +100,7 @@ FILE_STEMS = {
     "denoise": "denoiser",
     "inpaint": "inpaint",
     "img2img": "img2img",
+    "guided": "guided_sampler",
 }
 """The file of each function in the one-function-per-file formats: `<fmt>/<stem>.<fmt>`."""
 
@@ -191,6 +202,11 @@ def _editing_settings(sampler: Sampler, options: ExportOptions) -> dict:
         }
     if "img2img" in options.functions:
         settings["img2img"] = {"strength": options.strength}
+    if "guided" in options.functions:
+        settings["guided"] = {
+            "classifier_classes": sampler.classifier_classes,
+            "verified_classifier_scale": options.classifier_scale,
+        }
     return settings
 
 
@@ -199,9 +215,11 @@ def export_model(
     out_dir: str | Path,
     options: ExportOptions | None = None,
     *,
+    classifier=None,
     overwrite: bool = False,
 ) -> dict:
-    """Exports `model`'s sampler and denoiser in `options.formats` to `out_dir`, verified.
+    """Exports `model`'s sampler and denoiser in `options.formats` to `out_dir`, verified; the
+    guided function bundles `classifier` (a `NoisyClassifier`) with the sampler.
 
     Each artifact is run on fixed inputs in its own runtime and compared with TensorFlow; the
     results go to `out_dir/manifest.json`, which is returned. Raises `ExportVerificationError`
@@ -215,7 +233,7 @@ def export_model(
     model = check_model(model)
     out = check_output_dir(out_dir, overwrite).resolve()
     staging = partial_sibling(out)
-    sampler = build_sampler(model, options)
+    sampler = build_sampler(model, options, classifier)
     if "inpaint" in options.functions:
         inpainting_path(sampler, options)  # a bad resample or jump fails here, before any write
     removed = lambda: shutil.rmtree(staging, ignore_errors=True)  # noqa: E731
