@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
+import signal
+import threading
+import time
 
 import keras
 import numpy as np
@@ -154,3 +159,25 @@ def test_the_feature_mode_refuses_steps(tmp_path, capsys):
     out = str(tmp_path / "c.keras")
     assert classifier_main(["--dataset", "sklearn_digits", "--out", out, "--steps", "5"]) == 2
     assert "--steps is for --noisy" in capsys.readouterr().err
+
+
+def test_a_sigterm_checkpoints_and_a_rerun_resumes(trained_run, data_dir, tmp_path, capsys):
+    out = tmp_path / "noisy"
+    argv = ["--noisy", str(trained_run), "--data-dir", data_dir, "--out", str(out)]
+    argv += ["--steps", "400", "--checkpoint-every", "2"]
+
+    def stop_after_the_first_checkpoint():
+        while not list((out / "checkpoints").glob("ckpt-2.index")):
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.getsignal(signal.SIGTERM)
+    threading.Thread(target=stop_after_the_first_checkpoint, daemon=True).start()
+    assert classifier_main(argv) == 1
+    assert signal.getsignal(signal.SIGTERM) is previous
+    err = capsys.readouterr().err
+    stopped = int(re.search(r"stopped at step (\d+) after a SIGTERM", err).group(1))
+    assert 2 <= stopped < 400 and (out / "checkpoints" / f"ckpt-{stopped}.index").exists()
+    assert not (out / "classifier.keras").exists()
+    assert classifier_main([*argv[:-4], "--steps", str(stopped + 2)]) == 0
+    assert f"resuming at step {stopped} of {stopped + 2}" in capsys.readouterr().out
