@@ -20,7 +20,7 @@ from helpers import assert_same_weights
 from ddpm_tf import GaussianDiffusion, get_beta_schedule
 from ddpm_tf.data import step_batches
 from ddpm_tf.errors import InputError
-from ddpm_tf.guidance import NoisyClassifier, load_noisy_classifier
+from ddpm_tf.guidance import NoisyClassifier, load_noisy_classifier, log_prob_gradient
 from ddpm_tf.guidance.training import NoisyClassifierTraining
 from ddpm_tf.layers import AttentionPool
 from ddpm_tf.runs import RunDirectory
@@ -181,3 +181,23 @@ def test_a_sigterm_checkpoints_and_a_rerun_resumes(trained_run, data_dir, tmp_pa
     assert not (out / "classifier.keras").exists()
     assert classifier_main([*argv[:-4], "--steps", str(stopped + 2)]) == 0
     assert f"resuming at step {stopped} of {stopped + 2}" in capsys.readouterr().out
+
+
+def test_the_gradient_under_mixed_float16_is_finite_and_close_to_float32(mixed_precision):
+    half = _tiny()
+    keras.mixed_precision.set_global_policy("float32")
+    full = _tiny()
+    draw = np.random.default_rng(5)
+    weights = [0.2 * draw.normal(size=w.shape) for w in full.get_weights()]
+    full.set_weights(weights)
+    half.set_weights(weights)
+    assert (
+        half.compute_dtype == "float16"
+        and half([tf.zeros((1, 8, 8, 1)), tf.zeros([1], tf.int32)]).dtype == tf.float32
+    )
+    x = tf.random.normal((4, 8, 8, 1), seed=3)
+    t, labels = tf.constant([0, 10, 500, 999]), tf.constant([0, 1, 2, 1])
+    g16 = log_prob_gradient(half, x, t, labels).numpy()
+    g32 = log_prob_gradient(full, x, t, labels).numpy()
+    assert np.isfinite(g16).all() and g16.dtype == np.float32
+    assert np.abs(g16 - g32).max() < 0.02 * np.abs(g32).max()
