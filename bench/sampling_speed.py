@@ -15,6 +15,9 @@ T=1000 linear betas 1e-4..0.02. Configurations (`--only` picks some):
     dpm++-graph      ddpm_tf `SamplingSpec("dpm_solver++", steps="logsnrN")` (order 2), graph mode
     dpm++-xla        the same with XLA
     dpm++-diffusers  `DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2)`
+    unipc-graph      ddpm_tf `SamplingSpec("unipc", steps="logsnrN")` (order 2, bh2 with its corrector)
+    unipc-xla        the same with XLA
+    unipc-diffusers  `UniPCMultistepScheduler(solver_order=2, solver_type="bh2", predict_x0=True)`
     ancestral-graph  ddpm_tf `SamplingSpec("ancestral", steps=N)`: the DDPM reverse process on N
                      respaced steps (fixed_large variance, fresh Philox noise every step)
     ancestral-xla    the same with XLA
@@ -72,7 +75,12 @@ from train_throughput import (  # noqa: E402
 
 BETA_START, BETA_END = 1e-4, 0.02  # Ho et al.'s linear schedule, ddpm_tf's default diffusion
 DIFFUSERS_CONFIGS: dict[str, dict[str, Any]] = {"ddpm_cifar10": DIFFUSERS_CIFAR10}
-METHOD_LABELS = {"ddim": "ddim", "dpm_solver++": "dpm++", "ancestral": "ancestral"}
+METHOD_LABELS = {
+    "ddim": "ddim",
+    "dpm_solver++": "dpm++",
+    "unipc": "unipc",
+    "ancestral": "ancestral",
+}
 BUSY_WARNING = 0.25  # cores kept busy by other processes above which the table warns
 
 
@@ -82,7 +90,7 @@ class Config:
 
     name: str
     framework: str  # "tf" or "torch"
-    method: str | None  # "ddim", "dpm_solver++", "ancestral", or None for the network alone
+    method: str | None  # "ddim", "dpm_solver++", "unipc", "ancestral"; None: the network alone
     jit_compile: bool = False
     in_default_run: bool = True
 
@@ -102,6 +110,9 @@ CONFIGS: dict[str, Config] = {
         Config("dpm++-graph", "tf", "dpm_solver++"),
         Config("dpm++-xla", "tf", "dpm_solver++", jit_compile=True),
         Config("dpm++-diffusers", "torch", "dpm_solver++"),
+        Config("unipc-graph", "tf", "unipc"),
+        Config("unipc-xla", "tf", "unipc", jit_compile=True),
+        Config("unipc-diffusers", "torch", "unipc"),
         Config("ancestral-graph", "tf", "ancestral"),
         Config("ancestral-xla", "tf", "ancestral", jit_compile=True),
         Config("ancestral-diffusers", "torch", "ancestral"),
@@ -125,8 +136,8 @@ class TFBench:
         self.params = int(self.model.network.count_params())
 
     def spec(self, method: str, jit_compile: bool):
-        """The `SamplingSpec` of a method: N steps with its default spacing (DPM-Solver++ even in
-        log-SNR, the others evenly spaced)."""
+        """The `SamplingSpec` of a method: N steps with its default spacing (DPM-Solver++ and
+        UniPC even in log-SNR, the others evenly spaced)."""
         return self.ddpm_tf.SamplingSpec(method=method, steps=self.steps, jit_compile=jit_compile)
 
     def sampler_call(self, method: str, jit_compile: bool) -> Callable[[], object]:
@@ -178,7 +189,12 @@ class TorchBench:
 
     def scheduler(self, method: str):
         """The diffusers scheduler of a method, on ddpm_tf's default betas."""
-        from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+        from diffusers import (
+            DDIMScheduler,
+            DDPMScheduler,
+            DPMSolverMultistepScheduler,
+            UniPCMultistepScheduler,
+        )
 
         betas = dict(
             num_train_timesteps=T, beta_start=BETA_START, beta_end=BETA_END, beta_schedule="linear"
@@ -187,6 +203,10 @@ class TorchBench:
             return DDIMScheduler(**betas)
         if method == "ancestral":  # ddpm_tf's default variance: beta_t (Ho et al.'s sigma^2 = beta)
             return DDPMScheduler(**betas, variance_type="fixed_large")
+        if method == "unipc":
+            return UniPCMultistepScheduler(
+                **betas, solver_order=2, solver_type="bh2", predict_x0=True
+            )
         return DPMSolverMultistepScheduler(**betas, algorithm_type="dpmsolver++", solver_order=2)
 
     def sampler_call(self, method: str) -> Callable[[], object]:
