@@ -66,16 +66,14 @@ def inpainting_path(sampler: Sampler, options: ExportOptions) -> tuple[int, ...]
 
 
 def _functions(
-    sampler: Sampler, options: ExportOptions, fixed: bool
+    sampler: Sampler, options: ExportOptions, fixed: bool, path: tuple[int, ...] | None
 ) -> list[graphs.ExportedFunction]:
     n, seed, scale = options.num_samples, options.verify_seed, options.guidance_scale
     batch = n if fixed else None
     build = {
         "sample": lambda: graphs.sampler_function(sampler, batch, n, scale, seed),
         "denoise": lambda: graphs.denoiser_function(sampler, None, n, seed),
-        "inpaint": lambda: graphs.inpaint_function(
-            sampler, batch, n, scale, seed, inpainting_path(sampler, options)
-        ),
+        "inpaint": lambda: graphs.inpaint_function(sampler, batch, n, scale, seed, path),
         "img2img": lambda: graphs.img2img_function(
             sampler, batch, n, scale, seed, options.strength
         ),
@@ -105,9 +103,12 @@ FILE_STEMS = {
 """The file of each function in the one-function-per-file formats: `<fmt>/<stem>.<fmt>`."""
 
 
-def _write_format(fmt: str, root: Path, sampler: Sampler, options: ExportOptions) -> list[dict]:
-    """Writes one format; returns an entry per function: path, key, ops, and the function itself."""
-    functions = _functions(sampler, options, fixed=fmt != "saved_model")
+def _write_format(
+    fmt: str, root: Path, sampler: Sampler, options: ExportOptions, path: tuple[int, ...] | None
+) -> list[dict]:
+    """Writes one format; returns an entry per function: path, key, ops, and the function itself.
+    `path` is the inpaint's (`inpainting_path`)."""
+    functions = _functions(sampler, options, fmt != "saved_model", path)
     if fmt == "saved_model":
         keys = write_saved_model(root / "saved_model", functions)
         return [
@@ -158,7 +159,9 @@ def _verify(fmt: str, root: Path, entry: dict, tolerance: Tolerance) -> dict:
     }
 
 
-def _manifest(model: DiffusionModel, sampler: Sampler, options: ExportOptions, artifacts) -> dict:
+def _manifest(
+    model: DiffusionModel, sampler: Sampler, options: ExportOptions, artifacts, path
+) -> dict:
     import ddpm_tf
 
     return {
@@ -180,18 +183,17 @@ def _manifest(model: DiffusionModel, sampler: Sampler, options: ExportOptions, a
             "onnx_opset": options.onnx_opset,
         },
         "functions": list(options.functions),
-        "editing": _editing_settings(sampler, options),
+        "editing": _editing_settings(sampler, options, path),
         "verification_seed": list(options.verify_seed),
         "passed": all(a["verification"]["passed"] for a in artifacts),
         "artifacts": artifacts,
     }
 
 
-def _editing_settings(sampler: Sampler, options: ExportOptions) -> dict:
-    """What the exported editing functions have fixed in their graphs."""
+def _editing_settings(sampler: Sampler, options: ExportOptions, path) -> dict:
+    """What the exported editing functions have fixed in their graphs (`path`: the inpaint's)."""
     settings = {}
     if "inpaint" in options.functions:
-        path = inpainting_path(sampler, options)
         settings["inpaint"] = {
             "resample": options.resample,
             "jump": options.jump if path else None,
@@ -234,8 +236,8 @@ def export_model(
     out = check_output_dir(out_dir, overwrite).resolve()
     staging = partial_sibling(out)
     sampler = build_sampler(model, options, classifier)
-    if "inpaint" in options.functions:
-        inpainting_path(sampler, options)  # a bad resample or jump fails here, before any write
+    # the inpaint's path: a bad resample or jump fails here, before any write
+    path = inpainting_path(sampler, options) if "inpaint" in options.functions else None
     removed = lambda: shutil.rmtree(staging, ignore_errors=True)  # noqa: E731
     with writing("export", out, tensorflow=True, on_error=removed):  # a failed write leaves no part
         if staging.exists():
@@ -243,11 +245,11 @@ def export_model(
         staging.mkdir(parents=True)
         artifacts, entries = [], []
         for fmt in options.formats:
-            for entry in _write_format(fmt, staging, sampler, options):
+            for entry in _write_format(fmt, staging, sampler, options, path):
                 entry["reference"] = entry["function"].reference()
                 artifacts.append(_verify(fmt, staging, entry, TOLERANCES[entry["quantization"]]))
                 entries.append(entry)
-        manifest = _manifest(model, sampler, options, artifacts)
+        manifest = _manifest(model, sampler, options, artifacts, path)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
         _save_verification_data(staging / VERIFICATION_DATA, artifacts, entries)
     if not manifest["passed"]:
