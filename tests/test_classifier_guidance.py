@@ -129,14 +129,15 @@ LABELS = [0, 1, 2, 1]
 def test_generate_is_steered_reproducibly_in_graph_and_xla(method, classifier):
     model = _model()
     settings = dict(method=method, steps=8, labels=LABELS, classifier=classifier)
+    settings["clip_denoised"] = False  # the random network saturates clipped samples at +-1
     guided = model.generate(seed=5, classifier_scale=3.0, **settings).numpy()
     assert np.array_equal(guided, model.generate(seed=5, classifier_scale=3.0, **settings).numpy())
     xla = model.generate(seed=5, classifier_scale=3.0, jit_compile=True, **settings).numpy()
-    np.testing.assert_allclose(xla, guided, atol=1e-4)
-    unguided = model.generate(len(LABELS), seed=5, method=method, steps=8).numpy()
-    np.testing.assert_array_equal(
-        model.generate(seed=5, classifier_scale=0.0, **settings), unguided
-    )
+    np.testing.assert_allclose(xla, guided, rtol=1e-5, atol=1e-4)
+    unguided = model.generate(len(LABELS), seed=5, method=method, steps=8, clip_denoised=False)
+    unguided = unguided.numpy()
+    at_zero = model.generate(seed=5, classifier_scale=0.0, **settings).numpy()
+    np.testing.assert_allclose(at_zero, unguided, rtol=1e-5, atol=1e-5)  # float rounding alone
     assert np.abs(guided - unguided).max() > 1e-3
     assert not np.array_equal(model.generate(seed=6, classifier_scale=3.0, **settings), guided)
 

@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from ddpm_tf import rng
 from ddpm_tf.checks import check_int
+from ddpm_tf.diffusion import bound_xstart
 from ddpm_tf.errors import InputError
 from ddpm_tf.sampling.method import Predict, SamplingMethod
 from ddpm_tf.sampling.registry import method_class
@@ -95,7 +96,9 @@ def predictor(
 ) -> Predict:
     """predict(x_t, t): the network's p(x_{t-1} | x_t) at process indices t, with the hooks'
     output transform, the spec's x_0 bounds (clipping or dynamic thresholding), then the hooks'
-    guide applied."""
+    guide applied and the x_0 prediction bounded again (as DPM-Solver bounds the guided data
+    prediction: unbounded, the shift of the first steps, where abar_t is near 0, sends x_0 far
+    out of the data's range)."""
 
     def predict(x_t, t):
         output = process.model_output(denoise_fn, x_t, t)
@@ -104,8 +107,12 @@ def predictor(
         prediction = process._p_mean_variance(
             output, x_t, t, spec.clip_denoised, spec.dynamic_threshold
         )
-        if hooks.guide is not None:
+        if hooks.guide is not None:  # guided, then bounded again: a shift cannot leave them
             prediction = hooks.guide(process, prediction, x_t, t)
+            bounded = bound_xstart(
+                prediction["pred_xstart"], spec.clip_denoised, spec.dynamic_threshold
+            )
+            prediction = {**prediction, "pred_xstart": bounded}
         return prediction
 
     return predict
