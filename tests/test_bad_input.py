@@ -274,7 +274,7 @@ CASES = [
     case("classifier-batch-0", "ddpm-classifier", [*CLASSIFIER, "--out", "{tmp}/m.keras", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
     case("classifier-learning-rate-nan", "ddpm-classifier", [*CLASSIFIER, "--out", "{tmp}/m.keras", "--learning-rate", "nan"], "--learning-rate must be > 0, got nan"),
     case("classifier-seed-pair", "ddpm-classifier", [*CLASSIFIER, "--out", "{tmp}/m.keras", "--seed", "1", "2"], "--seed takes one int here"),
-    case("classifier-no-dataset", "ddpm-classifier", ["--out", "{tmp}/m.keras"], "the following arguments are required: --dataset"),
+    case("classifier-no-dataset", "ddpm-classifier", ["--out", "{tmp}/m.keras"], "--dataset and --out are required (or --noisy RUN_DIR)"),
     case("classifier-unknown-dataset", "ddpm-classifier", ["--dataset", "no_such_set", "--data-dir", "{data}", "--out", "{tmp}/m.keras"], "'no_such_set' is not a known tfds dataset"),
     case("classifier-not-prepared", "ddpm-classifier", ["--dataset", "mnist", "--data-dir", "{data}", "--out", "{tmp}/m.keras"], "'mnist' is not prepared"),
     case("classifier-unknown-split", "ddpm-classifier", [*CLASSIFIER, "--test-split", "validation", "--out", "{tmp}/m.keras"], "split='validation' is not a split of 'sklearn_digits'"),
