@@ -62,3 +62,19 @@ def program_modules() -> dict:
         group="console_scripts"
     )
     return {script.name: importlib.import_module(script.module) for script in scripts}
+
+
+def steering_classifier():
+    """A small `NoisyClassifier` of 8x8 images, 3 classes, its weights drawn off their zero init
+    (so its gradient steers), the same at every call."""
+    import keras
+
+    from ddpm_tf.guidance import NoisyClassifier
+
+    keras.utils.set_random_seed(1)
+    classifier = NoisyClassifier(
+        8, 1, 3, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), num_groups=4
+    )
+    draw = np.random.default_rng(4)
+    classifier.set_weights([0.3 * draw.normal(size=w.shape) for w in classifier.get_weights()])
+    return classifier

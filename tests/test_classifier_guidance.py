@@ -18,6 +18,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import steering_classifier
 from oracle import GaussianMixture
 
 from ddpm_tf import (
@@ -113,13 +114,7 @@ def _model(num_classes=None) -> DiffusionModel:
 
 @pytest.fixture(scope="module")
 def classifier() -> NoisyClassifier:
-    keras.utils.set_random_seed(1)
-    c = NoisyClassifier(
-        8, 1, 3, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), num_groups=4
-    )
-    draw = np.random.default_rng(4)
-    c.set_weights([0.3 * draw.normal(size=w.shape) for w in c.get_weights()])
-    return c
+    return steering_classifier()
 
 
 LABELS = [0, 1, 2, 1]

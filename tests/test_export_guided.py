@@ -4,31 +4,19 @@ before any work without its classifier, and a classifier without it."""
 
 import json
 
-import keras
 import numpy as np
 import pytest
+from helpers import steering_classifier
 from test_export import SEED, _assert_images_close, _train
 
 from ddpm_tf import SamplingSpec
 from ddpm_tf.errors import InputError
 from ddpm_tf.export.ddpm_export import main
 from ddpm_tf.exporting import ExportOptions, export_model, open_function, verify_export
-from ddpm_tf.guidance import NoisyClassifier
 from ddpm_tf.pixels import unit_to_uint8
 
 N = 3
 LABELS = np.array([0, 2, 1], np.int32)
-
-
-def _classifier() -> NoisyClassifier:
-    """A small classifier of 8x8 images with weights off their zero init (so it steers)."""
-    keras.utils.set_random_seed(1)
-    c = NoisyClassifier(
-        8, 1, 3, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), num_groups=4
-    )
-    draw = np.random.default_rng(4)
-    c.set_weights([0.3 * draw.normal(size=w.shape) for w in c.get_weights()])
-    return c
 
 
 def _in_memory(model, classifier, spec, scale, **conditioning) -> np.ndarray:
@@ -49,7 +37,7 @@ def _run(path, fmt, feeds) -> np.ndarray:
 
 
 def test_the_saved_model_guided_sampler_from_the_command_line(tmp_path):
-    model, classifier = _train(), _classifier()
+    model, classifier = _train(), steering_classifier()
     model.save(tmp_path / "tiny.keras")
     classifier.save(tmp_path / "noisy.keras")
     out = tmp_path / "out"
@@ -86,7 +74,7 @@ def test_the_guided_function_and_its_classifier_come_together(tmp_path, capsys):
     with pytest.raises(InputError, match="needs a classifier of noisy images"):
         export_model(model, tmp_path / "a", options)
     with pytest.raises(InputError, match="no guided function"):
-        export_model(model, tmp_path / "b", ExportOptions(), classifier=_classifier())
+        export_model(model, tmp_path / "b", ExportOptions(), classifier=steering_classifier())
     with pytest.raises(InputError, match="classifier_scale"):
         ExportOptions(classifier_scale=-1.0)
     argv = [str(tmp_path / "none.keras"), "--out", str(tmp_path / "c"), "--classifier-scale", "2"]
@@ -97,7 +85,7 @@ def test_the_guided_function_and_its_classifier_come_together(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_tflite_and_onnx_carry_the_gradient_of_a_guided_conditional_sampler(tmp_path):
-    model, classifier = _train(num_classes=3), _classifier()
+    model, classifier = _train(num_classes=3), steering_classifier()
     spec = SamplingSpec("dpm_solver++", 6, noise_source="portable")
     options = ExportOptions(
         formats=("tflite", "onnx"), functions=("guided",), spec=spec, num_samples=N
