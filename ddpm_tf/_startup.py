@@ -24,6 +24,7 @@ PROGRAMS = (
     "ddpm-sample",
     "ddpm-eval",
     "ddpm-classifier",
+    "ddpm-distill",
     "ddpm-prepare",
     "ddpm-export",
 )

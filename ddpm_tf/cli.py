@@ -123,7 +123,7 @@ SAMPLING_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
         "--steps",
         {
             "help": "sampling steps: all, N (the method's default spacing), uniformN, strideN, "
-            "logsnrN, or section counts like 10,15,20"
+            "logsnrN, trailingN, or section counts like 10,15,20"
         },
     ),
     "eta": ("--eta", {"type": float, "help": "DDIM stochasticity in [0, 1]"}),
@@ -168,8 +168,12 @@ def add_sampling_arguments(
     return group
 
 
-def sampling_spec(args: argparse.Namespace, default: SamplingSpec) -> SamplingSpec:
-    """The `SamplingSpec` of the parsed flags: `default` with the flags that were given."""
+def sampling_spec(
+    args: argparse.Namespace, default: SamplingSpec, model: Any = None
+) -> SamplingSpec:
+    """The `SamplingSpec` of the parsed flags: `default` (or the `model`'s own spec, a distilled
+    student's, when it has one) with the flags that were given."""
+    default = getattr(model, "default_spec", None) or default
     given = {
         name: getattr(args, f"spec_{name}")
         for name in SamplingSpec.fields()

@@ -32,6 +32,7 @@ from ddpm_tf.sampling.spec import SamplingSpec
 
 __all__ = [
     "DEFAULTS",
+    "DISTILL_DEFAULTS",
     "MAY_CHANGE",
     "OLD_KEYS",
     "ConfigError",
@@ -103,6 +104,16 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     # How the sample grids of a run are drawn: the fields of ddpm_tf.SamplingSpec.
     "sampling": SamplingSpec(method="ddim", steps=100).to_dict(),
+}
+
+# The section a distillation run adds (`ddpm-distill`): the `DistillationModel` arguments of
+# `ddpm_tf.distillation`. teacher_steps 0: the default of `default_teacher_steps`.
+DISTILL_DEFAULTS: dict[str, Any] = {
+    "teacher": "",  # the teacher's run directory
+    "student_steps": 4,  # the student's sampling steps (network calls)
+    "teacher_steps": 0,  # the trained model's DDIM steps that the first round distils
+    "round_steps": 1000,  # training steps of each halving
+    "loss_weighting": "truncated_snr",  # or "landing" (DistillationModel)
 }
 
 # Keys a run may change when it is resumed: its length, its bookkeeping and how grids are sampled.
@@ -209,7 +220,8 @@ def set_key(config: dict, key: str, value: Any) -> None:
         # dtype name) by `precision_policy`.
         config[section][name] = value
     else:
-        config[section][name] = _check_type(key, DEFAULTS[section][name], value)
+        defaults = DISTILL_DEFAULTS if section == "distill" else DEFAULTS[section]
+        config[section][name] = _check_type(key, defaults[name], value)
 
 
 def finish(config: dict, dataset_given: bool) -> dict:

@@ -1,4 +1,5 @@
-"""Reading a `.keras` file the user names: one error for a file that is missing or unreadable.
+"""Reading a `.keras` file the user names: one error for a file that is missing or unreadable;
+writing one atomically.
 
 Keras reports a truncated file, or one that is no zip archive at all, as a bare ValueError ("File
 not found ... Please ensure the file is an accessible `.keras` zip file"), which the programs
@@ -16,8 +17,9 @@ from typing import Any
 import keras
 
 from ddpm_tf.errors import InputError
+from ddpm_tf.files import writing
 
-__all__ = ["KerasFileError", "load_keras_file"]
+__all__ = ["KerasFileError", "load_keras_file", "save_keras_atomic"]
 
 
 class KerasFileError(InputError):
@@ -45,3 +47,14 @@ def load_keras_file(path: str | os.PathLike, what: str, fix: str, **load_args: A
         raise KerasFileError(
             f"{what} {str(path)!r} cannot be loaded ({type(err).__name__}: {reason}); {fix}"
         ) from err
+
+
+def save_keras_atomic(model: keras.Model, path: str | os.PathLike, what: str) -> Path:
+    """Saves `model` to the `.keras` file `path` through a sibling renamed into place, so a reader
+    sees the old file or the new one, never a part; a failed write raises `WriteError`."""
+    path = Path(path)
+    scratch = path.with_name(f".{path.stem}.partial.keras")  # Keras wants the suffix
+    with writing(what, path, on_error=lambda: scratch.unlink(missing_ok=True)):
+        model.save(scratch)
+        os.replace(scratch, path)
+    return path

@@ -84,6 +84,8 @@ class DiffusionModel(keras.Model):
         label_dropout: probability of replacing a label by the null class while training a
             class-conditional network (classifier-free guidance).
         seed: seed of the training noise, timesteps and label dropout.
+        sampling: how this model samples when no spec is given (a `SamplingSpec` or its dict):
+            a distilled student's few-step sampler; None: `SamplingSpec()`, or the program's own.
     """
 
     def __init__(
@@ -97,9 +99,15 @@ class DiffusionModel(keras.Model):
         grad_clip_norm: float | None = 1.0,
         label_dropout: float = 0.1,
         seed: int = 0,
+        sampling: SamplingSpec | dict | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        if isinstance(sampling, dict):
+            sampling = SamplingSpec.from_dict(sampling)
+        if sampling is not None and not isinstance(sampling, SamplingSpec):
+            raise InputError(f"`sampling` must be a SamplingSpec or its dict, got {sampling!r}.")
+        self._sampling = sampling
         if isinstance(diffusion, dict):
             diffusion = GaussianDiffusion.from_config(diffusion)
         self.diffusion = diffusion if diffusion is not None else default_diffusion()
@@ -144,6 +152,12 @@ class DiffusionModel(keras.Model):
         self.built = True  # every weight exists: the network's shapes are fixed by its config
 
     # ------------------------------------------------------------------------------------ state
+    @property
+    def default_spec(self) -> SamplingSpec | None:
+        """The spec `generate` and the programs sample with unless told (None: their own
+        default); a distilled student's is its few-step sampler."""
+        return self._sampling
+
     @property
     def step(self) -> int:
         """The number of finished training steps (restored with a checkpoint)."""
@@ -291,27 +305,50 @@ class DiffusionModel(keras.Model):
     def train_step(self, data):
         images, labels = self._unpack(data)
         replica, replicas = self._replica()
-        seed = rng.fold_in(rng.as_seed(self.seed), tf.cast(self.step_counter, tf.int32))
+        seed = self._step_seed()
         t, weights, noise, drop = self._draw(
             seed, tf.shape(images)[0], replica, replicas, self.timestep_sampler
         )
-        if labels is not None:
-            labels = tf.where(drop < self.label_dropout, self.num_classes, labels)
-        first_row = replica * tf.shape(images)[0]  # dropout masks of this replica's global rows
-        with tf.GradientTape() as tape, masks.rows(rng.fold_in(seed, 4), first_row):
+        labels = self._drop_labels(labels, drop)
+        with tf.GradientTape() as tape, self._dropout_masks(seed, images, replica):
             terms, _, _ = self._forward(self.network, images, labels, t, noise, training=True)
             loss = tf.reduce_mean(terms["loss"] * weights)
-            scaled = loss / replicas
-            if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
-                scaled = self.optimizer.scale_loss(scaled)
+            scaled = self._scaled(loss, replicas)
+        self._descend(tape, scaled, replicas)
+        self._record_losses(t, terms["loss"], replicas)
+        return self._report(terms, loss, ("grad_norm",))
+
+    # One training step's shared parts, for `train_step` and its subclasses' (distillation).
+    def _step_seed(self) -> tf.Tensor:
+        """The seed of this step's draws: (seed, step), so a resumed run draws the same."""
+        return rng.fold_in(rng.as_seed(self.seed), tf.cast(self.step_counter, tf.int32))
+
+    def _drop_labels(self, labels, drop):
+        """Labels with the null class where `drop` < label_dropout (classifier-free guidance)."""
+        if labels is None:
+            return None
+        return tf.where(drop < self.label_dropout, self.num_classes, labels)
+
+    def _dropout_masks(self, seed, images, replica):
+        """The network's dropout masks of this replica's rows of the global batch."""
+        return masks.rows(rng.fold_in(seed, 4), replica * tf.shape(images)[0])
+
+    def _scaled(self, loss, replicas) -> tf.Tensor:
+        """The loss each replica differentiates: 1/N of it, times the fp16 loss scale."""
+        scaled = loss / replicas
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            scaled = self.optimizer.scale_loss(scaled)
+        return scaled
+
+    def _descend(self, tape: tf.GradientTape, scaled, replicas) -> None:
+        """The update of a step: the gradient of `scaled`, clipped by its global norm, applied;
+        then the EMA and the step counter."""
         variables = self.network.trainable_variables
         grads, grad_norm = self._reduce_and_clip(tape.gradient(scaled, variables), replicas)
         self.optimizer.apply(grads, variables)
-        self._record_losses(t, terms["loss"], replicas)
         self._update_ema()
         self.step_counter.assign_add(1)
         self.trackers["grad_norm"].update_state(grad_norm)
-        return self._report(terms, loss, ("grad_norm",))
 
     def _loss_scale(self) -> tf.Tensor:
         if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
@@ -411,12 +448,13 @@ class DiffusionModel(keras.Model):
         """The compiled `Sampler` for a `SamplingSpec` (built once per spec and classifier, then
         reused).
 
-        `settings` are `SamplingSpec` fields applied over `spec` (default `SamplingSpec()`):
+        `settings` are `SamplingSpec` fields applied over `spec` (default: `default_spec`, else
+        `SamplingSpec()`):
         method (`ddpm_tf.sampling.METHODS`), steps, eta, solver_order, clip_denoised,
         dynamic_threshold, use_ema, noise_source ("philox" | "portable"), jit_compile. A
         `classifier` of noisy images (`ddpm_tf.guidance.NoisyClassifier`) adds classifier guidance.
         """
-        spec = resolve_spec(spec, settings)
+        spec = resolve_spec(spec if spec is not None else self.default_spec, settings)
         key = (spec, classifier)
         if key not in self._samplers:
             network = self.ema_network if spec.use_ema else self.network
@@ -564,6 +602,7 @@ class DiffusionModel(keras.Model):
             "grad_clip_norm": self.grad_clip_norm,
             "label_dropout": self.label_dropout,
             "seed": self.seed,
+            **({"sampling": self._sampling.to_dict()} if self._sampling is not None else {}),
         }
 
     @classmethod

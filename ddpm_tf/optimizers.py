@@ -39,6 +39,8 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
         decay: the shape after the warm-up.
         decay_steps: the step at which a decay reaches 0; must exceed `warmup_steps` unless
             `decay` is "constant" (where it is ignored).
+        restart_every: > 0: the schedule starts again every this many steps (step taken modulo
+            it, as each round of a progressive distillation trains afresh); 0: never.
     """
 
     def __init__(
@@ -47,6 +49,7 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
         warmup_steps: int = 5000,
         decay: LrDecay = "constant",
         decay_steps: int = 0,
+        restart_every: int = 0,
     ):
         if learning_rate <= 0:
             raise InputError(f"`learning_rate` must be > 0, got {learning_rate}.")
@@ -62,8 +65,13 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
         self.warmup_steps = int(warmup_steps)
         self.decay = decay
         self.decay_steps = int(decay_steps) if decay != "constant" else 0
+        if restart_every < 0:
+            raise InputError(f"`restart_every` must be >= 0, got {restart_every}.")
+        self.restart_every = int(restart_every)
 
     def __call__(self, step):
+        if self.restart_every:
+            step = step % self.restart_every
         step = tf.cast(step, tf.float32)
         lr = tf.constant(self.learning_rate, tf.float32)
         if self.warmup_steps:
@@ -83,6 +91,7 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
             "warmup_steps": self.warmup_steps,
             "decay": self.decay,
             "decay_steps": self.decay_steps,
+            "restart_every": self.restart_every,
         }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ddpm_tf.diffusion import GaussianDiffusion
+from ddpm_tf.distillation import DistillationModel
 from ddpm_tf.errors import InputError
 from ddpm_tf.model import DiffusionModel
 from ddpm_tf.optimizers import FusedAdam, WarmupSchedule
@@ -31,13 +32,15 @@ def build_diffusion(section: dict[str, Any]) -> GaussianDiffusion:
     )
 
 
-def build_schedule(section: dict[str, Any]) -> WarmupSchedule:
-    """The learning-rate schedule of a config's `train` section: a decay ends at train.steps."""
+def build_schedule(section: dict[str, Any], period: int = 0) -> WarmupSchedule:
+    """The learning-rate schedule of a config's `train` section: a decay ends at train.steps,
+    or, with a `period` (a distillation's round_steps), at the end of each period."""
     return WarmupSchedule(
         learning_rate=section["learning_rate"],
         warmup_steps=section["warmup_steps"],
         decay=section.get("decay", "constant"),
-        decay_steps=section["steps"],
+        decay_steps=period or section["steps"],
+        restart_every=period,
     )
 
 
@@ -46,8 +49,10 @@ def build_model(
 ) -> DiffusionModel:
     """The compiled `DiffusionModel` of `config` for square images of `image_shape` (H, W, C).
 
-    `num_classes` makes the U-Net class-conditional (classifier-free guidance). Call it under a
-    distribution strategy's scope to build the model for that strategy.
+    `num_classes` makes the U-Net class-conditional (classifier-free guidance). A config with a
+    `distill` section (`ddpm-distill`) builds the `DistillationModel` of its arguments, its
+    learning rate restarting each round. Call it under a distribution strategy's scope to build
+    the model for that strategy.
     """
     height, width, channels = (int(s) for s in image_shape)
     if height != width:
@@ -67,15 +72,21 @@ def build_model(
         **overrides,
     )
     train = config["train"]
-    model = DiffusionModel(
-        network,
-        diffusion,
+    settings = dict(
         ema_decay=train["ema_decay"],
         timestep_sampler=train["timestep_sampler"],
         grad_clip_norm=train["grad_clip_norm"] or None,  # 0: no clipping
         label_dropout=train["label_dropout"],
         seed=train["seed"],
     )
-    optimizer = FusedAdam(build_schedule(train))
+    distill = config.get("distill")
+    if distill:
+        bounds = {k: config["sampling"][k] for k in ("clip_denoised", "dynamic_threshold")}
+        model = DistillationModel(network, diffusion, **distill, **bounds, **settings)
+        schedule = build_schedule(train, period=distill["round_steps"])
+    else:
+        model = DiffusionModel(network, diffusion, **settings)
+        schedule = build_schedule(train)
+    optimizer = FusedAdam(schedule)
     model.compile(optimizer, jit_compile=train["jit_compile"])
     return model

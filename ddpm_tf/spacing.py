@@ -1,6 +1,6 @@
 """Which timesteps a sampler visits: typed steps values, their one text syntax, and the rules.
 
-A *steps* value says how a T-step process is respaced for sampling. It is one of five types,
+A *steps* value says how a T-step process is respaced for sampling. It is one of six types,
 parsed once where a user writes it (a flag, a TOML value, a keyword argument) by `parse_steps`,
 and typed everywhere inside:
 
@@ -10,13 +10,16 @@ and typed everywhere inside:
 | `UniformSteps(n)` | `uniform50` | n, evenly spaced over [0, T) (strides rounded half to even) |
 | `StrideSteps(n)` | `stride50` (or `ddim50`) | 0, k, 2k, ... with the integer stride k that gives n |
 | `LogSNRSteps(n)` | `logsnr20` | n, evenly spaced in half log-SNR (needs the schedule) |
+| `TrailingSteps(n)` | `trailing4` | floor(k T / n) - 1 for k = 1..n: T-1 kept, 0 not |
 | `SectionSteps(c)` | `10,15,20` | T split into len(c) near-equal sections, c[i] evenly in each |
 
 A bare count (`50`, or the int 50) means n steps with the sampling method's *default spacing*
 (uniform for ancestral sampling and DDIM, log-SNR for DPM-Solver++): `parse_steps` takes that
 spacing as an argument, and `SamplingSpec` passes its method's. The uniform, stride and section
 rules are improved-diffusion's (`space_timesteps` keeps its syntax: an int, "ddimN", "a,b,c"), so
-published step counts select the same steps here.
+published step counts select the same steps here. The trailing rule (diffusers' "trailing" spacing,
+Lin et al. 2024) starts at the top step T-1 whatever n is, and its grids are nested (the n-step
+grid is every other step of the 2n-step one): the grids of a distilled sampler (`ddpm_tf.distill`).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ __all__ = [
     "SectionSteps",
     "Steps",
     "StrideSteps",
+    "TrailingSteps",
     "UniformSteps",
     "half_log_snr",
     "parse_steps",
@@ -45,7 +49,7 @@ __all__ = [
 
 _SYNTAX = (
     "steps must be 'all', a count N (the method's default spacing, e.g. 50), 'uniformN', "
-    "'strideN' (or 'ddimN'), 'logsnrN' or comma-separated section counts (e.g. '10,15,20'), "
+    "'strideN' (or 'ddimN'), 'logsnrN', 'trailingN' or comma-separated section counts (e.g. '10,15,20'), "
     "got {!r}"
 )
 
@@ -172,15 +176,37 @@ class SectionSteps:
         return ",".join(map(str, self.counts))
 
 
-Steps = AllSteps | UniformSteps | StrideSteps | LogSNRSteps | SectionSteps
-"""A steps value: one of the five types above."""
+@dataclasses.dataclass(frozen=True)
+class TrailingSteps(_Counted):
+    """Steps floor(k T / count) - 1 for k = 1..count: the top step T-1 always, step 0 only when
+    count = T; the count-step grid is every other step of the 2 count-step one, as progressive
+    distillation halves a sampler's steps (`ddpm_tf.distill`)."""
 
-STEPS_TYPES: tuple[type, ...] = (AllSteps, UniformSteps, StrideSteps, LogSNRSteps, SectionSteps)
+    prefix: ClassVar[str] = "trailing"
+
+    def indices(self, num_timesteps: int, alphas_cumprod: np.ndarray | None = None) -> list[int]:
+        if self.count > num_timesteps:
+            raise _too_many(self, self.count, num_timesteps)
+        return [(k * num_timesteps) // self.count - 1 for k in range(1, self.count + 1)]
+
+
+Steps = AllSteps | UniformSteps | StrideSteps | LogSNRSteps | TrailingSteps | SectionSteps
+"""A steps value: one of the six types above."""
+
+STEPS_TYPES: tuple[type, ...] = (
+    AllSteps,
+    UniformSteps,
+    StrideSteps,
+    LogSNRSteps,
+    TrailingSteps,
+    SectionSteps,
+)
 _PREFIXES: dict[str, Callable[[int], Steps]] = {
     "uniform": UniformSteps,
     "stride": StrideSteps,
     "ddim": StrideSteps,  # improved-diffusion's name of the stride rule
     "logsnr": LogSNRSteps,
+    "trailing": TrailingSteps,
 }
 
 

@@ -12,6 +12,7 @@ are kept in DIR.partial).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from ddpm_tf import cli, rng
 from ddpm_tf.errors import InputError
@@ -123,6 +124,8 @@ def export(args: argparse.Namespace) -> None:
         raise InputError("--classifier-scale goes with --noisy-classifier PATH.")
     check_output_dir(args.out, args.overwrite)
     model = load_model(args.model)
+    if model.default_spec is not None:  # a student samples as it was distilled
+        options = dataclasses.replace(options, spec=cli.sampling_spec(args, EXPORT_SPEC, model))
     cli.check_samples_fit(model, args.num_samples)  # the verification samples them at once
     classifier = (
         None if args.noisy_classifier is None else load_noisy_classifier(args.noisy_classifier)

@@ -1,5 +1,7 @@
 """What several test modules share: the small training run, weight assertions, fresh processes."""
 
+from pathlib import Path
+
 import numpy as np
 
 # A small, fast run of ddpm-train on the embedded digits: a narrow U-Net and a short schedule.
@@ -78,3 +80,22 @@ def steering_classifier():
     draw = np.random.default_rng(4)
     classifier.set_weights([0.3 * draw.normal(size=w.shape) for w in classifier.get_weights()])
     return classifier
+
+
+def checkpoint_values(run_dir) -> dict:
+    """Every variable of the newest checkpoint of a run directory (model, EMA, optimizer,
+    counters, sampler state) by name."""
+    import tensorflow as tf
+
+    latest = tf.train.latest_checkpoint(Path(run_dir) / "checkpoints")
+    reader = tf.train.load_checkpoint(latest)
+    names = [n for n, _ in tf.train.list_variables(latest) if n != "_CHECKPOINTABLE_OBJECT_GRAPH"]
+    return {n: reader.get_tensor(n) for n in names if "save_counter" not in n}
+
+
+def assert_same_checkpoints(a, b) -> None:
+    """The newest checkpoints of two run directories hold the same values, bit for bit."""
+    left, right = checkpoint_values(a), checkpoint_values(b)
+    assert left.keys() == right.keys()
+    differing = [n for n in left if not np.array_equal(left[n], right[n])]
+    assert not differing, f"{len(differing)} variables differ, e.g. {differing[:3]}"

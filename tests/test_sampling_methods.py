@@ -199,11 +199,13 @@ def test_steps_text_parses_to_one_typed_value_and_reads_back():
         LogSNRSteps,
         SectionSteps,
         StrideSteps,
+        TrailingSteps,
         UniformSteps,
         parse_steps,
     )
 
     cases = {
+        "trailing4": TrailingSteps(4),
         "all": AllSteps(),
         None: AllSteps(),
         "50": UniformSteps(50),

@@ -21,6 +21,7 @@ PROGRAMS = {
     "ddpm_tf.training.ddpm_sample",
     "ddpm_tf.training.ddpm_eval",
     "ddpm_tf.training.ddpm_classifier",
+    "ddpm_tf.training.ddpm_distill",
     "ddpm_tf.training.ddpm_prepare",
     "ddpm_tf.export.ddpm_export",
 }

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import SMALL
+from helpers import SMALL, assert_same_checkpoints, checkpoint_values
 
 from ddpm_tf import config as schema
 from ddpm_tf import every_class, rng
@@ -40,21 +40,6 @@ from ddpm_tf.training.ddpm_train_curve import TrainingCurve, read_curve
 
 def _train(run_dir, data_dir, *overrides: str) -> int:
     return train_main(["--run-dir", str(run_dir), "--data-dir", data_dir, *SMALL, *overrides])
-
-
-def _checkpoint_values(run_dir: Path) -> dict[str, np.ndarray]:
-    """Every variable of the newest checkpoint (model, EMA, optimizer, counters, sampler state)."""
-    latest = tf.train.latest_checkpoint(run_dir / "checkpoints")
-    reader = tf.train.load_checkpoint(latest)
-    names = [n for n, _ in tf.train.list_variables(latest) if n != "_CHECKPOINTABLE_OBJECT_GRAPH"]
-    return {n: reader.get_tensor(n) for n in names if "save_counter" not in n}
-
-
-def _assert_same_checkpoints(a: Path, b: Path) -> None:
-    left, right = _checkpoint_values(a), _checkpoint_values(b)
-    assert left.keys() == right.keys()
-    differing = [n for n in left if not np.array_equal(left[n], right[n])]
-    assert not differing, f"{len(differing)} variables differ, e.g. {differing[:3]}"
 
 
 # ------------------------------------------------------------------------------------ configs
@@ -226,7 +211,7 @@ def test_extending_a_run_equals_one_long_run(tmp_path, data_dir, long_run, capsy
     assert _train(tmp_path, data_dir, "train.steps=16") == 0
     evaluations = [line for line in capsys.readouterr().out.splitlines() if "eval at" in line]
     assert len(evaluations) == 2 and all("(exact bound, 32 test images)" in e for e in evaluations)
-    _assert_same_checkpoints(tmp_path, long_run)
+    assert_same_checkpoints(tmp_path, long_run)
     assert not (tmp_path / "samples").exists()  # run.num_samples=0: no grids
     # The training curve of the two sessions is the one of the single run, minutes aside.
     extended, single = read_curve(tmp_path / CURVE_FILE), read_curve(long_run / CURVE_FILE)
@@ -297,7 +282,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, data_dir):
         timeout=300,
     )
     assert fresh.returncode == 0, fresh.stdout + fresh.stderr
-    _assert_same_checkpoints(killed, tmp_path / "fresh")
+    assert_same_checkpoints(killed, tmp_path / "fresh")
 
 
 def test_sigterm_saves_the_step_and_stops(tmp_path, data_dir):
@@ -335,7 +320,7 @@ def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir, 
     latest = tf.train.latest_checkpoint(tmp_path / "checkpoints")
     assert latest is None or int(latest.rsplit("-", 1)[1]) < failed
     if latest is not None:
-        values = _checkpoint_values(tmp_path)
+        values = checkpoint_values(tmp_path)
         assert all(np.all(np.isfinite(v)) for v in values.values() if v.dtype.kind == "f")
 
 

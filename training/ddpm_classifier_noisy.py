@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -25,9 +24,10 @@ import tensorflow as tf
 from ddpm_tf import cli
 from ddpm_tf.data import cached_split, split_size, step_batches
 from ddpm_tf.errors import InputError
-from ddpm_tf.files import atomic_path, writing
+from ddpm_tf.files import atomic_path
 from ddpm_tf.guidance import CLASSIFIER_FILE, NoisyClassifier
 from ddpm_tf.guidance.training import NoisyClassifierTraining
+from ddpm_tf.keras_files import save_keras_atomic
 from ddpm_tf.optimizers import WarmupSchedule
 from ddpm_tf.pixels import scale_to_unit
 from ddpm_tf.runs import RunDirectory, load_model
@@ -211,11 +211,7 @@ def accuracy_timesteps(num_timesteps: int) -> list[int]:
 
 def _write_results(trainer, run: RunDirectory, test_cache) -> None:
     """classifier.keras (atomically) and report.json: the test accuracy at each timestep."""
-    path = run.path / CLASSIFIER_FILE
-    scratch = run.path / f".{CLASSIFIER_FILE}.partial.keras"
-    with writing("the classifier", path, on_error=lambda: scratch.unlink(missing_ok=True)):
-        trainer.classifier.save(scratch)
-        os.replace(scratch, path)
+    path = save_keras_atomic(trainer.classifier, run.path / CLASSIFIER_FILE, "the classifier")
     count = min(ACCURACY_IMAGES, len(test_cache))
     images = scale_to_unit(test_cache.head(count)).numpy()
     labels = test_cache.labels[:count]

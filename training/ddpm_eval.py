@@ -116,6 +116,9 @@ def evaluate(args: argparse.Namespace) -> dict:
     if (out / "report.json").exists() and not args.overwrite:
         raise InputError(f"{out / 'report.json'} exists; pass --overwrite or another --out.")
     model = load_model(args.model)  # first: a missing model is named as such
+    if model.default_spec is not None:  # a student samples as it was distilled
+        spec = cli.sampling_spec(args, DEFAULT_SPEC, model)
+        compared = parse_comparisons(args.compare, spec) if args.compare else []
     cli.check_guidance(model, args.guidance_scale)  # these two before the test split is read
     cli.check_samples_fit(model, args.num_samples)
     dataset, test, reference = real_images(args)

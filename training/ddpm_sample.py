@@ -212,6 +212,7 @@ def sample(args: argparse.Namespace) -> None:
     if existing and not args.overwrite:
         raise InputError(f"{existing} exist; pass --overwrite or another --out.")
     model = load_model(args.model)
+    spec = cli.sampling_spec(args, DEFAULT_SPEC, model)  # a student samples as it was distilled
     cli.check_samples_fit(model, args.num_samples)  # before any array of that length
     labels = _labels(args.labels, args.num_samples)
     condition = cli.conditioning(args, model, args.num_samples, labels)

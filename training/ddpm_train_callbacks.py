@@ -146,6 +146,12 @@ class Progress(keras.callbacks.Callback):
         self.model.reset_metrics()
 
 
+def spec_of(model: keras.Model, spec: SamplingSpec) -> SamplingSpec:
+    """How a run samples its grids and FID: the model's own spec (a distillation's current
+    round), else the config's [sampling] `spec`."""
+    return getattr(model, "default_spec", None) or spec
+
+
 class Samples(keras.callbacks.Callback):
     """Every `every` steps: a PNG grid of EMA samples (fixed seed) and the same grid in TensorBoard.
 
@@ -174,7 +180,9 @@ class Samples(keras.callbacks.Callback):
             return path
         labels = every_class(self.num_samples, self.model.num_classes)
         images = unit_to_uint8(
-            self.model.generate(self.num_samples, seed=self.seed, labels=labels, spec=self.spec)
+            self.model.generate(
+                self.num_samples, seed=self.seed, labels=labels, spec=spec_of(self.model, self.spec)
+            )
         ).numpy()
         save_grid(images, path)
         with self.writer.as_default(step=step):
@@ -199,7 +207,8 @@ class SampleFid:
         extractor: the features, e.g. `ClassifierFeatures("runs/digits_classifier.keras")`.
         test_images: uint8 [N, H, W, C], the real images the samples are compared with.
         floor_images: uint8 [num_samples, H, W, C] training images for the floor.
-        spec: how the samples are drawn; seed: their seed.
+        spec: how the samples are drawn (unless the model has its own, `spec_of`); seed: their
+            seed.
     """
 
     def __init__(
@@ -219,7 +228,8 @@ class SampleFid:
         """{"fid", "fid_floor", "fid_seconds"} of the model's samples now."""
         began = time.perf_counter()
         labels = every_class(self.num_samples, model.num_classes)
-        images = generate_uint8(model, self.num_samples, self.seed, self.spec, labels=labels)
+        spec = spec_of(model, self.spec)
+        images = generate_uint8(model, self.num_samples, self.seed, spec, labels=labels)
         fid = fid_from_features(self.extractor(images), self.real)
         return {
             "fid": fid,
@@ -272,7 +282,8 @@ class Evaluation(keras.callbacks.Callback):
             results.update(self.fid(self.model))
             line += (
                 f" | fid {results['fid']:.4g} (floor {results['fid_floor']:.3g}, "
-                f"{self.fid.num_samples} samples, {self.fid.spec.describe()}, "
+                f"{self.fid.num_samples} samples, "
+                f"{spec_of(self.model, self.fid.spec).describe()}, "
                 f"{results['fid_seconds']:.0f} s)"
             )
         with self.writer.as_default(step=step):

@@ -74,10 +74,15 @@ def resolve(preset: str = "digits", overrides: list[str] = ()) -> tuple[str, dic
             set_key(config, key, value)
             given.add(key)
     for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep:
-            raise ConfigError(f"override {item!r} must look like section.key=value.")
-        key = _current(key.strip(), "override")
-        set_key(config, key, _parse_value(text.strip()))
+        key, value = parse_override(item)
+        set_key(config, key, value)
         given.add(key)
     return name, finish(config, dataset_given="data.dataset" in given)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """(key under its current name, value) of a command-line `section.key=value`."""
+    key, sep, text = item.partition("=")
+    if not sep:
+        raise ConfigError(f"override {item!r} must look like section.key=value.")
+    return _current(key.strip(), "override"), _parse_value(text.strip())

@@ -1,0 +1,18 @@
+"""Distillation: a trained diffusion model made into a sampler of a few network calls.
+
+`halving` holds progressive distillation's arithmetic (rounds, nested grids, the student's target
+from two teacher steps), `model` the `DistillationModel` whose training step it is; the program
+`ddpm-distill` runs it as a training run (docs/sampling.md, "Distillation").
+"""
+
+from ddpm_tf.distillation.halving import Halving, ddim_move, default_teacher_steps, step_target
+from ddpm_tf.distillation.model import DistillationModel, Rounds
+
+__all__ = [
+    "DistillationModel",
+    "Halving",
+    "Rounds",
+    "ddim_move",
+    "default_teacher_steps",
+    "step_target",
+]

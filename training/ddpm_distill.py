@@ -1,0 +1,174 @@
+"""`ddpm-distill`: a trained run made into a sampler of a few network calls (progressive distillation).
+
+    ddpm-distill runs/digits --steps 4 --run-dir runs/digits_4steps
+    ddpm-distill runs/fashion_mnist --steps 2 --data-dir ~/tfds --run-dir runs/fashion_2steps \\
+        distill.round_steps=2000 run.fid_samples=1000 run.classifier=runs/fashion_classifier.keras
+
+The student starts as the teacher run's EMA weights and halves its DDIM steps each round, from
+`distill.teacher_steps` (default: the student's steps doubled up to 64) down to `--steps`
+(`ddpm_tf.distillation`). It is a training run like ddpm-train's, with the same machinery: the
+run directory (config.json with a [distill] section, checkpoints, curve.csv, logs/, samples/), one
+writer, exact resume on rerun, progress with ETA, SIGTERM checkpoints, several workers
+(`train.strategy`). Its [train] keys start from the teacher's with distillation's learning rate,
+restarted each round (linear decay to 0), and every `KEY=VALUE` override applies on top;
+`train.steps` is the rounds times `distill.round_steps`. The data are the teacher's.
+
+At the end of each round the run keeps that round's student in `students/steps<N>.keras`, an
+ordinary model that samples in N calls; the run directory itself samples in `--steps` calls.
+ddpm-sample, ddpm-eval and ddpm-export read either and sample as the student does unless told.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from collections.abc import Callable
+from pathlib import Path
+
+import keras
+
+from ddpm_tf import cli
+from ddpm_tf.config import DISTILL_DEFAULTS, finish, set_key
+from ddpm_tf.distillation import DistillationModel, Halving, Rounds, default_teacher_steps
+from ddpm_tf.errors import InputError
+from ddpm_tf.keras_files import save_keras_atomic
+from ddpm_tf.runs import CHECKPOINT_DIR, MODEL_FILE, RunDirectory, load_model
+from ddpm_tf.training import ddpm_train_run
+from ddpm_tf.training.ddpm_train_presets import parse_override
+
+STUDENTS_DIR = "students"  # each round's student: students/steps<N>.keras
+
+# The [train] keys a distillation starts from (over the teacher's): the learning rate restarts
+# each round and decays linearly to 0 at its end (Salimans & Ho 2022).
+TRAIN_DEFAULTS = {"learning_rate": 1e-4, "warmup_steps": 0, "decay": "linear"}
+
+
+class _Parser(cli.ProgramParser):
+    """RUN_DIR first, then flags and KEY=VALUE overrides in any order."""
+
+    def parse_args(self, args=None, namespace=None):
+        return self.parse_intermixed_args(args, namespace)
+
+
+def build_parser() -> cli.ProgramParser:
+    parser = _Parser(
+        "ddpm-distill",
+        "Distill a trained run into a sampler of --steps network calls (progressive "
+        "distillation: each round halves the steps).",
+    )
+    parser.add_argument("teacher", metavar="RUN_DIR", help="the trained run (ddpm-train)")
+    parser.add_argument(
+        "--steps", type=int, required=True, help="the student's sampling steps, e.g. 1, 2, 4, 8"
+    )
+    parser.add_argument(
+        "--run-dir", help="the student's run directory (default runs/<RUN_DIR's name>_<N>steps)"
+    )
+    parser.add_argument("--data-dir", help="tfds data directory of the teacher's dataset")
+    parser.add_argument(
+        "--download", action="store_true", help="let tfds download the dataset if missing"
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. distill.round_steps=2000 train.learning_rate=5e-5",
+    )
+    return parser
+
+
+def teacher_config(teacher: Path) -> dict:
+    """The teacher run's config, checked to be a finished ddpm-train run (not a distillation)."""
+    run = RunDirectory(teacher)
+    config = run.saved_config()
+    if config is None or not (teacher / MODEL_FILE).is_file():
+        raise InputError(
+            f"{teacher} is not a run directory of ddpm-train (no config.json and model.json); "
+            "pass the directory of a trained run."
+        )
+    if run.latest_checkpoint() is None:
+        raise InputError(f"{teacher} holds no checkpoint in {CHECKPOINT_DIR}/ yet: train it first.")
+    if "distill" in config:
+        raise InputError(
+            f"{teacher} is a distillation run; distill its teacher ({config['distill']['teacher']})"
+            " with the --steps you want (the rounds pass through every halving)."
+        )
+    return config
+
+
+def distill_config(args: argparse.Namespace) -> tuple[str, dict]:
+    """(name, config) of the student run: the teacher's config with a [distill] section,
+    distillation's [train] keys, the student's [sampling] and the overrides."""
+    teacher = Path(args.teacher)
+    config = copy.deepcopy(teacher_config(teacher))
+    config["distill"] = {
+        **DISTILL_DEFAULTS,
+        "teacher": str(teacher),
+        "student_steps": args.steps,
+        "teacher_steps": 0,
+    }
+    config["train"].update(TRAIN_DEFAULTS)
+    config["run"]["bpd_examples"] = 0  # a student is a sampler, not a density model
+    for item in args.overrides:
+        key, value = parse_override(item)
+        if key in ("train.steps", "distill.teacher", "distill.student_steps"):
+            raise InputError(
+                f"{key} is set by ddpm-distill (RUN_DIR, --steps, and rounds times "
+                "distill.round_steps); change those instead."
+            )
+        set_key(config, key, value)
+    distill = config["distill"]
+    distill["teacher_steps"] = distill["teacher_steps"] or default_teacher_steps(args.steps)
+    halving = Halving(
+        config["diffusion"]["num_timesteps"],
+        distill["student_steps"],
+        distill["teacher_steps"],
+        distill["round_steps"],
+    )
+    config["train"]["steps"] = halving.total_steps
+    for key in ("sample_every", "eval_every"):  # at least at the end of every round
+        config["run"][key] = min(config["run"][key], distill["round_steps"])
+    config["sampling"] = final_spec(config, halving).to_dict()
+    name = f"{teacher.name}_{args.steps}steps"
+    return name, finish(config, dataset_given=bool(config["data"]["dataset"]))
+
+
+def final_spec(config: dict, halving: Halving):
+    """The finished student's sampler (`DistillationModel.spec_of_round` of the last round)."""
+    from ddpm_tf.sampling.spec import SamplingSpec
+
+    bounds = {k: config["sampling"][k] for k in ("clip_denoised", "dynamic_threshold")}
+    return SamplingSpec(method="ddim", steps=halving.grid(halving.rounds - 1), **bounds)
+
+
+def keeper(run: RunDirectory) -> Callable[[DistillationModel], None]:
+    """The end of a round: its student kept in students/steps<N>.keras (by the chief)."""
+
+    def keep(model: DistillationModel) -> None:
+        if not run.chief:
+            return
+        steps = model.halving.student_steps_of(model.round)
+        directory = run.path / STUDENTS_DIR
+        directory.mkdir(parents=True, exist_ok=True)
+        save_keras_atomic(model.student(), directory / f"steps{steps}.keras", "the student")
+
+    return keep
+
+
+def prepare(model: keras.Model, run: RunDirectory, start: int) -> list[keras.callbacks.Callback]:
+    """At a fresh start, the student (and teacher) take the teacher run's EMA weights."""
+    if start == 0:
+        model.initialize_from(load_model(model.teacher))
+    return [Rounds(keeper(run))]
+
+
+def distill(args: argparse.Namespace) -> int:
+    return ddpm_train_run.train(args, distill_config(args), prepare)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs ddpm-distill; returns the exit code (0 done, 1 failed, 2 bad input, 3 non-finite)."""
+    return cli.main(build_parser(), distill, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
