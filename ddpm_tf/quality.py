@@ -21,12 +21,22 @@ from ddpm_tf.evaluation import sample_quality
 from ddpm_tf.features import FeatureExtractor
 from ddpm_tf.sampling import SamplingSpec, generate_uint8
 
-__all__ = ["plot_quality", "quality_against_steps", "write_table"]
+__all__ = ["plot_quality", "quality_against_steps", "quality_of_samplers", "write_table"]
 
 
 def quality_against_steps(
     model: Any,
     specs: Sequence[SamplingSpec],
+    real: np.ndarray,
+    extractor: FeatureExtractor,
+    **settings: Any,
+) -> list[dict[str, Any]]:
+    """One row per spec of `model`: `quality_of_samplers` with each spec's method as its name."""
+    return quality_of_samplers([(s.method, model, s) for s in specs], real, extractor, **settings)
+
+
+def quality_of_samplers(
+    samplers: Sequence[tuple[str, Any, SamplingSpec]],
     real: np.ndarray,
     extractor: FeatureExtractor,
     *,
@@ -38,14 +48,16 @@ def quality_against_steps(
     on_samples: Callable[[SamplingSpec, np.ndarray], None] | None = None,
     **conditioning: Any,
 ) -> list[dict[str, Any]]:
-    """One row per spec: method, steps, num_steps (network calls), FID, KID, the floor, seconds.
+    """One row per (name, model, spec): method (the name: a line of `plot_quality`), steps,
+    num_steps (network calls), FID, KID, the floor, seconds. The models may differ: a teacher's
+    methods beside its distilled students (`name` "distilled"), all from the same seed.
 
     `conditioning` are `generate_uint8`'s labels [num_samples], guidance_scale, classifier and
     classifier_scale. `progress(spec)` gives a per-batch callback for that spec's sampling;
     `on_samples(spec, images)` sees each spec's uint8 samples (e.g. to save a grid).
     """
     rows = []
-    for spec in specs:
+    for name, model, spec in samplers:
         began = time.perf_counter()
         images = generate_uint8(
             model,
@@ -62,7 +74,7 @@ def quality_against_steps(
         scores = sample_quality(real, images, extractor, reference_uint8=reference)
         rows.append(
             {
-                "method": spec.method,
+                "method": name,
                 "steps": spec.steps.text,
                 "num_steps": model.diffusion.with_steps(spec.steps).num_timesteps,
                 "spec": spec.to_dict(),

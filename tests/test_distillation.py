@@ -300,7 +300,7 @@ def test_the_program_distills_in_rounds_keeps_each_student_and_resumes_exactly(
         "student_steps": 2,
         "teacher_steps": 8,
         "round_steps": 3,
-        "loss_weighting": "truncated_snr",
+        "loss_weighting": "landing",
     }
     assert config["train"]["steps"] == 6 and config["sampling"]["steps"] == "trailing2"
     students = straight / "students"
@@ -327,6 +327,21 @@ def test_the_program_distills_in_rounds_keeps_each_student_and_resumes_exactly(
     assert sample_main([str(straight), "--num-samples", "4", "--out", str(out)]) == 0
     settings = json.loads(str(np.load(out / "samples.npz")["settings"]))
     assert settings["method"] == "ddim" and settings["steps"] == "trailing2"
+    # ddpm-eval --compare: the teacher's methods, then each kept student in its own steps.
+    from ddpm_tf.classifier import ImageClassifier
+    from ddpm_tf.training.ddpm_eval import main as eval_main
+
+    classifier = tmp_path / "classifier.keras"
+    ImageClassifier((8, 8, 1), 10, width=8, feature_dim=16).save(classifier)
+    argv = [str(straight), "--classifier", str(classifier), "--data-dir", data_dir]
+    argv += ["--bpd-examples", "0", "--num-samples", "20", "--compare", "ddim:trailing8"]
+    assert eval_main([*argv, "--out", str(tmp_path / "eval")]) == 0
+    rows = json.loads((tmp_path / "eval" / "quality.json").read_text())
+    assert [(r["method"], r["steps"], r["num_steps"]) for r in rows] == [
+        ("ddim", "trailing8", 8),
+        ("distilled", "trailing4", 4),
+        ("distilled", "trailing2", 2),
+    ]
 
 
 @pytest.mark.parametrize(

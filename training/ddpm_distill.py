@@ -29,14 +29,18 @@ import keras
 
 from ddpm_tf import cli
 from ddpm_tf.config import DISTILL_DEFAULTS, finish, set_key
-from ddpm_tf.distillation import DistillationModel, Halving, Rounds, default_teacher_steps
+from ddpm_tf.distillation import (
+    DistillationModel,
+    Halving,
+    Rounds,
+    default_teacher_steps,
+    student_file,
+)
 from ddpm_tf.errors import InputError
 from ddpm_tf.keras_files import save_keras_atomic
 from ddpm_tf.runs import CHECKPOINT_DIR, MODEL_FILE, RunDirectory, load_model
 from ddpm_tf.training import ddpm_train_run
 from ddpm_tf.training.ddpm_train_presets import parse_override
-
-STUDENTS_DIR = "students"  # each round's student: students/steps<N>.keras
 
 # The [train] keys a distillation starts from (over the teacher's): the learning rate restarts
 # each round and decays linearly to 0 at its end (Salimans & Ho 2022).
@@ -102,7 +106,7 @@ def distill_config(args: argparse.Namespace) -> tuple[str, dict]:
     config = copy.deepcopy(teacher_config(teacher))
     config["distill"] = {
         **DISTILL_DEFAULTS,
-        "teacher": str(teacher),
+        "teacher": str(teacher.resolve()),
         "student_steps": args.steps,
         "teacher_steps": 0,
     }
@@ -146,10 +150,9 @@ def keeper(run: RunDirectory) -> Callable[[DistillationModel], None]:
     def keep(model: DistillationModel) -> None:
         if not run.chief:
             return
-        steps = model.halving.student_steps_of(model.round)
-        directory = run.path / STUDENTS_DIR
-        directory.mkdir(parents=True, exist_ok=True)
-        save_keras_atomic(model.student(), directory / f"steps{steps}.keras", "the student")
+        path = student_file(run.path, model.halving.student_steps_of(model.round))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_keras_atomic(model.student(), path, "the student")
 
     return keep
 

@@ -25,12 +25,13 @@ from pathlib import Path
 from ddpm_tf import cli
 from ddpm_tf.data import load_arrays
 from ddpm_tf.datasets.pixel_cache import PixelCache
+from ddpm_tf.distillation import DistillationModel, kept_students
 from ddpm_tf.errors import InputError
 from ddpm_tf.evaluation import sample_quality
 from ddpm_tf.features import ClassifierFeatures, InceptionFeatures
 from ddpm_tf.likelihood import bits_per_dim
 from ddpm_tf.pixels import save_grid
-from ddpm_tf.quality import plot_quality, quality_against_steps, write_table
+from ddpm_tf.quality import plot_quality, quality_of_samplers, write_table
 from ddpm_tf.runs import RunDirectory, load_model
 from ddpm_tf.sampling import generate_uint8
 from ddpm_tf.sampling.spec import SamplingSpec, parse_comparisons
@@ -157,9 +158,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         report["likelihood"]["seconds"] = round(time.perf_counter() - began, 1)
     if compared:
         out.mkdir(parents=True, exist_ok=True)
-        rows = quality_against_steps(
-            model,
-            compared,
+        rows = quality_of_samplers(
+            _samplers(model, args.model, compared),
             test,
             extractor,
             reference=reference(),
@@ -199,6 +199,20 @@ def evaluate(args: argparse.Namespace) -> dict:
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     return report
+
+
+def _samplers(model, path: str, compared: list[SamplingSpec]) -> list[tuple]:
+    """The --compare rows: (name, model, spec) of each compared spec; for a distillation run
+    the teacher's (those are its methods), then each student it kept, in its own steps."""
+    if not isinstance(model, DistillationModel):
+        return [(spec.method, model, spec) for spec in compared]
+    teacher = load_model(model.teacher)
+    students = [load_model(file) for file in kept_students(path)]
+    if model.default_spec not in {student.default_spec for student in students}:
+        students.append(model)  # a run still in its rounds: its student now
+    return [(spec.method, teacher, spec) for spec in compared] + [
+        ("distilled", student, student.default_spec) for student in students
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,13 +6,22 @@ from two teacher steps), `model` the `DistillationModel` whose training step it 
 """
 
 from ddpm_tf.distillation.halving import Halving, ddim_move, default_teacher_steps, step_target
-from ddpm_tf.distillation.model import DistillationModel, Rounds
+from ddpm_tf.distillation.model import (
+    STUDENTS_DIR,
+    DistillationModel,
+    Rounds,
+    kept_students,
+    student_file,
+)
 
 __all__ = [
+    "STUDENTS_DIR",
     "DistillationModel",
     "Halving",
     "Rounds",
     "ddim_move",
     "default_teacher_steps",
+    "kept_students",
     "step_target",
+    "student_file",
 ]

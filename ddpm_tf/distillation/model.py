@@ -18,6 +18,7 @@ Train it with `model.fit(..., callbacks=[Rounds()])`: the callback starts the ro
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 import keras
@@ -37,7 +38,18 @@ from ddpm_tf.losses import mean_over_dims
 from ddpm_tf.model import DiffusionModel
 from ddpm_tf.sampling import SamplingSpec, call_network
 
-__all__ = ["LOSS_WEIGHTINGS", "DistillationModel", "LossWeighting", "Rounds"]
+__all__ = [
+    "LOSS_WEIGHTINGS",
+    "STUDENTS_DIR",
+    "DistillationModel",
+    "LossWeighting",
+    "Rounds",
+    "kept_students",
+    "student_file",
+]
+
+STUDENTS_DIR = "students"
+"""Where a distillation run keeps each round's student: students/steps<N>.keras."""
 
 LossWeighting = Literal["truncated_snr", "landing"]
 LOSS_WEIGHTINGS: tuple[str, ...] = get_args(LossWeighting)
@@ -56,9 +68,12 @@ class DistillationModel(DiffusionModel):
         clip_denoised, dynamic_threshold: the bounds of the teacher's x_0 predictions and of the
             student's sampler, as in `SamplingSpec`.
         teacher: where the teacher came from (a run directory), for the record.
-        loss_weighting: the weight of a step's squared x_0 error: "truncated_snr", max(SNR_t,
-            1) (Salimans & Ho), or "landing", the squared factor c_t,s = alpha_s - sigma_s
-            alpha_t / sigma_t by which the x_0 error moves the step's landing point x_s.
+        loss_weighting: the weight of a step's squared x_0 error: "landing" (the default), the
+            squared factor c_t,s = alpha_s - sigma_s alpha_t / sigma_t by which an x_0 error
+            moves the step's landing point x_s, so the loss is the squared error of x_s; or
+            "truncated_snr", max(SNR_t, 1) (Salimans & Ho). On the digits' epsilon model, one
+            round 8 -> 4 steps gave FID 4.31 with "landing" and 5.33 with "truncated_snr"
+            (docs/sampling.md).
         **kwargs: `DiffusionModel`'s (ema_decay, grad_clip_norm, label_dropout, seed, ...); the
             timesteps are the student's grid, drawn uniformly.
     """
@@ -74,7 +89,7 @@ class DistillationModel(DiffusionModel):
         clip_denoised: bool = True,
         dynamic_threshold: float = 0.0,
         teacher: str = "",
-        loss_weighting: LossWeighting = "truncated_snr",
+        loss_weighting: LossWeighting = "landing",
         **kwargs: Any,
     ):
         if kwargs.pop("timestep_sampler", "uniform") != "uniform":
@@ -285,3 +300,15 @@ class Rounds(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self.model.step >= self.model.halving.total_steps:
             self._end()
+
+
+def student_file(run_dir: str | Path, steps: int) -> Path:
+    """The file of a distillation run's student of `steps` steps."""
+    return Path(run_dir) / STUDENTS_DIR / f"steps{steps}.keras"
+
+
+def kept_students(run_dir: str | Path) -> list[Path]:
+    """The students a distillation run has kept, most steps first."""
+    files = Path(run_dir).glob(f"{STUDENTS_DIR}/steps*.keras")
+    steps = {int(f.stem.removeprefix("steps")): f for f in files if f.stem[5:].isdigit()}
+    return [steps[n] for n in sorted(steps, reverse=True)]
