@@ -26,7 +26,7 @@ def test_mirrored_on_two_devices_makes_the_same_update_as_one_device():
     # One process per configuration: two MirroredStrategy instances in one process share
     # collective-op keys and trip over each other.
     results = {}
-    for name in ("plain", "conditional_hybrid_importance"):
+    for name in ("plain", "conditional_hybrid_importance", "distillation"):
         out = _run([str(SCRIPTS / "mirrored_vs_single.py"), name])
         results.update(json.loads(out.strip().splitlines()[-1]))
     for name, r in results.items():
@@ -38,6 +38,8 @@ def test_mirrored_on_two_devices_makes_the_same_update_as_one_device():
         assert r["loss_single"] == pytest.approx(r["loss_mirrored"], rel=1e-5), name
     importance = results["conditional_hybrid_importance"]
     assert importance["history_max_diff"] < 1e-5 and importance["counts"] == [32, 32]
+    distillation = results["distillation"]  # round 1's teacher: round 0's student, on both
+    assert distillation["teacher_moved"] > 1e-4 and distillation["teacher_max_diff"] < 1e-5
     plain = results["plain"]
     assert plain["per_replica_shape"] == [4, 8, 8, 1]
     assert plain["replicas_differ"] > 0.1  # each replica sampled with its own seed

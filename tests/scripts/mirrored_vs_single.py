@@ -24,6 +24,7 @@ from ddpm_tf import (  # noqa: E402
     get_beta_schedule,
     sample_per_replica,
 )
+from ddpm_tf.distillation import DistillationModel, Rounds  # noqa: E402
 from ddpm_tf.optimizers import FusedAdam  # noqa: E402
 
 # Dropout on in both: the replicas must draw the masks of the global batch's rows, not copies.
@@ -34,19 +35,31 @@ CONFIGS = {
         "diffusion": {"model_var_type": "learned_range", "loss_type": "rescaled_mse"},
         "sampler": "loss-second-moment",
     },
+    # Progressive distillation (2 rounds of 2 steps: 8 -> 4 -> 2), its round started under the
+    # strategy by the `Rounds` callback between the steps.
+    "distillation": {
+        "net": {"num_classes": 3, "dropout": 0.1},
+        "diffusion": {"model_mean_type": "v"},
+        "sampler": "uniform",
+        "distill": {"student_steps": 2, "teacher_steps": 8, "round_steps": 2},
+    },
 }
 
 
 def build(config):
     keras.utils.set_random_seed(0)
     diffusion = GaussianDiffusion(get_beta_schedule("linear", 1000)[:100], **config["diffusion"])
-    model = DiffusionModel(
+    kind, extra = DiffusionModel, {}
+    if "distill" in config:
+        kind, extra = DistillationModel, config["distill"]
+    model = kind(
         from_preset("tiny_8", **config["net"]),
         diffusion,
         ema_decay=0.9,
         seed=7,
         timestep_sampler=config["sampler"],
         label_dropout=0.3,
+        **extra,
     )
     model.compile(FusedAdam(1e-3))  # the default optimizer, under both strategies
     return model
@@ -74,9 +87,13 @@ def main(name):
         mirrored = build(config)
     mirrored.network.set_weights(single.network.get_weights())
     mirrored.ema_network.set_weights(single.ema_network.get_weights())
+    if "distill" in config:
+        mirrored.teacher_network.set_weights(single.teacher_network.get_weights())
     init = single.network.get_weights()
-    h1 = single.fit(dataset(conditional), epochs=2, verbose=0).history
-    h2 = mirrored.fit(dataset(conditional), epochs=2, verbose=0).history
+    callbacks = [Rounds()] if "distill" in config else []
+    h1 = single.fit(dataset(conditional), epochs=2, verbose=0, callbacks=callbacks).history
+    callbacks = [Rounds()] if "distill" in config else []
+    h2 = mirrored.fit(dataset(conditional), epochs=2, verbose=0, callbacks=callbacks).history
     moved = max_diff(single.network.get_weights(), init)
     result = {
         "replicas": strategy.num_replicas_in_sync,
@@ -99,6 +116,11 @@ def main(name):
         result["counts"] = [
             int(m.timestep_sampler.loss_counts.numpy().sum()) for m in (single, mirrored)
         ]
+    if "distill" in config:
+        result["teacher_max_diff"] = max_diff(
+            single.teacher_network.get_weights(), mirrored.teacher_network.get_weights()
+        )
+        result["teacher_moved"] = max_diff(single.teacher_network.get_weights(), init)
     if not conditional:
         images = sample_per_replica(
             strategy, mirrored.sampler(method="ddim", steps=5), 2, seed=3
