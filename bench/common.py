@@ -54,8 +54,12 @@ def keras_train_step(
     dropout: float | None = None,
     jit_compile: bool = False,
     learning_rate: float = 2e-4,
+    distill: bool = False,
 ) -> tuple[object, tf.Tensor, Callable[[], None]]:
     """`DiffusionModel`'s Keras train step on a repeated in-memory batch: (model, images, step).
+
+    `distill`: a `DistillationModel`'s step instead (progressive distillation, 4 steps from a
+    64-step teacher: two teacher calls and one student step per image).
 
     A `preset` U-Net (its dropout rate replaced by `dropout` if given; seed 0) under Keras'
     `mixed_bfloat16` policy if `precision` is "bfloat16", compiled with ddpm-train's optimizer
@@ -66,13 +70,19 @@ def keras_train_step(
     import keras
 
     from ddpm_tf import DiffusionModel, from_preset, kernels
+    from ddpm_tf.distillation import DistillationModel
     from ddpm_tf.optimizers import FusedAdam
 
     if precision == "bfloat16":
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     keras.utils.set_random_seed(0)
     overrides = {} if dropout is None else {"dropout": dropout}
-    model = DiffusionModel(from_preset(preset, **overrides))
+    network = from_preset(preset, **overrides)
+    if distill:
+        rounds = {"student_steps": 4, "teacher_steps": 64, "round_steps": 1000}
+        model = DistillationModel(network, **rounds)
+    else:
+        model = DiffusionModel(network)
     adam = FusedAdam if kernels.enabled() else keras.optimizers.Adam
     model.compile(adam(learning_rate), jit_compile=jit_compile)
     images = tf.random.uniform((batch, *model.image_shape), -1.0, 1.0, seed=0)

@@ -25,6 +25,10 @@ Configurations (each runs in its own subprocess, so the peak resident set size i
                       (only with --only) one inter-op thread: TF runs one op at a time, each on the
                       intra-op threads, as PyTorch does
     small28-graph-b64 (only with --only) small28-graph at batch 64: images/s against batch 32
+    small28-distill, tiny8-graph, tiny8-distill  (only with --only) a progressive-distillation step
+                      (`DistillationModel`: two teacher calls, then the student's step) of the
+                      fashion_mnist (small_28, batch 32) and digits (tiny_8, batch 64) presets
+                      beside their training steps: how long `ddpm-distill` takes per step
     small28-graph-nodrop, small28-diffusers-nodrop, small28-bf16-nodrop, small28-diffusers-bf16-nodrop
                       (only with --only) the small_28 steps with dropout 0 in both frameworks: what
                       the preset's dropout 0.1 costs each (the fashion_mnist preset trains without)
@@ -88,6 +92,7 @@ class Config:
     precision: str = "float32"  # or "bfloat16" (mixed: float32 weights)
     dropout: float | None = None  # overrides the architecture's dropout rate (both frameworks)
     fused: bool = True  # ddpm_tf's fused CPU kernels (False: DDPM_TF_FUSED_KERNELS=0)
+    distill: bool = False  # a DistillationModel's step (progressive distillation)
 
 
 NODROP = {"dropout": 0.0, "in_default_run": False}
@@ -111,6 +116,9 @@ CONFIGS: dict[str, Config] = {
         Config("cifar10-graph-inter1", "tf", "ddpm_cifar10", 8, inter_op=1, in_default_run=False),
         Config("small28-graph-inter1", "tf", "small_28", 32, inter_op=1, in_default_run=False),
         Config("small28-graph-b64", "tf", "small_28", 64, in_default_run=False),
+        Config("small28-distill", "tf", "small_28", 32, distill=True, in_default_run=False),
+        Config("tiny8-graph", "tf", "tiny_8", 64, in_default_run=False),
+        Config("tiny8-distill", "tf", "tiny_8", 64, distill=True, in_default_run=False),
         Config("small28-graph-nodrop", "tf", "small_28", 32, **NODROP),
         Config("cifar10-graph-standard", "tf", "ddpm_cifar10", 8, **STANDARD),
         Config("small28-graph-standard", "tf", "small_28", 32, **STANDARD),
@@ -294,6 +302,7 @@ def run_tf(config: Config, repeats: int, warmup: int, threads: int, breakdown: b
         dropout=config.dropout,
         jit_compile=config.jit_compile,
         learning_rate=LEARNING_RATE,
+        distill=config.distill,
     )
     network = model.network
     setup_rss = rss_mib()

@@ -160,7 +160,10 @@ def keeper(run: RunDirectory) -> Callable[[DistillationModel], None]:
 def prepare(model: keras.Model, run: RunDirectory, start: int) -> list[keras.callbacks.Callback]:
     """At a fresh start, the student (and teacher) take the teacher run's EMA weights."""
     if start == 0:
-        model.initialize_from(load_model(model.teacher))
+        teacher = load_model(model.teacher)
+        model.initialize_from(teacher)
+        if run.chief:
+            print(f"student initialised from {model.teacher} at step {teacher.step}", flush=True)
     return [Rounds(keeper(run))]
 
 
