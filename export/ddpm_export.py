@@ -27,6 +27,7 @@ from ddpm_tf.exporting import (
 from ddpm_tf.exporting.options import FUNCTIONS, ONNX_OPSETS, QUANTIZATIONS
 from ddpm_tf.exporting.pipeline import check_output_dir
 from ddpm_tf.guidance import load_noisy_classifier
+from ddpm_tf.sampling.spec import SamplingSpec
 
 
 def build_parser() -> cli.ProgramParser:
@@ -106,6 +107,13 @@ def _editing_settings(args: argparse.Namespace) -> dict:
     return settings
 
 
+def model_spec(args: argparse.Namespace, model) -> SamplingSpec:
+    """The exported sampling of a model with its own spec (a distilled student): that spec with
+    the portable noise of exports, then the flags given."""
+    own = model.default_spec.replace(noise_source=EXPORT_SPEC.noise_source)
+    return cli.sampling_spec(args, own)
+
+
 def export(args: argparse.Namespace) -> None:
     """Checks every input (options, output directory, model) first, then exports and verifies."""
     options = ExportOptions(
@@ -125,7 +133,7 @@ def export(args: argparse.Namespace) -> None:
     check_output_dir(args.out, args.overwrite)
     model = load_model(args.model)
     if model.default_spec is not None:  # a student samples as it was distilled
-        options = dataclasses.replace(options, spec=cli.sampling_spec(args, EXPORT_SPEC, model))
+        options = dataclasses.replace(options, spec=model_spec(args, model))
     cli.check_samples_fit(model, args.num_samples)  # the verification samples them at once
     classifier = (
         None if args.noisy_classifier is None else load_noisy_classifier(args.noisy_classifier)

@@ -366,3 +366,14 @@ def test_the_program_refuses_a_teacher_that_is_no_trained_run(tmp_path, data_dir
     assert _distill(tmp_path / "empty", tmp_path / "out", data_dir) == 2
     assert "is not a run directory of ddpm-train" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_export_of_a_student_samples_as_the_student_with_portable_noise():
+    from ddpm_tf.export.ddpm_export import build_parser, model_spec
+
+    model = _distillation(student_steps=4, teacher_steps=8)
+    model.step_counter.assign(model.halving.total_steps)
+    spec = model_spec(build_parser().parse_args(["run", "--out", "x"]), model)
+    assert (spec.method, spec.steps, spec.noise_source) == ("ddim", TrailingSteps(4), "portable")
+    flagged = model_spec(build_parser().parse_args(["run", "--out", "x", "--steps", "8"]), model)
+    assert flagged.steps == parse_steps(8) and flagged.noise_source == "portable"
