@@ -45,7 +45,7 @@ def quality_of_samplers(
     seed: int | tuple[int, int] = 0,
     batch_size: int = 256,
     progress: Callable[[SamplingSpec], Callable[[int], None]] | None = None,
-    on_samples: Callable[[SamplingSpec, np.ndarray], None] | None = None,
+    on_samples: Callable[[str, SamplingSpec, np.ndarray], None] | None = None,
     **conditioning: Any,
 ) -> list[dict[str, Any]]:
     """One row per (name, model, spec): method (the name: a line of `plot_quality`), steps,
@@ -54,7 +54,7 @@ def quality_of_samplers(
 
     `conditioning` are `generate_uint8`'s labels [num_samples], guidance_scale, classifier and
     classifier_scale. `progress(spec)` gives a per-batch callback for that spec's sampling;
-    `on_samples(spec, images)` sees each spec's uint8 samples (e.g. to save a grid).
+    `on_samples(name, spec, images)` sees each row's uint8 samples (e.g. to save a grid).
     """
     rows = []
     for name, model, spec in samplers:
@@ -70,7 +70,7 @@ def quality_of_samplers(
         )
         seconds = time.perf_counter() - began
         if on_samples is not None:
-            on_samples(spec, images)
+            on_samples(name, spec, images)
         scores = sample_quality(real, images, extractor, reference_uint8=reference)
         rows.append(
             {

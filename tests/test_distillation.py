@@ -342,6 +342,10 @@ def test_the_program_distills_in_rounds_keeps_each_student_and_resumes_exactly(
         ("distilled", "trailing4", 4),
         ("distilled", "trailing2", 2),
     ]
+    grids = sorted(p.name for p in (tmp_path / "eval").glob("samples_*.png"))
+    assert grids == [
+        f"samples_{n}.png" for n in ("ddim_trailing8", "distilled_trailing2", "distilled_trailing4")
+    ]
 
 
 @pytest.mark.parametrize(

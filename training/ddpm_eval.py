@@ -167,8 +167,8 @@ def evaluate(args: argparse.Namespace) -> dict:
             seed=args.seed,
             batch_size=args.batch_size,
             progress=lambda s: cli.ProgressLine(f"{s.method} {s.steps.text}", num, "images"),
-            on_samples=lambda s, images: save_grid(
-                images[:64], out / f"samples_{s.method}_{s.steps.text}.png"
+            on_samples=lambda name, s, images: save_grid(
+                images[:64], out / f"samples_{name}_{s.steps.text}.png"
             ),
             **condition,
         )
