@@ -22,8 +22,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import SMALL, checkpoint_values
 from test_distributed import _free_port
-from test_training import SMALL, _checkpoint_values
 
 from ddpm_tf import GaussianDiffusion, compat, get_beta_schedule, unet
 from ddpm_tf.data import load_arrays
@@ -261,7 +261,7 @@ class Cluster:
 
 
 def _max_difference(a: Path, b: Path) -> float:
-    left, right = _checkpoint_values(a), _checkpoint_values(b)
+    left, right = checkpoint_values(a), checkpoint_values(b)
     assert left.keys() == right.keys()
     for name in left:
         if left[name].dtype.kind != "f":

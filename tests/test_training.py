@@ -29,8 +29,8 @@ from ddpm_tf.runs import CURVE_FILE, CheckpointError, RunConfigError, RunDirecto
 from ddpm_tf.sampling import generate_uint8
 from ddpm_tf.sampling.spec import SamplingSpec
 from ddpm_tf.training import ddpm_eval as evaluate_program
-from ddpm_tf.training import ddpm_train as train_program
 from ddpm_tf.training import ddpm_train_presets as cfg
+from ddpm_tf.training import ddpm_train_run as train_program
 from ddpm_tf.training.ddpm_classifier import main as classifier_main
 from ddpm_tf.training.ddpm_eval import main as eval_main
 from ddpm_tf.training.ddpm_sample import main as sample_main
