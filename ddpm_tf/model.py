@@ -381,11 +381,16 @@ class DiffusionModel(keras.Model):
         self.timestep_sampler.update_with_losses(t, tf.stop_gradient(losses))
 
     def ema_decay_now(self) -> tf.Tensor:
-        """The decay of the next EMA update (warm-up: (1 + n) / (10 + n) while below ema_decay)."""
+        """The decay of the next EMA update (warm-up: (1 + n) / (10 + n) while below ema_decay,
+        n the `_ema_age`)."""
         if not self.ema_warmup:
             return tf.constant(self.ema_decay, tf.float32)
-        n = tf.cast(self.step_counter, tf.float32)
+        n = tf.cast(self._ema_age(), tf.float32)
         return tf.minimum(self.ema_decay, (1.0 + n) / (10.0 + n))
+
+    def _ema_age(self) -> tf.Tensor:
+        """The updates the EMA's warm-up counts: every step (a distillation: its round's)."""
+        return self.step_counter
 
     def _update_ema(self) -> None:
         decay = self.ema_decay_now()

@@ -35,6 +35,7 @@ from ddpm_tf.distillation import (
     Rounds,
     default_teacher_steps,
     student_file,
+    student_spec,
 )
 from ddpm_tf.errors import InputError
 from ddpm_tf.keras_files import save_keras_atomic
@@ -131,17 +132,10 @@ def distill_config(args: argparse.Namespace) -> tuple[str, dict]:
     config["train"]["steps"] = halving.total_steps
     for key in ("sample_every", "eval_every"):  # at least at the end of every round
         config["run"][key] = min(config["run"][key], distill["round_steps"])
-    config["sampling"] = final_spec(config, halving).to_dict()
+    bounds = [config["sampling"][k] for k in ("clip_denoised", "dynamic_threshold")]
+    config["sampling"] = student_spec(halving, halving.rounds - 1, *bounds).to_dict()
     name = f"{teacher.name}_{args.steps}steps"
     return name, finish(config, dataset_given=bool(config["data"]["dataset"]))
-
-
-def final_spec(config: dict, halving: Halving):
-    """The finished student's sampler (`DistillationModel.spec_of_round` of the last round)."""
-    from ddpm_tf.sampling.spec import SamplingSpec
-
-    bounds = {k: config["sampling"][k] for k in ("clip_denoised", "dynamic_threshold")}
-    return SamplingSpec(method="ddim", steps=halving.grid(halving.rounds - 1), **bounds)
 
 
 def keeper(run: RunDirectory) -> Callable[[DistillationModel], None]:

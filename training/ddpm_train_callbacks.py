@@ -149,7 +149,7 @@ class Progress(keras.callbacks.Callback):
 def spec_of(model: keras.Model, spec: SamplingSpec) -> SamplingSpec:
     """How a run samples its grids and FID: the model's own spec (a distillation's current
     round), else the config's [sampling] `spec`."""
-    return getattr(model, "default_spec", None) or spec
+    return model.default_spec or spec
 
 
 class Samples(keras.callbacks.Callback):

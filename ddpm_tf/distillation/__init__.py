@@ -12,6 +12,7 @@ from ddpm_tf.distillation.model import (
     Rounds,
     kept_students,
     student_file,
+    student_spec,
 )
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "kept_students",
     "step_target",
     "student_file",
+    "student_spec",
 ]

@@ -33,6 +33,7 @@ __all__ = [
     "ddim_move",
     "default_teacher_steps",
     "extended_alphas_cumprod",
+    "landing_factor",
     "step_target",
 ]
 
@@ -126,11 +127,19 @@ def ddim_move(abar: np.ndarray, x_t: tf.Tensor, pred_xstart: tf.Tensor, t, s) ->
     return tf.sqrt(ab_s) * pred_xstart + tf.sqrt(1.0 - ab_s) * eps
 
 
+def landing_factor(abar: np.ndarray, t, s, like: tf.Tensor) -> tf.Tensor:
+    """c = alpha_s - (sigma_s / sigma_t) alpha_t, shaped to broadcast against `like`: how far an
+    x_0 change moves the landing point of `ddim_move` from t to s (x_s = c x_0 + (sigma_s /
+    sigma_t) x_t)."""
+    ab_t, ab_s = _gather(abar, t, like), _gather(abar, s, like)
+    return tf.sqrt(ab_s) - tf.sqrt((1.0 - ab_s) / (1.0 - ab_t)) * tf.sqrt(ab_t)
+
+
 def step_target(abar: np.ndarray, x_t: tf.Tensor, x_s: tf.Tensor, t, s) -> tf.Tensor:
     """The x_0 for which `ddim_move` from x_t at t lands on x_s at s (the module docstring)."""
     ab_t, ab_s = _gather(abar, t, x_t), _gather(abar, s, x_t)
     ratio = tf.sqrt((1.0 - ab_s) / (1.0 - ab_t))
-    return (x_s - ratio * x_t) / (tf.sqrt(ab_s) - ratio * tf.sqrt(ab_t))
+    return (x_s - ratio * x_t) / landing_factor(abar, t, s, x_t)
 
 
 def default_teacher_steps(student_steps: int, at_least: int = 64) -> int:

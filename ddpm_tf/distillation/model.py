@@ -31,6 +31,7 @@ from ddpm_tf.distillation.halving import (
     Halving,
     ddim_move,
     extended_alphas_cumprod,
+    landing_factor,
     step_target,
 )
 from ddpm_tf.errors import InputError
@@ -46,6 +47,7 @@ __all__ = [
     "Rounds",
     "kept_students",
     "student_file",
+    "student_spec",
 ]
 
 STUDENTS_DIR = "students"
@@ -114,13 +116,8 @@ class DistillationModel(DiffusionModel):
 
     # ------------------------------------------------------------------------------------ rounds
     def spec_of_round(self, round_index: int) -> SamplingSpec:
-        """The student's sampler in round r: DDIM (eta 0) on `TrailingSteps(n_r)`."""
-        return SamplingSpec(
-            method="ddim",
-            steps=self.halving.grid(round_index),
-            clip_denoised=self.clip_denoised,
-            dynamic_threshold=self.dynamic_threshold,
-        )
+        """The student's sampler in round r (`student_spec`)."""
+        return student_spec(self.halving, round_index, self.clip_denoised, self.dynamic_threshold)
 
     @property
     def round(self) -> int:
@@ -173,26 +170,16 @@ class DistillationModel(DiffusionModel):
             sampling=self.default_spec,
         )
 
-    def ema_decay_now(self) -> tf.Tensor:
-        """The EMA warm-up of `DiffusionModel`, restarted at each round."""
-        if not self.ema_warmup:
-            return tf.constant(self.ema_decay, tf.float32)
-        n = tf.cast(self.step_counter % self.halving.round_steps, tf.float32)
-        return tf.minimum(self.ema_decay, (1.0 + n) / (10.0 + n))
+    def _ema_age(self) -> tf.Tensor:
+        """The EMA warm-up restarts at each round."""
+        return self.step_counter % self.halving.round_steps
 
     # ---------------------------------------------------------------------------------- training
     def _x0(self, network, x_t, t, labels, bound: bool, training: bool = False) -> tf.Tensor:
         """The x_0 prediction of `network` at x_t, process indices t [B], bounded if asked."""
         output = call_network(network, x_t, t, labels, training=training)
-        if not bound:
-            mean_output = (
-                tf.split(output, 2, axis=-1)[0] if self.diffusion.learns_variance else output
-            )
-            return self.diffusion._predict_xstart(mean_output, x_t, t)
-        prediction = self.diffusion._p_mean_variance(
-            output, x_t, t, self.clip_denoised, self.dynamic_threshold
-        )
-        return prediction["pred_xstart"]
+        clip, threshold = (self.clip_denoised, self.dynamic_threshold) if bound else (False, 0.0)
+        return self.diffusion._p_mean_variance(output, x_t, t, clip, threshold)["pred_xstart"]
 
     def teacher_target(self, x_t, i, n, labels=None) -> tf.Tensor:
         """The student's target x~_0 at x_t for step i [B] of its n-step grid: the teacher's two
@@ -204,12 +191,11 @@ class DistillationModel(DiffusionModel):
 
     def _weight(self, t, s) -> tf.Tensor:
         """[B] weights of the squared x_0 errors of steps t -> s (`loss_weighting`)."""
-        table = tf.constant(self._abar, tf.float32)
-        ab_t, ab_s = tf.gather(table, t + 1), tf.gather(table, s + 1)
+        like = tf.zeros_like(t, tf.float32)  # [B]: the weights broadcast against the errors
         if self.loss_weighting == "truncated_snr":
+            ab_t = tf.gather(tf.constant(self._abar, tf.float32), t + 1)
             return tf.maximum(ab_t / (1.0 - ab_t), 1.0)
-        landing = tf.sqrt(ab_s) - tf.sqrt((1.0 - ab_s) / (1.0 - ab_t)) * tf.sqrt(ab_t)
-        return tf.square(landing)
+        return tf.square(landing_factor(self._abar, t, s, like))
 
     def _draw_steps(self, seed, local_batch, replica, replicas, n) -> tf.Tensor:
         """Student steps i [local_batch], uniform on [0, n), this replica's rows."""
@@ -218,23 +204,32 @@ class DistillationModel(DiffusionModel):
         i = tf.minimum(tf.cast(tf.floor(unit * tf.cast(n, tf.float32)), tf.int32), n - 1)
         return tf.gather(i, tf.range(replica * local_batch, (replica + 1) * local_batch))
 
+    def _student_problem(self, images, labels, seed, n, replica, replicas, drop_labels: bool):
+        """(x_t, t, s, labels, target): a step of the n-step grid per image, x_t ~ q(x_t | x_0)
+        at its start t (s its end), the labels (with the null class where dropped, if asked)
+        and the teacher's target there."""
+        batch = tf.shape(images)[0]
+        i = self._draw_steps(seed, batch, replica, replicas, n)
+        _, _, noise, drop = self._draw(seed, batch, replica, replicas, self.timestep_sampler)
+        if drop_labels:
+            labels = self._drop_labels(labels, drop)
+        t, _, s = self.halving.indices(i, n)
+        x_t = self.diffusion.q_sample(images, t, noise)
+        return x_t, t, s, labels, self.teacher_target(x_t, i, n, labels)
+
     def train_step(self, data):
         # 1. The batch and this step's seed (the same on every replica, and on resume).
         images, labels = self._unpack(data)
         replica, replicas = self._replica()
         seed = self._step_seed()
-        batch = tf.shape(images)[0]
-        # 2. The round's grid, a student step per image, noise and label drops; x_t on the grid.
+        # 2. The round's grid, a student step per image, x_t there and label drops; 3. the
+        # target: where the teacher's two steps land, as one step's x_0.
         n = self.halving.student_steps_of(self._round_tensor(self.step_counter))
-        i = self._draw_steps(seed, batch, replica, replicas, n)
-        _, _, noise, drop = self._draw(seed, batch, replica, replicas, self.timestep_sampler)
-        labels = self._drop_labels(labels, drop)
-        t = self.halving.indices(i, n)[0]
-        x_t = self.diffusion.q_sample(images, t, noise)
-        # 3. The target: where the teacher's two steps land, as one step's x_0.
-        target = self.teacher_target(x_t, i, n, labels)
+        x_t, t, s, labels, target = self._student_problem(
+            images, labels, seed, n, replica, replicas, drop_labels=True
+        )
         # 4. The student's x_0 error, weighted (`loss_weighting`).
-        weight = self._weight(t, self.halving.indices(i, n)[2])
+        weight = self._weight(t, s)
         with tf.GradientTape() as tape, self._dropout_masks(seed, images, replica):
             x0 = self._x0(self.network, x_t, t, labels, bound=False, training=True)
             mse = mean_over_dims(tf.square(x0 - target))
@@ -250,14 +245,11 @@ class DistillationModel(DiffusionModel):
         images, labels = self._unpack(data)
         replica, replicas = self._replica()
         seed = rng.fold_in(rng.as_seed(self.seed + 1), tf.cast(self.eval_counter, tf.int32))
-        batch = tf.shape(images)[0]
         last = tf.maximum(self.step_counter - 1, 0)  # the weights' round, as `round`
         n = self.halving.student_steps_of(self._round_tensor(last))
-        i = self._draw_steps(seed, batch, replica, replicas, n)
-        _, _, noise, _ = self._draw(seed, batch, replica, replicas, self.timestep_sampler)
-        t = self.halving.indices(i, n)[0]
-        x_t = self.diffusion.q_sample(images, t, noise)
-        target = self.teacher_target(x_t, i, n, labels)
+        x_t, t, _, labels, target = self._student_problem(
+            images, labels, seed, n, replica, replicas, drop_labels=False
+        )
         x0 = self._x0(self.ema_network, x_t, t, labels, bound=False)
         mse = mean_over_dims(tf.square(x0 - target))
         self.eval_counter.assign_add(1)
@@ -300,6 +292,19 @@ class Rounds(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self.model.step >= self.model.halving.total_steps:
             self._end()
+
+
+def student_spec(
+    halving: Halving, round_index: int, clip_denoised: bool = True, dynamic_threshold: float = 0.0
+) -> SamplingSpec:
+    """The student's sampler in round r of `halving`: DDIM (eta 0) on `TrailingSteps(n_r)`, its
+    x_0 bounded as given."""
+    return SamplingSpec(
+        method="ddim",
+        steps=halving.grid(round_index),
+        clip_denoised=clip_denoised,
+        dynamic_threshold=dynamic_threshold,
+    )
 
 
 def student_file(run_dir: str | Path, steps: int) -> Path:
