@@ -5,7 +5,8 @@ times per batch; their time is compared, in one run, with the same number of net
 (one compiled `tf.while_loop` of T forward passes at the same batch, the faster of graph and XLA).
 Every time includes compilation, as a program run does, and the network-only loop runs the same
 batch sizes as the loop it is compared with. Rounds alternate the measurements so that a machine
-whose load changes affects both sides alike; the medians of the per-round ratios are reported. A
+whose load changes affects both sides alike (each round also swaps which of the two runs first);
+the medians of the per-round ratios are reported. A
 ratio of 1.0 means the loop adds nothing to the network's cost.
 
     python bench/eval_speed.py                      # tiny_8 digits: 300 images, batch 250, T=1000
@@ -18,14 +19,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
+from collections.abc import Callable
+from functools import partial
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from common import machine  # noqa: E402
+from common import machine, time_calls  # noqa: E402
 
 from ddpm_tf import (  # noqa: E402
     DiffusionModel,
@@ -51,14 +53,22 @@ def network_only(model: DiffusionModel, batches: list[int], steps: int, jit: boo
 
         return tf.while_loop(lambda i, _: i < steps, body, (tf.constant(0), x))[1]
 
-    return timed(lambda: [loop(tf.random.normal([b, *model.image_shape])).numpy() for b in batches])
+    return timed(lambda: [loop(tf.random.normal([b, *model.image_shape])) for b in batches])
 
 
-def timed(fn, *args, **kwargs) -> float:
-    """Seconds of one call `fn(*args, **kwargs)`, compilation included: what a program run sees."""
-    began = time.perf_counter()
-    fn(*args, **kwargs)
-    return time.perf_counter() - began
+def timed(fn) -> float:
+    """Seconds of one call `fn()`, compilation included: what a program run sees."""
+    return time_calls(fn)["median_s"]
+
+
+def paired(network: Callable[[], float], loop: Callable[[], float], loop_first: bool):
+    """(loop seconds, network-only seconds), run in the order given: rounds alternate it so that
+    a machine whose speed drifts within a round slows both sides alike."""
+    if loop_first:
+        seconds = loop()
+        return seconds, network()
+    base = network()
+    return loop(), base
 
 
 def generation_batches(count: int, batch: int) -> list[int]:
@@ -91,6 +101,13 @@ def main(argv=None) -> None:
         f"{bound_batches}, sampling in batches {sample_batches}; {args.rounds} alternating "
         "rounds, a fresh model each (compilation included, as in a program run)"
     )
+
+    def bound(model: DiffusionModel, jit: bool) -> None:
+        bits_per_dim(model, images, args.batch, jit_compile=jit)
+
+    def sample(model: DiffusionModel, jit: bool) -> None:
+        generate_uint8(model, args.images, 0, SamplingSpec(jit_compile=jit), batch_size=args.batch)
+
     ratios: dict[str, list[float]] = {}
     seconds: dict[str, list[float]] = {}
 
@@ -100,18 +117,23 @@ def main(argv=None) -> None:
         print(f"  {name:<22} {loop:7.1f} s, network alone {network:7.1f} s: {loop / network:.3f}")
 
     for round_ in range(args.rounds):
-        print(f"round {round_ + 1}", flush=True)
+        loop_first = round_ % 2 == 1  # alternate which side runs first
+        print(
+            f"round {round_ + 1} ({'loops' if loop_first else 'network alone'} first)", flush=True
+        )
         for mode in args.modes:
             jit = mode == "xla"
-            model = fresh_model(args)
-            base = network_only(model, bound_batches, args.timesteps, jit)
-            loop = timed(bits_per_dim, model, images, args.batch, jit_compile=jit)
-            record(f"bits/dim {mode}", loop, base)
-            model = fresh_model(args)
-            base = network_only(model, sample_batches, args.timesteps, jit)
-            spec = SamplingSpec(jit_compile=jit)
-            loop = timed(generate_uint8, model, args.images, 0, spec, batch_size=args.batch)
-            record(f"ancestral {mode}", loop, base)
+            for name, batches, run in (
+                ("bits/dim", bound_batches, bound),
+                ("ancestral", sample_batches, sample),
+            ):
+                model = fresh_model(args)
+                loop, base = paired(
+                    partial(network_only, model, batches, args.timesteps, jit),
+                    partial(timed, partial(run, model, jit)),
+                    loop_first,
+                )
+                record(f"{name} {mode}", loop, base)
     print(f"{'loop':<22} {'median s':>9} {'x network (median of rounds)':>30}")
     for name in ratios:
         print(f"{name:<22} {np.median(seconds[name]):>9.1f} {np.median(ratios[name]):>30.3f}")

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from common import machine, median_seconds  # noqa: E402
+from common import machine, time_calls  # noqa: E402
 
 from ddpm_tf import METHODS, DiffusionModel, GaussianDiffusion, get_beta_schedule, unet  # noqa: E402
 from ddpm_tf.exporting import EXPORT_SPEC, ExportOptions, export_model, open_function  # noqa: E402
@@ -38,7 +38,9 @@ def time_formats(
     count = tf.constant(n, tf.int32)
     for jit, name in ((False, "TF graph"), (True, "TF XLA")):
         sampler = model.sampler(options.spec, jit_compile=jit)
-        rows.append((name, median_seconds(lambda s=sampler: s.sample(count, seed), repeats)))
+        rows.append(
+            (name, time_calls(lambda s=sampler: s.sample(count, seed), repeats, 1)["median_s"])
+        )
     runtimes = [
         ("SavedModel", "saved_model", "saved_model", "serving_default"),
         ("TFLite (LiteRT)", "tflite", "tflite/sampler.tflite", "sample"),
@@ -50,7 +52,7 @@ def time_formats(
         runner = open_function(fmt, out / path, key, num_threads=threads)
         feeds = {"seed": seed, "num_samples": np.array(n, np.int32)}
         feeds = {k: v for k, v in feeds.items() if k in runner.inputs}
-        rows.append((name, median_seconds(lambda r=runner, f=feeds: r(f), repeats)))
+        rows.append((name, time_calls(lambda r=runner, f=feeds: r(f), repeats, 1)["median_s"]))
     return rows
 
 

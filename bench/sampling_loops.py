@@ -20,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import tensorflow as tf  # noqa: E402
-from common import machine, median_seconds  # noqa: E402
+from common import machine, time_calls  # noqa: E402
 
 from ddpm_tf import GaussianDiffusion, SamplingSpec, get_beta_schedule  # noqa: E402
 from ddpm_tf.rng import as_seed  # noqa: E402
@@ -57,7 +57,7 @@ def network_call_seconds(preset: str, shape, repeats: int) -> float:
     x = tf.random.normal(shape)
     t = tf.fill([shape[0]], 500)
     call = tf.function(lambda x, t: net(x, t, training=False))
-    return median_seconds(lambda: call(x, t), repeats)
+    return time_calls(lambda: call(x, t), repeats, 1)["median_s"]
 
 
 def main(argv=None) -> None:
@@ -93,7 +93,7 @@ def main(argv=None) -> None:
             "bits/dim": (args.steps, bpd_loop(diffusion, x_start, jit)),
         }
         for name, (steps, fn) in loops.items():
-            per_step = median_seconds(fn, args.repeats) / steps
+            per_step = time_calls(fn, args.repeats, 1)["median_s"] / steps
             rows.append((name, mode, per_step))
             print(f"{name:18s} {mode:5s} {per_step * 1e3:8.3f} ms/step")
     if args.preset:

@@ -7,8 +7,9 @@ summed per step. Ops run concurrently (TensorFlow's inter-op threads, each op on
 threads), so the op times add up to more than the step's wall time: the shares are of the summed
 op time, which says where the work is, not how much the step would shrink without it.
 
-Layer kinds come from the ops' names: the U-Net's sub-layers (`norm1`, `conv2`, `dropout`, ...) and
-their gradients; ops outside any layer (SiLU, which `keras.ops.silu` names at the top level, the
+Convolutions are split into forward, backward-data (the gradient to the input) and
+backward-filter (the gradient to the kernel). Other layer kinds come from the ops' names: the
+U-Net's sub-layers (`norm1`, `conv2`, `dropout`, ...) and their gradients; ops outside any layer (SiLU, which `keras.ops.silu` names at the top level, the
 residual adds, the loss, Adam and the EMA) are listed by op type.
 
     python bench/step_profile.py --preset small_28 --batch 32 --precision bfloat16
@@ -26,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import keras_train_step, machine, median_seconds  # noqa: E402
+from common import keras_train_step, machine, time_calls  # noqa: E402
 
 LAYER = re.compile(r"u_net(?:_\d+)?/([^/]+)/([^/]+)")
 KINDS = (  # (kind, pattern on the sub-layer or block name), first match wins
@@ -40,14 +41,17 @@ KINDS = (  # (kind, pattern on the sub-layer or block name), first match wins
 def layer_kind(path: str, op: str) -> str | None:
     """The kind of U-Net layer an op belongs to, from its name; None outside the U-Net's layers.
 
-    Convolutions go by op type: grappler fuses a residual add into the convolution before it, and
-    the fused op keeps the add's name.
+    Convolutions go by op type, split into the forward pass, the backward pass to the input
+    (backward-data, Conv2DBackpropInput) and to the kernel (backward-filter, Conv2DBackpropFilter):
+    grappler fuses a residual add into the convolution before it, and the fused op keeps the add's
+    name.
     """
+    conv = conv_direction(op)
+    if conv:
+        return conv
     match = LAYER.search(path)
     if match is None:
         return None
-    if "Conv2D" in op:
-        return "convolution"
     block, sub = (re.sub(r"_\d+$", "", part) for part in match.groups())
     for kind, pattern in KINDS:
         if re.search(pattern, sub) or re.search(pattern, block):
@@ -55,6 +59,17 @@ def layer_kind(path: str, op: str) -> str | None:
     if re.search(r"attn", block):
         return "attention"
     return "other U-Net ops"
+
+
+def conv_direction(op: str) -> str | None:
+    """ "convolution forward/backward-data/backward-filter" for a convolution op type, else None."""
+    if "Conv2DBackpropInput" in op:
+        return "convolution backward-data"
+    if "Conv2DBackpropFilter" in op:
+        return "convolution backward-filter"
+    if "Conv2D" in op:
+        return "convolution forward"
+    return None
 
 
 def summarize(events: list[tuple[str, float]], steps: int) -> dict[str, collections.Counter]:
@@ -65,7 +80,11 @@ def summarize(events: list[tuple[str, float]], steps: int) -> dict[str, collecti
         direction = "backward" if "gradient_tape" in path else "forward"
         kind = layer_kind(path, op)
         by_op[op] += ms / steps
-        by_kind[f"{kind} ({direction})" if kind else f"outside layers: {op}"] += ms / steps
+        if kind is None:
+            kind = f"outside layers: {op}"
+        elif not kind.startswith("convolution"):
+            kind = f"{kind} ({direction})"
+        by_kind[kind] += ms / steps
     return {"op": by_op, "kind": by_kind}
 
 
@@ -96,7 +115,7 @@ def profile(args: argparse.Namespace) -> tuple[float, dict[str, collections.Coun
     _, _, step = keras_train_step(
         args.preset, args.batch, precision=args.precision, dropout=args.dropout
     )
-    step_s = median_seconds(step, args.repeats, args.warmup)
+    step_s = time_calls(step, args.repeats, args.warmup)["median_s"]
     with tempfile.TemporaryDirectory() as logdir:
         tf.profiler.experimental.start(logdir)
         for _ in range(args.repeats):

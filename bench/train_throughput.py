@@ -1,52 +1,42 @@
-"""Training throughput and peak memory of `DiffusionModel`'s train step, graph and XLA.
+"""Training throughput and peak memory of `DiffusionModel`'s train step against the PyTorch peer at
+its best (`peer.py`: diffusers' `UNet2DModel` of the same architecture doing the same step).
 
-Configurations (each runs in its own subprocess, so the peak resident set size is its own):
+Workloads: `cifar10` (the ddpm_cifar10 U-Net, 35.7M parameters, 32x32x3, batch 8), `cifar10b32`
+(the same at batch 32), `small28` (small_28, 1.1M parameters, 28x28x1, batch 32), and with
+--only `small28b64` (batch 64) and `tiny8` (the digits preset's tiny_8, batch 64). Each runs in
+float32 and, with the tag `-bf16`, in bfloat16 (Keras' `mixed_bfloat16` policy; the peer's forward
+pass and loss under `torch.autocast("cpu", dtype=torch.bfloat16)`). Configurations, each in its own
+subprocess (so the peak resident set size is its own):
 
-    cifar10-graph     ddpm_cifar10 U-Net (35.7M parameters, 32x32x3), batch 8, graph train step
-    cifar10-xla       the same with `compile(..., jit_compile=True)`
-    small28-graph     small_28 U-Net (1.1M parameters, 28x28x1), batch 32, graph train step
-    small28-xla       the same, XLA
-    cifar10-diffusers the same CIFAR-10 architecture as `diffusers.UNet2DModel` in PyTorch, batch 8,
-                      with the same step: random t, noise, x_t, MSE on eps, backward, clip 1.0, Adam
-                      2e-4 and an EMA update; run only when torch and diffusers are importable
-    small28-diffusers a UNet2DModel with small_28's widths (32, 64, 64), one residual block per level,
-                      attention at 7x7 and in the middle, 8 groups; batch 32
-    cifar10-bf16, cifar10-bf16-xla, small28-bf16, small28-bf16-xla   the ddpm_tf steps under Keras'
-                      `mixed_bfloat16` policy (bfloat16 network, float32 weights, head and loss)
-    cifar10-diffusers-bf16, small28-diffusers-bf16   the diffusers steps with the forward pass and
-                      loss under `torch.autocast("cpu", dtype=torch.bfloat16)`
-    cifar10-graph-standard, small28-graph-standard, cifar10-bf16-standard, small28-bf16-standard
-                      (only with --only) the steps with TensorFlow's standard ops only
-                      (DDPM_TF_FUSED_KERNELS=0, and Keras' Adam for FusedAdam): what ddpm_tf's
-                      fused GroupNorm kernels and fused Adam buy
-    cifar10-graph-onednn  cifar10-graph with TF_ENABLE_ONEDNN_OPTS=1 (only with --only): TF turns
-                      its oneDNN kernels on by default only on some x86 CPUs, PyTorch always uses them
-    cifar10-graph-inter1, small28-graph-inter1, cifar10-bf16-inter1, small28-bf16-inter1
-                      (only with --only) one inter-op thread: TF runs one op at a time, each on the
-                      intra-op threads, as PyTorch does
-    small28-graph-b64 (only with --only) small28-graph at batch 64: images/s against batch 32
-    small28-distill, tiny8-graph, tiny8-distill  (only with --only) a progressive-distillation step
-                      (`DistillationModel`: two teacher calls, then the student's step) of the
-                      fashion_mnist (small_28, batch 32) and digits (tiny_8, batch 64) presets
-                      beside their training steps: how long `ddpm-distill` takes per step
-    small28-graph-nodrop, small28-diffusers-nodrop, small28-bf16-nodrop, small28-diffusers-bf16-nodrop
-                      (only with --only) the small_28 steps with dropout 0 in both frameworks: what
-                      the preset's dropout 0.1 costs each (the fashion_mnist preset trains without)
-    small28-graph-standard-nodrop  (only with --only) small28-graph-standard with dropout 0: what
-                      dropout's hashed masks cost on TensorFlow's ops, against the fused kernel
+    WORKLOAD[-bf16]-graph     ddpm_tf's train step, graph mode, with its fused CPU kernels (the default)
+    WORKLOAD[-bf16]-xla       the same with `compile(..., jit_compile=True)`
+    WORKLOAD[-bf16]-torch-V   the peer, V one of eager, eager-cl, compile, compile-cl (torch.compile
+                              with inductor; -cl: channels_last weights and inputs), AdamW with
+                              fused=True, EMA by torch._foreach_lerp_
+  only with --only:
+    WORKLOAD[-bf16]-standard  ddpm_tf with TensorFlow's standard ops only (DDPM_TF_FUSED_KERNELS=0
+                              and Keras' Adam): what the fused GroupNorm kernels and FusedAdam buy
+    WORKLOAD[-bf16]-inter1    one TF inter-op thread: one op at a time, as PyTorch runs
+    WORKLOAD[-bf16]-onednn / -nonednn   TF_ENABLE_ONEDNN_OPTS=1 / 0 (TF's default depends on the CPU)
+    WORKLOAD[-bf16]-nodrop, ...-standard-nodrop, ...-torch-V-nodrop   dropout 0 in both frameworks
+    WORKLOAD-distill          a progressive-distillation step (`DistillationModel`: two teacher
+                              calls, then the student's step), beside WORKLOAD-graph
 
-A step's time is the median of `--repeats` timed steps after `--warmup` steps (the first of which
-traces and compiles; its time is reported apart). Both frameworks use `--threads` intra-op threads.
-A virtual machine's speed can drift by 20% over minutes; `--rounds N` runs the configurations N
-times, interleaved, and reports the median of the rounds, which makes comparisons steadier.
+Both frameworks run `--threads` intra-op and inter-op threads. A step's time is the median of
+`--repeats` timed steps after `--warmup` steps (the first traces or compiles; its time is reported
+apart). A virtual machine's speed can drift by 20% over minutes; `--rounds N` runs the
+configurations N times, interleaved in alternating order, and reports the median of the rounds.
+The comparison table sets each ddpm_tf configuration against the fastest peer variant measured
+for the same workload and precision. The default run measures every workload's graph, XLA and
+peer variants, in float32, and in bfloat16 where the CPU multiplies it natively (AVX512-BF16 or
+AMX); it takes about an hour on 2 cores.
 
-    python bench/train_throughput.py                        # the default configurations
+    python bench/train_throughput.py --rounds 2                # the default configurations
     python bench/train_throughput.py --only small28-graph small28-xla --repeats 20
     python bench/train_throughput.py --no-torch --json /tmp/train.json
-    python bench/train_throughput.py --only cifar10-graph cifar10-xla cifar10-graph-onednn \
-        cifar10-diffusers --rounds 3
-    python bench/train_throughput.py --only cifar10-graph cifar10-diffusers --breakdown
-    python bench/train_throughput.py --only small28-graph small28-diffusers --peak
+    python bench/train_throughput.py --only cifar10-graph cifar10-torch-eager cifar10-torch-compile-cl
+    python bench/train_throughput.py --only cifar10-graph cifar10-torch-eager --breakdown
+    python bench/train_throughput.py --only small28-graph small28-torch-eager --peak
 
 --peak also measures the machine's dense matrix-product rate and prints each step's arithmetic
 rate (the network's forward and backward GFLOP, as TF's profiler counts them, per second) beside
@@ -58,23 +48,28 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH_DIR)
 
+import peer  # noqa: E402
+from common import (  # noqa: E402
+    machine,
+    native_bfloat16,
+    onednn_enabled,
+    peak_rss_mib,
+    rss_mib,
+    set_tf_threads,
+    time_calls,
+)
+
 RESULT_PREFIX = "TRAIN_THROUGHPUT_RESULT "
-T = 1000
-LEARNING_RATE = 2e-4
-EMA_DECAY = 0.9999
 
 
 @dataclass(frozen=True)
@@ -87,199 +82,73 @@ class Config:
     batch: int
     jit_compile: bool = False
     onednn: bool | None = None  # TF_ENABLE_ONEDNN_OPTS for the child; None: TF's default
-    inter_op: int | None = None  # TF inter-op threads (ops run at once); None: TF's default
+    inter_op: int | None = None  # TF inter-op threads (ops run at once); None: --threads
     in_default_run: bool = True
     precision: str = "float32"  # or "bfloat16" (mixed: float32 weights)
     dropout: float | None = None  # overrides the architecture's dropout rate (both frameworks)
     fused: bool = True  # ddpm_tf's fused CPU kernels (False: DDPM_TF_FUSED_KERNELS=0)
     distill: bool = False  # a DistillationModel's step (progressive distillation)
+    variant: str | None = None  # the peer's way of running (peer.VARIANTS), torch only
+
+    @property
+    def workload(self) -> tuple[str, int, str, float | None]:
+        """What a step computes: configurations with equal workloads are compared."""
+        return self.preset, self.batch, self.precision, self.dropout
 
 
-NODROP = {"dropout": 0.0, "in_default_run": False}
-STANDARD = {"fused": False, "in_default_run": False}
+WORKLOADS = {  # name: (preset, batch, in the default run)
+    "cifar10": ("ddpm_cifar10", 8, True),
+    "cifar10b32": ("ddpm_cifar10", 32, True),
+    "small28": ("small_28", 32, True),
+    "small28b64": ("small_28", 64, False),
+    "tiny8": ("tiny_8", 64, False),
+}
+PRECISIONS = {"": "float32", "-bf16": "bfloat16"}
+
+
+def workload_configs(prefix: str, preset: str, batch: int, default: bool) -> list[Config]:
+    """Every configuration of one workload, in both precisions."""
+    configs = []
+    for tag, precision in PRECISIONS.items():
+        base = Config("", "tf", preset, batch, precision=precision, in_default_run=default)
+        measured_by_default = default and (precision == "float32" or native_bfloat16())
+        tf_modes = {
+            "graph": {"in_default_run": measured_by_default},
+            "xla": {"jit_compile": True, "in_default_run": measured_by_default},
+            "standard": {"fused": False, "in_default_run": False},
+            "inter1": {"inter_op": 1, "in_default_run": False},
+            "onednn": {"onednn": True, "in_default_run": False},
+            "nonednn": {"onednn": False, "in_default_run": False},
+            "nodrop": {"dropout": 0.0, "in_default_run": False},
+            "standard-nodrop": {"fused": False, "dropout": 0.0, "in_default_run": False},
+        }
+        if precision == "float32" and preset != "ddpm_cifar10":
+            tf_modes["distill"] = {"distill": True, "in_default_run": False}
+        for mode, changes in tf_modes.items():
+            configs.append(replace(base, name=f"{prefix}{tag}-{mode}", **changes))
+        if preset not in peer.ARCHITECTURES:
+            continue
+        for variant in peer.VARIANTS:
+            torch = replace(
+                base, framework="torch", variant=variant, in_default_run=measured_by_default
+            )
+            configs.append(replace(torch, name=f"{prefix}{tag}-torch-{variant}"))
+            configs.append(
+                replace(
+                    torch,
+                    name=f"{prefix}{tag}-torch-{variant}-nodrop",
+                    dropout=0.0,
+                    in_default_run=False,
+                )
+            )
+    return configs
+
+
 CONFIGS: dict[str, Config] = {
     c.name: c
-    for c in (
-        Config("cifar10-graph", "tf", "ddpm_cifar10", 8),
-        Config("cifar10-xla", "tf", "ddpm_cifar10", 8, jit_compile=True),
-        Config("small28-graph", "tf", "small_28", 32),
-        Config("small28-xla", "tf", "small_28", 32, jit_compile=True),
-        Config("cifar10-diffusers", "torch", "ddpm_cifar10", 8),
-        Config("small28-diffusers", "torch", "small_28", 32),
-        Config("cifar10-bf16", "tf", "ddpm_cifar10", 8, precision="bfloat16"),
-        Config("cifar10-bf16-xla", "tf", "ddpm_cifar10", 8, True, precision="bfloat16"),
-        Config("cifar10-diffusers-bf16", "torch", "ddpm_cifar10", 8, precision="bfloat16"),
-        Config("small28-bf16", "tf", "small_28", 32, precision="bfloat16"),
-        Config("small28-bf16-xla", "tf", "small_28", 32, True, precision="bfloat16"),
-        Config("small28-diffusers-bf16", "torch", "small_28", 32, precision="bfloat16"),
-        Config("cifar10-graph-onednn", "tf", "ddpm_cifar10", 8, onednn=True, in_default_run=False),
-        Config("cifar10-graph-inter1", "tf", "ddpm_cifar10", 8, inter_op=1, in_default_run=False),
-        Config("small28-graph-inter1", "tf", "small_28", 32, inter_op=1, in_default_run=False),
-        Config("small28-graph-b64", "tf", "small_28", 64, in_default_run=False),
-        Config("small28-distill", "tf", "small_28", 32, distill=True, in_default_run=False),
-        Config("tiny8-graph", "tf", "tiny_8", 64, in_default_run=False),
-        Config("tiny8-distill", "tf", "tiny_8", 64, distill=True, in_default_run=False),
-        Config("small28-graph-nodrop", "tf", "small_28", 32, **NODROP),
-        Config("cifar10-graph-standard", "tf", "ddpm_cifar10", 8, **STANDARD),
-        Config("small28-graph-standard", "tf", "small_28", 32, **STANDARD),
-        Config("small28-graph-standard-nodrop", "tf", "small_28", 32, **STANDARD | NODROP),
-        Config("cifar10-bf16-standard", "tf", "ddpm_cifar10", 8, precision="bfloat16", **STANDARD),
-        Config("small28-bf16-standard", "tf", "small_28", 32, precision="bfloat16", **STANDARD),
-        Config("small28-diffusers-nodrop", "torch", "small_28", 32, **NODROP),
-        Config("small28-bf16-nodrop", "tf", "small_28", 32, precision="bfloat16", **NODROP),
-        Config(
-            "small28-diffusers-bf16-nodrop", "torch", "small_28", 32, precision="bfloat16", **NODROP
-        ),
-        Config(
-            "cifar10-bf16-inter1",
-            "tf",
-            "ddpm_cifar10",
-            8,
-            inter_op=1,
-            in_default_run=False,
-            precision="bfloat16",
-        ),
-        Config(
-            "small28-bf16-inter1",
-            "tf",
-            "small_28",
-            32,
-            inter_op=1,
-            in_default_run=False,
-            precision="bfloat16",
-        ),
-    )
+    for prefix, (preset, batch, default) in WORKLOADS.items()
+    for c in workload_configs(prefix, preset, batch, default)
 }
-
-# google/ddpm-cifar10-32 written out (no download): Ho et al.'s CIFAR-10 network in diffusers.
-DIFFUSERS_CIFAR10 = {
-    "sample_size": 32,
-    "in_channels": 3,
-    "out_channels": 3,
-    "layers_per_block": 2,
-    "block_out_channels": (128, 256, 256, 256),
-    "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
-    "up_block_types": ("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-    "norm_num_groups": 32,
-    "norm_eps": 1e-6,
-    "act_fn": "silu",
-    "attention_head_dim": None,
-    "center_input_sample": False,
-    "downsample_padding": 0,
-    "flip_sin_to_cos": False,
-    "freq_shift": 1,
-    "time_embedding_type": "positional",
-    "resnet_time_scale_shift": "default",
-    "mid_block_scale_factor": 1,
-    "dropout": 0.1,
-}
-
-# ddpm_tf's small_28 preset in diffusers' terms: widths 32, 64, 64 at 28, 14 and 7 pixels, one
-# residual block per level (two on the way up), attention at 7x7 and in the middle, 8 groups.
-DIFFUSERS_SMALL28 = {
-    **DIFFUSERS_CIFAR10,
-    "sample_size": 28,
-    "in_channels": 1,
-    "out_channels": 1,
-    "layers_per_block": 1,
-    "block_out_channels": (32, 64, 64),
-    "down_block_types": ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-    "up_block_types": ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-    "norm_num_groups": 8,
-}
-DIFFUSERS_CONFIGS = {"ddpm_cifar10": DIFFUSERS_CIFAR10, "small_28": DIFFUSERS_SMALL28}
-# The pairs compared in the table: a diffusers configuration and the ddpm_tf ones that do its work.
-COMPARISONS = {
-    "cifar10-diffusers": (
-        "cifar10-graph",
-        "cifar10-graph-standard",
-        "cifar10-xla",
-        "cifar10-graph-onednn",
-        "cifar10-graph-inter1",
-    ),
-    "small28-diffusers": (
-        "small28-graph",
-        "small28-graph-standard",
-        "small28-xla",
-        "small28-graph-inter1",
-    ),
-    "cifar10-diffusers-bf16": (
-        "cifar10-bf16",
-        "cifar10-bf16-standard",
-        "cifar10-bf16-xla",
-        "cifar10-bf16-inter1",
-    ),
-    "small28-diffusers-bf16": (
-        "small28-bf16",
-        "small28-bf16-standard",
-        "small28-bf16-xla",
-        "small28-bf16-inter1",
-    ),
-    "small28-diffusers-nodrop": ("small28-graph-nodrop",),
-    "small28-diffusers-bf16-nodrop": ("small28-bf16-nodrop",),
-}
-
-
-# ------------------------------------------------------------------------------------ helpers
-def rss_mib() -> float:
-    """Current resident set size of this process in MiB (Linux /proc; 0 if unavailable)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return 0.0
-
-
-def peak_rss_mib() -> float:
-    """Peak resident set size of this process in MiB (ru_maxrss is KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def busy_cpu_seconds() -> float | None:
-    """CPU seconds all processes have spent busy since boot (Linux /proc/stat), or None."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def time_steps(step: Callable[[], None], repeats: int, warmup: int) -> dict[str, Any]:
-    """Times `step()`, which must block until its work is done: first call, warm-up, timed calls.
-
-    Besides wall time it records the process CPU time per step (CPU / wall is how many cores the
-    step kept busy) and how many cores other processes kept busy meanwhile, which slows a step.
-    """
-    start = time.perf_counter()
-    step()
-    first = time.perf_counter() - start
-    for _ in range(max(warmup - 1, 0)):
-        step()
-    times, cpu_times = [], []
-    busy_start, cpu_total_start = busy_cpu_seconds(), time.process_time()
-    wall_start = time.perf_counter()
-    for _ in range(repeats):
-        start, cpu_start = time.perf_counter(), time.process_time()
-        step()
-        times.append(time.perf_counter() - start)
-        cpu_times.append(time.process_time() - cpu_start)
-    wall = time.perf_counter() - wall_start
-    busy_end, own = busy_cpu_seconds(), time.process_time() - cpu_total_start
-    other = None if busy_start is None else max(busy_end - busy_start - own, 0.0) / wall
-    return {
-        "first_step_s": first,
-        "median_s": statistics.median(times),
-        "min_s": min(times),
-        "max_s": max(times),
-        "times_s": times,
-        "cpu_s": statistics.median(cpu_times),
-        "other_cores": other,
-    }
 
 
 # ---------------------------------------------------------------------------------- TensorFlow
@@ -287,9 +156,10 @@ def run_tf(config: Config, repeats: int, warmup: int, threads: int, breakdown: b
     """Times `DiffusionModel`'s train step (Keras' train function on a repeated in-memory batch)."""
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    threads_used = set_tf_threads(threads)
     if config.inter_op is not None:
         tf.config.threading.set_inter_op_parallelism_threads(config.inter_op)
+        threads_used["inter_op"] = config.inter_op
     from common import keras_train_step
 
     import ddpm_tf  # noqa: F401  (the import's memory is measured apart from the model's)
@@ -301,20 +171,17 @@ def run_tf(config: Config, repeats: int, warmup: int, threads: int, breakdown: b
         precision=config.precision,
         dropout=config.dropout,
         jit_compile=config.jit_compile,
-        learning_rate=LEARNING_RATE,
+        learning_rate=peer.LEARNING_RATE,
         distill=config.distill,
     )
     network = model.network
     setup_rss = rss_mib()
-    result = time_steps(step, repeats, warmup)
+    result = time_calls(step, repeats, warmup)
     result["params"] = int(network.count_params())
     result["import_rss_mib"] = import_rss
     result["setup_rss_mib"] = setup_rss
     result["peak_rss_mib"] = peak_rss_mib()
-    result["threads"] = {
-        "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
-        "inter_op": tf.config.threading.get_inter_op_parallelism_threads() or "default",
-    }
+    result["threads"] = threads_used
     result["onednn"] = onednn_enabled()
     result["fused"] = fused_kernels(config.jit_compile)
     result["step_gflop"] = network_gflop(network, images)
@@ -361,7 +228,7 @@ def matmul_peak(threads: int, repeats: int) -> dict[str, float]:
     for dtype in ("float32", "bfloat16"):
         a = tf.cast(tf.random.uniform([n, n], seed=0), dtype)
         product = tf.function(lambda a=a: tf.linalg.matmul(a, a)[0, 0])  # one number back
-        seconds = time_steps(lambda fn=product: fn().numpy(), repeats, 2)["median_s"]
+        seconds = time_calls(lambda fn=product: fn().numpy(), repeats, 2)["median_s"]
         out[dtype] = 2 * n**3 / seconds / 1e9
     return out
 
@@ -373,16 +240,6 @@ def fused_kernels(jit_compile: bool) -> str:
     if jit_compile:
         return "xla"  # XLA graphs keep TensorFlow's ops
     return "on" if kernels.active() else "off"
-
-
-def onednn_enabled() -> bool | None:
-    """Whether TF runs its oneDNN kernels (TF_ENABLE_ONEDNN_OPTS; on by default only on some CPUs)."""
-    try:
-        from tensorflow.python.util import _pywrap_util_port
-
-        return bool(_pywrap_util_port.IsMklEnabled())
-    except (ImportError, AttributeError):
-        return None
 
 
 def tf_breakdown(model, images, repeats: int, warmup: int, jit_compile: bool) -> dict[str, float]:
@@ -421,140 +278,57 @@ def tf_breakdown(model, images, repeats: int, warmup: int, jit_compile: bool) ->
         ("forward+backward", forward_backward),
         ("adam+ema", update),
     ):
-        out[name] = time_steps(
-            lambda fn=fn: [v.numpy() for v in tf.nest.flatten(fn())], repeats, warmup
-        )["median_s"]
+        out[name] = time_calls(fn, repeats, warmup)["median_s"]
     return out
 
 
 # ------------------------------------------------------------------------------------- PyTorch
-def torch_available() -> str | None:
-    """None when torch and diffusers import, else the reason they do not."""
-    try:
-        import diffusers  # noqa: F401
-        import torch  # noqa: F401
-    except Exception as err:  # ImportError, or a broken install
-        return f"{type(err).__name__}: {err}"
-    return None
-
-
 def run_torch(config: Config, repeats: int, warmup: int, threads: int, breakdown: bool) -> dict:
-    """Times the same training step on `diffusers.UNet2DModel` with the preset's architecture."""
-    import diffusers
+    """Times the peer's training step (`peer.train_step`) in the configuration's variant."""
     import torch
-    from diffusers import UNet2DModel
 
     import_rss = rss_mib()
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    architecture = DIFFUSERS_CONFIGS[config.preset]
-    if config.dropout is not None:
-        architecture = {**architecture, "dropout": config.dropout}
-    model = UNet2DModel(**architecture)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision == "bfloat16")
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    ema = [p.detach().clone() for p in params]
-    optimizer = torch.optim.Adam(params, lr=LEARNING_RATE)
-    betas = torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
-    alphas_cumprod = torch.cumprod(1.0 - betas, 0)
-    sqrt_ab = alphas_cumprod.sqrt().float()
-    sqrt_1mab = (1.0 - alphas_cumprod).sqrt().float()
-    size, channels = architecture["sample_size"], architecture["in_channels"]
-    images = torch.rand(config.batch, channels, size, size) * 2.0 - 1.0
-    counter = [0]
-
-    def ema_update() -> None:
-        n = counter[0]
-        decay = min(EMA_DECAY, (1.0 + n) / (10.0 + n))
-        with torch.no_grad():
-            torch._foreach_mul_(ema, decay)
-            torch._foreach_add_(ema, params, alpha=1.0 - decay)
-
-    def step() -> None:
-        t = torch.randint(0, T, (config.batch,))
-        noise = torch.randn_like(images)
-        x_t = sqrt_ab[t].view(-1, 1, 1, 1) * images + sqrt_1mab[t].view(-1, 1, 1, 1) * noise
-        with autocast:
-            loss = torch.nn.functional.mse_loss(model(x_t, t).sample.float(), noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        ema_update()
-        counter[0] += 1
-        loss.item()
-
+    threads_used = peer.set_threads(threads)
+    variant = peer.VARIANTS[config.variant]
+    model, step = peer.train_step(
+        config.preset, config.batch, variant, config.precision, config.dropout
+    )
     setup_rss = rss_mib()
-    result = time_steps(step, repeats, warmup)
+    result = time_calls(step, repeats, warmup)
     result["params"] = sum(p.numel() for p in model.parameters())
     result["import_rss_mib"] = import_rss
     result["setup_rss_mib"] = setup_rss
     result["peak_rss_mib"] = peak_rss_mib()
-    result["threads"] = {
-        "intra_op": torch.get_num_threads(),
-        "inter_op": torch.get_num_interop_threads(),
-    }
-    result["versions"] = f"torch {torch.__version__}, diffusers {diffusers.__version__}"
-    result["attention_resolutions"] = attention_resolutions(model, images)
+    result["threads"] = threads_used
+    result["versions"] = peer.versions()
+    result["attention_resolutions"] = peer.attention_resolutions(model, config.preset)
+    result["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     if breakdown:
-        result["breakdown"] = torch_breakdown(
-            model, params, optimizer, ema_update, images, repeats, warmup
-        )
+        result["breakdown"] = torch_breakdown(config, variant, repeats, warmup)
     return result
 
 
-def attention_resolutions(model, images) -> list[int]:
-    """Feature-map sizes at which the diffusers model applies self-attention (a config check)."""
-    import torch
-    from diffusers.models.attention_processor import Attention
-
-    sizes: set[int] = set()
-    hooks = [
-        m.register_forward_hook(lambda _m, args, _out: sizes.add(int(args[0].shape[-1])))
-        for m in model.modules()
-        if isinstance(m, Attention)
-    ]
-    with torch.no_grad():
-        model(images[:1], torch.zeros(1, dtype=torch.long))
-    for hook in hooks:
-        hook.remove()
-    return sorted(sizes)
-
-
-def torch_breakdown(
-    model, params, optimizer, ema_update, images, repeats: int, warmup: int
-) -> dict:
-    """Median seconds of the forward pass, forward + backward, and the update (clip + Adam + EMA)."""
+def torch_breakdown(config: Config, variant: peer.Variant, repeats: int, warmup: int) -> dict:
+    """Median seconds of the peer's forward pass and of forward + backward alone."""
     import torch
 
-    t = torch.randint(0, T, (images.shape[0],))
-    noise = torch.randn_like(images)
+    call, _ = peer.network(config.preset, variant, config.dropout)
+    images = peer.inputs(config.preset, config.batch, variant)
+    t = torch.randint(0, peer.T, (config.batch,))
 
     def forward() -> None:
-        with torch.no_grad():
-            torch.nn.functional.mse_loss(model(images, t).sample, noise).item()
+        with torch.no_grad(), peer.autocast(config.precision):
+            call(images, t).sample.float().mean().item()
 
     def forward_backward() -> None:
-        model.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.mse_loss(model(images, t).sample, noise)
+        with peer.autocast(config.precision):
+            loss = call(images, t).sample.float().square().mean()
         loss.backward()
         loss.item()
 
-    forward_backward()  # leaves gradients for the update
-
-    def update() -> None:
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        ema_update()
-
     return {
-        name: time_steps(fn, repeats, warmup)["median_s"]
-        for name, fn in (
-            ("forward", forward),
-            ("forward+backward", forward_backward),
-            ("clip+adam+ema", update),
-        )
+        name: time_calls(fn, repeats, warmup)["median_s"]
+        for name, fn in (("forward", forward), ("forward+backward", forward_backward))
     }
 
 
@@ -572,6 +346,8 @@ def run_one(name: str, args: argparse.Namespace) -> None:
         jit_compile=config.jit_compile,
         precision=config.precision,
         images_per_s=config.batch / result["median_s"],
+        dropout=config.dropout,
+        variant=config.variant,
     )
     print(RESULT_PREFIX + json.dumps(result), flush=True)
 
@@ -594,7 +370,7 @@ def run_child(name: str, args: argparse.Namespace) -> dict:
         cmd.append("--breakdown")
     env = dict(os.environ)
     onednn = CONFIGS[name].onednn
-    if onednn is not None:
+    if onednn is not None and CONFIGS[name].framework == "tf":
         env["TF_ENABLE_ONEDNN_OPTS"] = "1" if onednn else "0"
     if not CONFIGS[name].fused:
         env["DDPM_TF_FUSED_KERNELS"] = "0"
@@ -639,7 +415,7 @@ def combine_rounds(rounds: list[dict]) -> dict:
         min_s=min(r["min_s"] for r in ok),
         max_s=max(r["max_s"] for r in ok),
         cpu_s=statistics.median(r["cpu_s"] for r in ok),
-        first_step_s=statistics.median(r["first_step_s"] for r in ok),
+        first_s=statistics.median(r["first_s"] for r in ok),
         import_rss_mib=max(r["import_rss_mib"] for r in ok),
         setup_rss_mib=max(r["setup_rss_mib"] for r in ok),
         peak_rss_mib=max(r["peak_rss_mib"] for r in ok),
@@ -659,7 +435,7 @@ def fmt_mib(value: float | None) -> str:
 
 
 def print_table(results: list[dict], machine_line: str, peak: dict | None = None) -> None:
-    """The results as a fixed-width table, then the diffusers comparison and any breakdowns."""
+    """The results as a fixed-width table, then the comparison with the peer and any breakdowns."""
     print()
     print(f"machine: {machine_line}")
     header = (
@@ -682,7 +458,7 @@ def print_table(results: list[dict], machine_line: str, peak: dict | None = None
         print(
             f"{r['name']:<29} {r['params']:>11,} {r['batch']:>5} {r['images_per_s']:>7.2f} "
             f"{1e3 * r['median_s']:>8,.0f} {spread:>13} {r['cpu_s'] / r['median_s']:>5.2f} "
-            f"{r['first_step_s']:>6.1f} {fmt_mib(r['import_rss_mib']):>10} "
+            f"{r['first_s']:>6.1f} {fmt_mib(r['import_rss_mib']):>10} "
             f"{fmt_mib(r['setup_rss_mib']):>9} "
             f"{fmt_mib(r['peak_rss_mib']):>8} {fmt_mib(r.get('tf_allocator_peak_mib')):>8} "
             f"{other:>5} {onednn:>6} {r.get('fused', 'n/a'):>5}"
@@ -711,43 +487,46 @@ def print_table(results: list[dict], machine_line: str, peak: dict | None = None
             + ", ".join(f"{k} {v['intra_op']}/{v['inter_op']}" for k, v in threads.items())
         )
 
-    by_name = {r["name"]: r for r in results if "error" not in r}
-    for a, b in (("cifar10-graph", "cifar10-xla"), ("small28-graph", "small28-xla")):
-        if a in by_name and b in by_name:
-            ratio = by_name[b]["images_per_s"] / by_name[a]["images_per_s"]
-            print(f"XLA / graph throughput, {a.split('-')[0]}: {ratio:.2f}x")
-
-    for torch_name, ours_names in COMPARISONS.items():
-        torch_result = by_name.get(torch_name)
-        if not torch_result:
-            continue
-        print()
-        print(
-            f"{torch_name}: UNet2DModel ({torch_result['versions']}), "
-            f"{torch_result['params']:,} parameters, attention at "
-            f"{torch_result['attention_resolutions']}"
-        )
-        print(
-            f"{'ddpm-tf config':<29} {'params':>11} {'ddpm-tf img/s':>13} {'diffusers img/s':>15} "
-            f"{'ours/diffusers':>14}"
-        )
-        present = [n for n in ours_names if n in by_name]
-        if not present:
-            print(f"(no ddpm-tf configuration of {ours_names} in this run to compare with)")
-        for name in present:
-            ours, theirs = by_name[name]["images_per_s"], torch_result["images_per_s"]
-            print(
-                f"{name:<29} {by_name[name]['params']:>11,} {ours:>13.2f} {theirs:>15.2f} "
-                f"{ours / theirs:>14.2f}"
-            )
-    if any(name in by_name for name in COMPARISONS):
-        print("ratio > 1: ddpm-tf trains faster on this machine.")
-
+    print_comparison([r for r in results if "error" not in r])
     print_arithmetic(results, peak)
     for r in results:
         if "breakdown" in r:
             parts = ", ".join(f"{k} {1e3 * v:,.0f} ms" for k, v in r["breakdown"].items())
             print(f"breakdown {r['name']}: {parts} (full step {1e3 * r['median_s']:,.0f} ms)")
+
+
+def print_comparison(results: list[dict]) -> None:
+    """Per workload: every ddpm_tf configuration against the fastest peer variant measured."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault(CONFIGS[r["name"]].workload, []).append(r)
+    for (preset, batch, precision, dropout), rows in groups.items():
+        peers = sorted((r for r in rows if r["framework"] == "torch"), key=lambda r: r["median_s"])
+        ours = [r for r in rows if r["framework"] == "tf"]
+        if not peers or not ours:
+            continue
+        best = peers[0]
+        drop = "" if dropout is None else f", dropout {dropout}"
+        print(
+            f"\n{preset}, batch {batch}, {precision}{drop}: the peer is UNet2DModel "
+            f"({best['versions']}, ATen {best['cpu_capability']}), {best['params']:,} parameters, "
+            f"attention at {best['attention_resolutions']}"
+        )
+        print(
+            "  peer variants, ms/step: "
+            + ", ".join(f"{r['variant']} {1e3 * r['median_s']:,.0f}" for r in peers)
+        )
+        print(
+            f"  {'ddpm-tf config':<29} {'params':>11} {'ms/step':>8} {'best peer':>16} {'peer/ours':>9}"
+        )
+        for r in ours:
+            print(
+                f"  {r['name']:<29} {r['params']:>11,} {1e3 * r['median_s']:>8,.0f} "
+                f"{best['variant']:>10} {1e3 * best['median_s']:>5,.0f} "
+                f"{best['median_s'] / r['median_s']:>9.2f}"
+            )
+    if any(r["framework"] == "torch" for r in results):
+        print("peer/ours > 1: ddpm-tf trains faster than PyTorch at its best on this machine.")
 
 
 def print_arithmetic(results: list[dict], peak: dict | None) -> None:
@@ -783,7 +562,7 @@ def main(argv: list[str] | None = None) -> None:
         "--warmup", type=int, default=3, help="untimed steps first (the first traces/compiles)"
     )
     parser.add_argument("--only", nargs="+", choices=sorted(CONFIGS), help="run only these")
-    parser.add_argument("--no-torch", action="store_true", help="skip the diffusers comparison")
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch peer")
     parser.add_argument(
         "--threads",
         type=int,
@@ -826,14 +605,13 @@ def main(argv: list[str] | None = None) -> None:
 
     names = args.only or [c.name for c in CONFIGS.values() if c.in_default_run]
     if any(CONFIGS[n].framework == "torch" for n in names):
-        reason = "--no-torch given" if args.no_torch else torch_available()
+        reason = "--no-torch given" if args.no_torch else peer.available()
         if reason:
-            print(f"Skipping the diffusers configurations (PyTorch comparison): {reason}")
+            print(f"Skipping the PyTorch peer: {reason}")
             names = [n for n in names if CONFIGS[n].framework != "torch"]
 
-    from common import machine
-
-    machine_line = machine()
+    frameworks = "both" if any(CONFIGS[n].framework == "torch" for n in names) else "tensorflow"
+    machine_line = machine(frameworks)
     print(f"machine: {machine_line}")
     print(
         f"warm-up {args.warmup} steps, {args.repeats} timed steps, {args.threads} threads, "

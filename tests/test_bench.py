@@ -1,0 +1,137 @@
+"""The benchmarks' shared machinery: the timing helper, the configurations both sides are built
+from, and the pieces each script's figures rest on (which order rounds run in, how a profile
+names a convolution's direction, the page-cache eviction of the disk pipeline)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import common  # noqa: E402
+import peer  # noqa: E402
+import train_throughput  # noqa: E402
+
+
+class _Lazy:
+    """A stand-in for a tensor: records whether the timing waited for it."""
+
+    def __init__(self, log: list[str], name: str):
+        self.log, self.name = log, name
+
+    def numpy(self):
+        self.log.append(self.name)
+        return np.zeros(())
+
+
+def test_time_calls_warms_up_then_times_each_call():
+    calls = []
+    result = common.time_calls(lambda: calls.append(1), repeats=3, warmup=2)
+    assert len(calls) == 5
+    assert len(result["times_s"]) == 3
+    assert result["first_s"] is not None
+    assert result["min_s"] <= result["median_s"] <= result["max_s"]
+    single = common.time_calls(lambda: calls.append(1))
+    assert len(calls) == 6 and single["first_s"] is None and len(single["times_s"]) == 1
+
+
+def test_time_calls_waits_for_nested_tensors():
+    log: list[str] = []
+    common.time_calls(lambda: {"a": [_Lazy(log, "a0"), (_Lazy(log, "a1"),)], "b": _Lazy(log, "b")})
+    assert sorted(log) == ["a0", "a1", "b"]
+
+
+def test_machine_names_the_cpu_and_its_vector_features():
+    line = common.machine("tensorflow")
+    assert common.cpu_name() in line and "cores" in line and "TensorFlow" in line
+    flags = common.cpu_flags()
+    for feature in common.VECTOR_FEATURES:
+        assert (feature in common.cpu_name().split("(")[-1]) == (feature in flags)
+
+
+def test_every_default_workload_meets_the_peer_in_every_variant():
+    configs = train_throughput.CONFIGS
+    default = [c for c in configs.values() if c.in_default_run]
+    for config in default:
+        if config.framework != "tf" or config.preset not in peer.ARCHITECTURES:
+            continue
+        peers = {
+            c.variant for c in default if c.framework == "torch" and c.workload == config.workload
+        }
+        assert peers == set(peer.VARIANTS), config.name
+    precisions = {c.precision for c in default}
+    assert precisions == ({"float32", "bfloat16"} if common.native_bfloat16() else {"float32"})
+
+
+def test_comparison_picks_the_fastest_peer_variant(capsys):
+    def row(name, seconds, **extra):
+        return {"name": name, "median_s": seconds, "params": 1, **extra}
+
+    torch_row = {"versions": "v", "cpu_capability": "AVX2", "attention_resolutions": [16]}
+    results = [
+        row("cifar10-graph", 1.0, framework="tf"),
+        row("cifar10-torch-eager", 1.5, framework="torch", variant="eager", **torch_row),
+        row("cifar10-torch-compile-cl", 1.2, framework="torch", variant="compile-cl", **torch_row),
+    ]
+    train_throughput.print_comparison(results)
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.strip().startswith("cifar10-graph"))
+    assert "compile-cl" in line and line.rstrip().endswith("1.20")
+
+
+def test_eval_speed_rounds_alternate_which_side_runs_first():
+    import eval_speed
+
+    order = []
+    network = lambda: order.append("network") or 1.0  # noqa: E731
+    loop = lambda: order.append("loop") or 2.0  # noqa: E731
+    assert eval_speed.paired(network, loop, loop_first=False) == (2.0, 1.0)
+    assert eval_speed.paired(network, loop, loop_first=True) == (2.0, 1.0)
+    assert order == ["network", "loop", "loop", "network"]
+
+
+@pytest.mark.parametrize(
+    "op, kind",
+    [
+        ("_FusedConv2D", "convolution forward"),
+        ("Conv2D", "convolution forward"),
+        ("Conv2DBackpropInput", "convolution backward-data"),
+        ("_MklNativeConv2DBackpropFilter", "convolution backward-filter"),
+    ],
+)
+def test_profile_splits_convolutions_by_direction(op, kind):
+    import step_profile
+
+    path = "u_net/res_block/conv1"
+    assert step_profile.layer_kind(path, op) == kind
+    table = step_profile.summarize([(f"gradient_tape/{path}:{op}", 4.0)], steps=2)
+    assert table["kind"] == {kind: 2.0}
+
+
+def test_input_pipeline_evicts_the_cache_file_and_still_reads_it(tmp_path):
+    import input_pipeline
+    import tensorflow as tf
+
+    from ddpm_tf.datasets.pixel_cache import PixelCache
+
+    images = np.arange(40 * 4, dtype=np.uint8).reshape(40, 2, 2, 1)
+    examples = tf.data.Dataset.from_tensor_slices((images, np.zeros(40, np.int32)))
+    cache = PixelCache.build(tmp_path / "c", examples, num_classes=None, source={})
+    input_pipeline.evict(cache)
+    np.testing.assert_array_equal(cache.read(np.array([3, 7])), images[[3, 7]])
+
+
+def test_peer_networks_match_the_presets_parameter_counts():
+    pytest.importorskip("torch")
+    pytest.importorskip("diffusers")
+    from ddpm_tf import from_preset
+
+    for preset in peer.ARCHITECTURES:
+        _, model = peer.network(preset, peer.VARIANTS["eager"])
+        ours = from_preset(preset).count_params()
+        assert sum(p.numel() for p in model.parameters()) == ours, preset
