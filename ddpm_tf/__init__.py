@@ -7,8 +7,9 @@ each configured by one `SamplingSpec`. The programs (ddpm-train, ddpm-export, ..
 `ddpm_tf.training` and `ddpm_tf.export`; docs/ARCHITECTURE.md maps every module.
 """
 
-from ddpm_tf import _startup
+from ddpm_tf import _startup, onednn
 
+onednn.apply()  # TF_ENABLE_ONEDNN_OPTS as measured on this CPU, before TensorFlow loads
 _startup.quiet_tensorflow_for_programs()  # before anything below imports TensorFlow
 
 from ddpm_tf.diffusion import (  # noqa: E402

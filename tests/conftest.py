@@ -10,6 +10,15 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
     os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
+# The package first, before TensorFlow loads: it sets TF_ENABLE_ONEDNN_OPTS as measured on this
+# CPU (ddpm_tf.onednn). Every program a test starts inherits that setting, or with TensorFlow's
+# default chosen DDPM_TF_TUNE=0, so that no subprocess measures again (whatever its cache folder)
+# and all of them compute as this process does.
+import ddpm_tf  # noqa: E402, F401
+from ddpm_tf import onednn  # noqa: E402
+
+os.environ.setdefault(onednn.TUNE_ENV, "0")
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 

@@ -23,7 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ddpm_tf import cli, kernels
+from ddpm_tf import cli, kernels, onednn
 from ddpm_tf.config import DEFAULTS, DISTILL_DEFAULTS, MAY_CHANGE, precision_policy
 from ddpm_tf.data import (
     cached_split,
@@ -348,6 +348,7 @@ def _fit(config, task, run, strategy, train_cache, test_cache, fid, prepare=None
     )
     xla = train_cfg["jit_compile"]
     print(f"GroupNorm: {'XLA (train.jit_compile)' if xla else kernels.status()}", flush=True)
+    print(f"oneDNN: {onednn.status()}", flush=True)
     if start >= total:
         print(f"nothing to do: the run is at step {start} >= train.steps={total}.")
         return 0

@@ -59,6 +59,8 @@ from pathlib import Path
 import tensorflow as tf
 
 from ddpm_tf.errors import InputError
+from ddpm_tf.machine import cache_root
+from ddpm_tf.machine import cpu_identity as _cpu_identity
 
 SOURCES = ("group_norm.cc",)
 LIBRARY_NAME = "libddpm_tf_kernels.so"
@@ -91,14 +93,6 @@ class BuildTimeout(BuildError):
         )
 
 
-def cache_root() -> Path:
-    """The folder holding one compiled library per (source, TensorFlow, compiler, CPU) key."""
-    if os.environ.get("DDPM_TF_KERNEL_CACHE"):
-        return Path(os.environ["DDPM_TF_KERNEL_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "ddpm_tf" / "kernels"
-
-
 def compiler() -> str | None:
     """The C++ compiler to use (``$CXX`` or ``g++`` on PATH), or None if that is no executable."""
     return shutil.which(os.environ.get("CXX") or "g++")
@@ -119,16 +113,6 @@ def build_timeout() -> float:
             f"(default {DEFAULT_TIMEOUT:g})."
         )
     return value
-
-
-def _cpu_identity() -> str:
-    # -march=native code must not run on another CPU that shares the cache (a shared home).
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor()
-    wanted = ("model name", "flags", "Features", "CPU part")
-    return "\n".join(sorted({line for line in lines if line.split(":")[0].strip() in wanted}))
 
 
 def arch_flags() -> list[str]:

@@ -1,0 +1,256 @@
+"""TensorFlow's oneDNN kernels on or off: whichever trains the U-Net faster on this CPU, measured
+once per machine and cached.
+
+TensorFlow reads ``TF_ENABLE_ONEDNN_OPTS`` once, when it loads, and by default turns its oneDNN
+kernels on only on x86 CPUs with AVX512-VNNI, AVX512-BF16 or AMX; on others (AVX2 machines) it runs
+its Eigen kernels. Which is faster for this package's convolutions is a property of the CPU, not
+of its feature list, so it is measured, never guessed: the first process that imports `ddpm_tf`
+on a machine times a train step of the `small_28` U-Net (batch 16, the fused kernels, FusedAdam)
+in two child processes, oneDNN on and off, keeps the setting that is faster by more than
+`MARGIN` (else TensorFlow's default) in the cache folder (`ddpm_tf.machine.cache_root`, keyed by
+the CPU and TensorFlow's version), and every process sets ``TF_ENABLE_ONEDNN_OPTS`` from there
+before TensorFlow is imported. The measurement takes about half a minute, once (each child
+imports TensorFlow, compiles the step and times 7 steps after 3); concurrent first
+imports wait for one measurement (a lock file). The choice is fixed per machine, so a run stays
+bit-reproducible from its seed there.
+
+Nothing is changed when the user set ``TF_ENABLE_ONEDNN_OPTS`` (their choice), when
+``DDPM_TF_TUNE=0`` (TensorFlow's default, nothing measured), or when TensorFlow was imported before
+`ddpm_tf` (too late: import `ddpm_tf` first, or set the variable to what
+``python -m ddpm_tf.onednn`` reports). ``python -m ddpm_tf.onednn --measure`` measures again.
+
+This module imports no TensorFlow: `ddpm_tf._startup` calls `apply` before anything does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+from ddpm_tf.machine import cache_root, cpu_identity
+
+ENV = "TF_ENABLE_ONEDNN_OPTS"
+TUNE_ENV = "DDPM_TF_TUNE"
+MARGIN = 0.05  # a setting must be this much faster than the other to replace TF's default
+CHILD_TIMEOUT = 300.0  # seconds a measuring child may take (import, kernel build, steps)
+MEASUREMENT = 1  # bumped when the measurement changes, so that caches are measured again
+_STEP_FLAG = "--time-step"
+_status = "not applied in this process"
+
+
+def cache_file() -> Path:
+    """The cached choice of this CPU and TensorFlow version."""
+    try:
+        tensorflow = metadata.version("tensorflow")
+    except metadata.PackageNotFoundError:
+        tensorflow = "none"
+    key = hashlib.sha256(f"{cpu_identity()}\n{tensorflow}\n{MEASUREMENT}".encode()).hexdigest()
+    return cache_root() / f"onednn-{key[:20]}.json"
+
+
+def read_choice(path: Path) -> dict | None:
+    """The cached choice, or None if there is none or it is not a whole, valid record."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("setting") not in ("0", "1", None):
+        return None
+    return record
+
+
+def decide(ms: dict[str, float | None]) -> str | None:
+    """The setting to use ("1" on, "0" off) from the measured ms per step, or None to keep
+    TensorFlow's default (the two within `MARGIN`, or a side failed)."""
+    on, off = ms.get("1"), ms.get("0")
+    if on is None or off is None:
+        return None
+    if on < (1.0 - MARGIN) * off:
+        return "1"
+    if off < (1.0 - MARGIN) * on:
+        return "0"
+    return None
+
+
+def _time_child(setting: str) -> tuple[float | None, str]:
+    """(median ms per train step with ``TF_ENABLE_ONEDNN_OPTS=setting``, or None; what happened)."""
+    env = dict(os.environ, **{ENV: setting})
+    for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+        env.pop(name, None)  # measure the way programs train: every core
+    command = [sys.executable, "-m", "ddpm_tf.onednn", _STEP_FLAG]
+    try:
+        done = subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT
+        )
+    except subprocess.TimeoutExpired:
+        return None, f"timed out after {CHILD_TIMEOUT:g} s"
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return None, f"failed with exit code {done.returncode}: {tail}"
+    return float(lines[-1]), "ok"
+
+
+def measure() -> dict:
+    """Times both settings, one child process each, and returns the record that is cached."""
+    ms: dict[str, float | None] = {}
+    notes = {}
+    for setting in ("0", "1"):
+        ms[setting], note = _time_child(setting)
+        if ms[setting] is None:
+            notes[setting] = note
+    setting = decide(ms)
+    return {
+        "setting": setting,
+        "ms_per_step": ms,
+        "failed": notes,
+        "cpu": cpu_identity().splitlines()[0] if cpu_identity() else "",
+        "measured": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def _write(path: Path, record: dict) -> None:
+    """Writes `record` whole (a temporary file renamed into place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".onednn-")
+    with os.fdopen(handle, "w") as f:
+        json.dump(record, f, indent=1)
+    os.replace(temporary, path)
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """Holds an exclusive lock beside `path` (where the platform has flock), so that processes
+    starting at once measure once."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, at worst two measurements
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def choice(remeasure: bool = False) -> dict:
+    """The cached record of this machine, measured first if there is none (or if `remeasure`)."""
+    path = cache_file()
+    record = None if remeasure else read_choice(path)
+    if record is not None:
+        return record
+    with _locked(path):
+        record = None if remeasure else read_choice(path)  # measured while this process waited
+        if record is None:
+            record = measure()
+            _write(path, record)
+    return record
+
+
+def _describe(record: dict) -> str:
+    ms = record.get("ms_per_step", {})
+    timing = ", ".join(
+        f"{'on' if s == '1' else 'off'} {v:.0f} ms" for s, v in sorted(ms.items()) if v is not None
+    )
+    failed = "; ".join(
+        f"{'on' if s == '1' else 'off'} {n}" for s, n in record.get("failed", {}).items()
+    )
+    measured = f"measured {timing or 'nothing'}" + (f" ({failed})" if failed else "")
+    return measured + f", per small_28 train step, in {cache_file()}"
+
+
+def apply() -> str:
+    """Sets ``TF_ENABLE_ONEDNN_OPTS`` to this machine's measured choice unless the user chose,
+    ``DDPM_TF_TUNE=0`` or TensorFlow is already loaded; returns (and keeps for `status`) why."""
+    global _status
+    if ENV in os.environ:
+        _status = f"{ENV}={os.environ[ENV]} set by the user"
+    elif os.environ.get(TUNE_ENV, "").strip() == "0":
+        _status = f"{TUNE_ENV}=0: TensorFlow's default"
+    elif _tensorflow_loaded():
+        _status = "TensorFlow was imported before ddpm_tf: TensorFlow's default"
+    else:
+        try:
+            record = choice()
+        except OSError as err:  # the cache folder cannot be written: measure nothing, keep TF's
+            _status = f"TensorFlow's default (the cache folder cannot be written: {err})"
+        else:
+            setting = record["setting"]
+            if setting is None:
+                _status = f"TensorFlow's default, {_describe(record)}"
+            else:
+                os.environ[ENV] = setting
+                _status = f"{ENV}={setting}, {_describe(record)}"
+    return _status
+
+
+def _tensorflow_loaded() -> bool:
+    return "tensorflow" in sys.modules
+
+
+def status() -> str:
+    """How this process's oneDNN setting was decided (a sentence for logs and bug reports)."""
+    return _status
+
+
+def _time_step() -> float:
+    """Median ms of a small_28 train step, batch 16 (run in a measuring child)."""
+    import keras
+    import tensorflow as tf
+
+    from ddpm_tf import DiffusionModel, default_optimizer, from_preset
+
+    keras.utils.set_random_seed(0)
+    model = DiffusionModel(from_preset("small_28", dropout=0.0))
+    model.compile(default_optimizer(2e-4))
+    images = tf.random.uniform((16, *model.image_shape), -1.0, 1.0, seed=0)
+    iterator = iter(tf.data.Dataset.from_tensors(images).repeat())
+    model.make_train_function()
+
+    def step() -> float:
+        began = time.perf_counter()
+        for value in model.train_function(iterator).values():
+            value.numpy()
+        return time.perf_counter() - began
+
+    for _ in range(3):  # the first traces and compiles
+        step()
+    return 1e3 * statistics.median(step() for _ in range(7))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m ddpm_tf.onednn",
+        description="Which of TensorFlow's CPU code paths (oneDNN on or off) this machine uses.",
+    )
+    parser.add_argument("--measure", action="store_true", help="measure again and cache it")
+    parser.add_argument(_STEP_FLAG, action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.time_step:
+        print(f"{_time_step():.3f}")
+        return
+    if args.measure:
+        record = choice(remeasure=True)
+        print(f"measured: {_describe(record)}; setting {record['setting'] or 'TensorFlow default'}")
+        print("(this process keeps the setting it started with)")
+        return
+    from ddpm_tf import onednn  # the module the package's import applied (this file is __main__)
+
+    print(onednn.status())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""The measured choice of TensorFlow's oneDNN kernels: the rule, the cache, who wins, and (slow) a
+real measuring child."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ddpm_tf import onednn
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """An empty cache folder and an environment in which `apply` would decide."""
+    monkeypatch.setenv("DDPM_TF_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.delenv(onednn.ENV, raising=False)
+    monkeypatch.delenv(onednn.TUNE_ENV, raising=False)
+    monkeypatch.setattr(onednn, "_tensorflow_loaded", lambda: False)
+    return tmp_path
+
+
+def fake_children(monkeypatch, ms: dict[str, float | None]) -> list[str]:
+    """Replaces the measuring children by fixed times; returns the settings they were run with."""
+    runs = []
+
+    def time_child(setting):
+        runs.append(setting)
+        value = ms[setting]
+        return value, "ok" if value is not None else "failed with exit code 1: boom"
+
+    monkeypatch.setattr(onednn, "_time_child", time_child)
+    return runs
+
+
+@pytest.mark.parametrize(
+    "on, off, expected",
+    [(100.0, 120.0, "1"), (120.0, 100.0, "0"), (100.0, 103.0, None), (None, 100.0, None)],
+)
+def test_the_faster_setting_wins_only_by_more_than_the_margin(on, off, expected):
+    assert onednn.decide({"1": on, "0": off}) == expected
+
+
+def test_first_use_measures_caches_and_sets_the_variable(cache, monkeypatch):
+    runs = fake_children(monkeypatch, {"0": 200.0, "1": 100.0})
+    why = onednn.apply()
+    assert os.environ[onednn.ENV] == "1" and why.startswith(f"{onednn.ENV}=1")
+    assert sorted(runs) == ["0", "1"]
+    record = json.loads(onednn.cache_file().read_text())
+    assert record["setting"] == "1" and record["ms_per_step"] == {"0": 200.0, "1": 100.0}
+    assert onednn.cache_file().parent == cache
+
+    monkeypatch.delenv(onednn.ENV)
+    runs.clear()
+    assert onednn.apply().startswith(f"{onednn.ENV}=1")
+    assert runs == []  # the second process reads the cache
+
+
+def test_a_tie_keeps_tensorflows_default(cache, monkeypatch):
+    fake_children(monkeypatch, {"0": 100.0, "1": 101.0})
+    assert onednn.apply().startswith("TensorFlow's default")
+    assert onednn.ENV not in os.environ
+
+
+def test_a_failed_child_keeps_the_default_and_says_why(cache, monkeypatch):
+    fake_children(monkeypatch, {"0": 100.0, "1": None})
+    why = onednn.apply()
+    assert onednn.ENV not in os.environ
+    assert "on failed with exit code 1: boom" in why
+
+
+def test_a_damaged_cache_is_measured_again(cache, monkeypatch):
+    onednn.cache_file().write_text('{"setting": "1", "ms_per')
+    runs = fake_children(monkeypatch, {"0": 100.0, "1": 200.0})
+    assert onednn.apply().startswith(f"{onednn.ENV}=0")
+    assert sorted(runs) == ["0", "1"]
+
+
+@pytest.mark.parametrize(
+    "env, loaded, expected",
+    [
+        ({onednn.ENV: "0"}, False, "set by the user"),
+        ({onednn.TUNE_ENV: "0"}, False, "DDPM_TF_TUNE=0"),
+        ({}, True, "TensorFlow was imported before ddpm_tf"),
+    ],
+)
+def test_nothing_is_measured_when_the_choice_is_not_ours(cache, monkeypatch, env, loaded, expected):
+    runs = fake_children(monkeypatch, {"0": 100.0, "1": 200.0})
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(onednn, "_tensorflow_loaded", lambda: loaded)
+    assert expected in onednn.apply()
+    assert runs == [] and not onednn.cache_file().exists()
+    assert os.environ.get(onednn.ENV) == env.get(onednn.ENV)
+
+
+def test_an_unwritable_cache_keeps_the_default(cache, monkeypatch):
+    fake_children(monkeypatch, {"0": 100.0, "1": 200.0})
+    blocker = cache / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("DDPM_TF_KERNEL_CACHE", str(blocker / "below"))
+    assert "cannot be written" in onednn.apply()
+    assert onednn.ENV not in os.environ
+
+
+def test_the_cache_is_per_cpu(cache, monkeypatch):
+    first = onednn.cache_file()
+    monkeypatch.setattr(onednn, "cpu_identity", lambda: "model name: another cpu")
+    assert onednn.cache_file() != first
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", ["0", "1"])
+def test_a_measuring_child_times_a_train_step(setting, tmp_path):
+    env = dict(os.environ, **{onednn.ENV: setting})
+    done = subprocess.run(
+        [sys.executable, "-m", "ddpm_tf.onednn", "--time-step"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert 1.0 < float(done.stdout.strip().splitlines()[-1]) < 60_000.0
