@@ -154,14 +154,11 @@ def peak_rss_mib() -> float:
 
 
 # ---------------------------------------------------------------------------------- TensorFlow
-def onednn_enabled() -> bool | None:
-    """Whether TF runs its oneDNN kernels (TF_ENABLE_ONEDNN_OPTS; on by default only on some CPUs)."""
-    try:
-        from tensorflow.python.util import _pywrap_util_port
+def onednn_enabled() -> bool:
+    """Whether TF runs its oneDNN kernels (TF_ENABLE_ONEDNN_OPTS, or TF's default for the CPU)."""
+    from ddpm_tf import compat
 
-        return bool(_pywrap_util_port.IsMklEnabled())
-    except (ImportError, AttributeError):
-        return None
+    return compat.onednn_enabled()
 
 
 def set_tf_threads(threads: int) -> dict[str, int]:

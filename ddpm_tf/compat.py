@@ -117,6 +117,10 @@ PRIVATE_APIS: dict[str, PrivateApi] = {
         lambda: importlib.import_module("tensorflow.python.ops.control_flow_util"),
         "GraphOrParentsInXlaContext",
     ),
+    "tensorflow.python.util._pywrap_util_port.IsMklEnabled": PrivateApi(
+        lambda: importlib.import_module("tensorflow.python.util._pywrap_util_port"),
+        "IsMklEnabled",
+    ),
     "keras.optimizers.Optimizer._get_variable_index": PrivateApi(
         lambda: keras.optimizers.Optimizer, "_get_variable_index"
     ),
@@ -170,6 +174,14 @@ def merge_call(fn: Callable[..., T], strategy: tf.distribute.Strategy, *args: An
     ``PerReplica`` values when merged.
     """
     return tf.__internal__.distribute.interim.maybe_merge_call(fn, strategy, *args)
+
+
+def onednn_enabled() -> bool:
+    """Whether this process's TensorFlow runs its oneDNN kernels (``TF_ENABLE_ONEDNN_OPTS``, or
+    TensorFlow's default for the CPU, as read when TensorFlow loaded)."""
+    from tensorflow.python.util import _pywrap_util_port
+
+    return bool(_pywrap_util_port.IsMklEnabled())
 
 
 def in_xla_compilation() -> bool:

@@ -32,11 +32,11 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
 
+from ddpm_tf.files import atomic_path
 from ddpm_tf.machine import cache_root, cpu_identity
 
 ENV = "TF_ENABLE_ONEDNN_OPTS"
@@ -98,7 +98,13 @@ def _time_child(setting: str) -> tuple[float | None, str]:
     if done.returncode != 0 or not lines:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
         return None, f"failed with exit code {done.returncode}: {tail}"
-    return float(lines[-1]), "ok"
+    ms, enabled = lines[-1].split()
+    if enabled != setting:  # TensorFlow ran the other path: the time says nothing about this one
+        return (
+            None,
+            f"TensorFlow ignored {ENV}={setting} (oneDNN {'on' if enabled == '1' else 'off'})",
+        )
+    return float(ms), "ok"
 
 
 def measure() -> dict:
@@ -109,23 +115,21 @@ def measure() -> dict:
         ms[setting], note = _time_child(setting)
         if ms[setting] is None:
             notes[setting] = note
-    setting = decide(ms)
+    cpu = cpu_identity()
     return {
-        "setting": setting,
+        "setting": decide(ms),
         "ms_per_step": ms,
         "failed": notes,
-        "cpu": cpu_identity().splitlines()[0] if cpu_identity() else "",
+        "cpu": cpu.splitlines()[0] if cpu else "",
         "measured": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 
 
 def _write(path: Path, record: dict) -> None:
-    """Writes `record` whole (a temporary file renamed into place)."""
+    """Writes `record` whole (`files.atomic_path`: a sibling renamed into place)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".onednn-")
-    with os.fdopen(handle, "w") as f:
-        json.dump(record, f, indent=1)
-    os.replace(temporary, path)
+    with atomic_path(path, "the measured oneDNN choice") as scratch:
+        scratch.write_text(json.dumps(record, indent=1))
 
 
 @contextlib.contextmanager
@@ -185,7 +189,7 @@ def apply() -> str:
     else:
         try:
             record = choice()
-        except OSError as err:  # the cache folder cannot be written: measure nothing, keep TF's
+        except OSError as err:  # the cache folder cannot be written (a WriteError is one too)
             _status = f"TensorFlow's default (the cache folder cannot be written: {err})"
         else:
             setting = record["setting"]
@@ -206,12 +210,13 @@ def status() -> str:
     return _status
 
 
-def _time_step() -> float:
-    """Median ms of a small_28 train step, batch 16 (run in a measuring child)."""
+def _time_step() -> tuple[float, bool]:
+    """(median ms of a small_28 train step at batch 16, whether TensorFlow runs oneDNN): what a
+    measuring child prints."""
     import keras
     import tensorflow as tf
 
-    from ddpm_tf import DiffusionModel, default_optimizer, from_preset
+    from ddpm_tf import DiffusionModel, compat, default_optimizer, from_preset
 
     keras.utils.set_random_seed(0)
     model = DiffusionModel(from_preset("small_28", dropout=0.0))
@@ -228,7 +233,7 @@ def _time_step() -> float:
 
     for _ in range(3):  # the first traces and compiles
         step()
-    return 1e3 * statistics.median(step() for _ in range(7))
+    return 1e3 * statistics.median(step() for _ in range(7)), compat.onednn_enabled()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -240,7 +245,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(_STEP_FLAG, action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.time_step:
-        print(f"{_time_step():.3f}")
+        ms, enabled = _time_step()
+        print(f"{ms:.3f} {int(enabled)}")
         return
     if args.measure:
         record = choice(remeasure=True)

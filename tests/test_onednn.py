@@ -124,4 +124,16 @@ def test_a_measuring_child_times_a_train_step(setting, tmp_path):
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert 1.0 < float(done.stdout.strip().splitlines()[-1]) < 60_000.0
+    ms, enabled = done.stdout.strip().splitlines()[-1].split()
+    assert enabled == setting  # the child timed the path it was asked to time
+    assert 1.0 < float(ms) < 60_000.0
+
+
+def test_a_child_on_the_other_path_is_no_measurement(monkeypatch):
+    class Done:
+        returncode, stdout, stderr = 0, "123.0 1\n", ""
+
+    monkeypatch.setattr(onednn.subprocess, "run", lambda *args, **kwargs: Done())
+    assert onednn._time_child("1") == (123.0, "ok")
+    ms, note = onednn._time_child("0")
+    assert ms is None and "ignored TF_ENABLE_ONEDNN_OPTS=0 (oneDNN on)" in note
