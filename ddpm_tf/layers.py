@@ -366,7 +366,9 @@ class Downsample(keras.layers.Layer):
 class Upsample(keras.layers.Layer):
     """Double the spatial size, ``[B, H, W, C] -> [B, 2H, 2W, C]``.
 
-    Nearest-neighbour upsampling followed, when ``with_conv``, by a 3x3 convolution.
+    Nearest-neighbour upsampling followed, when ``with_conv``, by a 3x3 convolution (its
+    weights are the sub-layer ``conv``), computed as ``upsample_conv``: the same function in
+    4/9 of the multiply-adds.
     """
 
     def __init__(self, with_conv: bool = True, **kwargs: Any) -> None:
@@ -383,12 +385,37 @@ class Upsample(keras.layers.Layer):
             self.conv.build(self.compute_output_shape(input_shape))
 
     def call(self, x: Any) -> Any:
-        x = self.resize(x)
-        return self.conv(x) if self.with_conv else x
+        if not self.with_conv:
+            return self.resize(x)
+        return upsample_conv(x, self.conv.kernel, self.conv.bias)
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
         batch, height, width, channels = input_shape
         return (batch, _scaled(height, 2), _scaled(width, 2), channels)
+
+
+def upsample_conv(x: Any, kernel: Any, bias: Any) -> Any:
+    """``conv3x3_same(nearest_upsample_2x(x)) + bias`` without forming the upsampled image.
+
+    ``x [B, H, W, Cin]``, ``kernel [3, 3, Cin, Cout]`` -> ``[B, 2H, 2W, Cout]``. An output row
+    of parity ``a`` reads upsampled rows that repeat only two rows of ``x``: rows ``(i - 1, i)``
+    with the kernel rows ``(k0, k1 + k2)`` when ``a = 0``, rows ``(i, i + 1)`` with
+    ``(k0 + k1, k2)`` when ``a = 1``; columns alike. So each of the four output phases is a 2x2
+    convolution of ``x`` (zero-padded by one on the side it reads past), and ``depth_to_space``
+    interleaves them: 16 taps per input pixel instead of 36, the same sums up to round-off.
+    """
+    phases = []
+    for a, rows in enumerate(_phase_taps(kernel, axis=0)):
+        for b, taps in enumerate(_phase_taps(rows, axis=1)):
+            padded = ops.pad(x, [[0, 0], [1 - a, a], [1 - b, b], [0, 0]])
+            phases.append(ops.conv(padded, taps, strides=1, padding="valid"))
+    return ops.depth_to_space(ops.concatenate(phases, axis=-1), 2) + bias
+
+
+def _phase_taps(kernel: Any, axis: int) -> tuple[Any, Any]:
+    """The 2-tap kernels along ``axis`` of a 3-tap one, for output parity 0 and 1."""
+    k0, k1, k2 = ops.unstack(kernel, 3, axis=axis)
+    return ops.stack([k0, k1 + k2], axis=axis), ops.stack([k0 + k1, k2], axis=axis)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "with_conv": self.with_conv}

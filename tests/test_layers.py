@@ -346,6 +346,18 @@ def test_upsample_without_conv_is_nearest_neighbour() -> None:
     np.testing.assert_array_equal(Upsample(with_conv=False)(x), expected)
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 4), (1, 1, 2), (5, 2, 3)])
+def test_upsample_conv_equals_convolving_the_upsampled_image(shape: tuple[int, ...]) -> None:
+    """The phase-split convolution against Keras' 3x3 'same' convolution of the repeated image."""
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(BATCH, *shape))
+    layer = Upsample(with_conv=True, dtype="float64")
+    layer.build(x.shape)
+    layer.conv.bias.assign(rng.normal(size=shape[-1]))
+    expected = layer.conv(x.repeat(2, axis=1).repeat(2, axis=2))
+    np.testing.assert_allclose(layer(x), expected, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("with_conv", [True, False])
 def test_resampling_shapes_match_compute_output_shape(with_conv: bool) -> None:
     x = np.zeros((1, 5, 6, 3), "float32")
