@@ -27,6 +27,7 @@ PROGRAMS = (
     "ddpm-distill",
     "ddpm-prepare",
     "ddpm-export",
+    "ddpm-onednn",
 )
 VERBOSE_FLAG = "--verbose"
 

@@ -17,14 +17,13 @@ bit-reproducible from its seed there.
 Nothing is changed when the user set ``TF_ENABLE_ONEDNN_OPTS`` (their choice), when
 ``DDPM_TF_TUNE=0`` (TensorFlow's default, nothing measured), or when TensorFlow was imported before
 `ddpm_tf` (too late: import `ddpm_tf` first, or set the variable to what
-``python -m ddpm_tf.onednn`` reports). ``python -m ddpm_tf.onednn --measure`` measures again.
+``ddpm-onednn`` reports). ``ddpm-onednn --measure`` measures again.
 
 This module imports no TensorFlow: `ddpm_tf._startup` calls `apply` before anything does.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
@@ -44,7 +43,7 @@ TUNE_ENV = "DDPM_TF_TUNE"
 MARGIN = 0.05  # a setting must be this much faster than the other to replace TF's default
 CHILD_TIMEOUT = 300.0  # seconds a measuring child may take (import, kernel build, steps)
 MEASUREMENT = 1  # bumped when the measurement changes, so that caches are measured again
-_STEP_FLAG = "--time-step"
+_CHILD = "from ddpm_tf.onednn import print_step_time; print_step_time()"  # a measuring child
 _status = "not applied in this process"
 
 
@@ -87,7 +86,7 @@ def _time_child(setting: str) -> tuple[float | None, str]:
     env = dict(os.environ, **{ENV: setting})
     for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
         env.pop(name, None)  # measure the way programs train: every core
-    command = [sys.executable, "-m", "ddpm_tf.onednn", _STEP_FLAG]
+    command = [sys.executable, "-c", _CHILD]
     try:
         done = subprocess.run(
             command, env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT
@@ -159,12 +158,19 @@ def choice(remeasure: bool = False) -> dict:
     with _locked(path):
         record = None if remeasure else read_choice(path)  # measured while this process waited
         if record is None:
+            print(
+                "ddpm_tf: timing TensorFlow's oneDNN kernels on and off on this CPU, once "
+                "(about half a minute; DDPM_TF_TUNE=0 skips it)",
+                file=sys.stderr,
+                flush=True,
+            )
             record = measure()
             _write(path, record)
     return record
 
 
-def _describe(record: dict) -> str:
+def describe(record: dict) -> str:
+    """The measured times of a record and where it is cached, for status lines."""
     ms = record.get("ms_per_step", {})
     timing = ", ".join(
         f"{'on' if s == '1' else 'off'} {v:.0f} ms" for s, v in sorted(ms.items()) if v is not None
@@ -194,10 +200,10 @@ def apply() -> str:
         else:
             setting = record["setting"]
             if setting is None:
-                _status = f"TensorFlow's default, {_describe(record)}"
+                _status = f"TensorFlow's default, {describe(record)}"
             else:
                 os.environ[ENV] = setting
-                _status = f"{ENV}={setting}, {_describe(record)}"
+                _status = f"{ENV}={setting}, {describe(record)}"
     return _status
 
 
@@ -236,27 +242,7 @@ def _time_step() -> tuple[float, bool]:
     return 1e3 * statistics.median(step() for _ in range(7)), compat.onednn_enabled()
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m ddpm_tf.onednn",
-        description="Which of TensorFlow's CPU code paths (oneDNN on or off) this machine uses.",
-    )
-    parser.add_argument("--measure", action="store_true", help="measure again and cache it")
-    parser.add_argument(_STEP_FLAG, action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.time_step:
-        ms, enabled = _time_step()
-        print(f"{ms:.3f} {int(enabled)}")
-        return
-    if args.measure:
-        record = choice(remeasure=True)
-        print(f"measured: {_describe(record)}; setting {record['setting'] or 'TensorFlow default'}")
-        print("(this process keeps the setting it started with)")
-        return
-    from ddpm_tf import onednn  # the module the package's import applied (this file is __main__)
-
-    print(onednn.status())
-
-
-if __name__ == "__main__":
-    main()
+def print_step_time() -> None:
+    """What a measuring child does: prints "<ms per step> <1 if oneDNN ran else 0>"."""
+    ms, enabled = _time_step()
+    print(f"{ms:.3f} {int(enabled)}")

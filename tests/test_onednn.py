@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from ddpm_tf import onednn
+from ddpm_tf.training import ddpm_onednn
 
 
 @pytest.fixture
@@ -44,9 +45,10 @@ def test_the_faster_setting_wins_only_by_more_than_the_margin(on, off, expected)
     assert onednn.decide({"1": on, "0": off}) == expected
 
 
-def test_first_use_measures_caches_and_sets_the_variable(cache, monkeypatch):
+def test_first_use_measures_caches_and_sets_the_variable(cache, monkeypatch, capsys):
     runs = fake_children(monkeypatch, {"0": 200.0, "1": 100.0})
     why = onednn.apply()
+    assert "timing TensorFlow's oneDNN kernels" in capsys.readouterr().err  # the pause is said
     assert os.environ[onednn.ENV] == "1" and why.startswith(f"{onednn.ENV}=1")
     assert sorted(runs) == ["0", "1"]
     record = json.loads(onednn.cache_file().read_text())
@@ -57,6 +59,9 @@ def test_first_use_measures_caches_and_sets_the_variable(cache, monkeypatch):
     runs.clear()
     assert onednn.apply().startswith(f"{onednn.ENV}=1")
     assert runs == []  # the second process reads the cache
+    assert capsys.readouterr().err == ""
+    assert ddpm_onednn.main([]) == 0  # how this process decided
+    assert capsys.readouterr().out.startswith(f"{onednn.ENV}=1, measured off 200 ms, on 100 ms")
 
 
 def test_a_tie_keeps_tensorflows_default(cache, monkeypatch):
@@ -117,7 +122,7 @@ def test_the_cache_is_per_cpu(cache, monkeypatch):
 def test_a_measuring_child_times_a_train_step(setting, tmp_path):
     env = dict(os.environ, **{onednn.ENV: setting})
     done = subprocess.run(
-        [sys.executable, "-m", "ddpm_tf.onednn", "--time-step"],
+        [sys.executable, "-c", onednn._CHILD],
         env=env,
         capture_output=True,
         text=True,

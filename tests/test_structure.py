@@ -23,6 +23,7 @@ PROGRAMS = {
     "ddpm_tf.training.ddpm_classifier",
     "ddpm_tf.training.ddpm_distill",
     "ddpm_tf.training.ddpm_prepare",
+    "ddpm_tf.training.ddpm_onednn",
     "ddpm_tf.export.ddpm_export",
 }
 PROGRAM_FOLDERS = {"training": "ddpm_tf.training", "export": "ddpm_tf.export"}
