@@ -131,6 +131,20 @@ def inputs(preset: str, batch: int, variant: Variant):
     return images.to(memory_format=torch.channels_last) if variant.channels_last else images
 
 
+def network_gflop(preset: str, batch: int) -> float:
+    """GFLOP of the peer network's forward and backward pass on a batch (PyTorch's
+    FlopCounterMode: convolutions and matrix products, a multiply-add counting 2)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = network(preset, VARIANTS["eager"])[1]
+    images = inputs(preset, batch, VARIANTS["eager"])
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(images, torch.zeros(batch, dtype=torch.long)).sample.square().mean().backward()
+    return counter.get_total_flops() / 1e9
+
+
 def autocast(precision: str):
     import torch
 
