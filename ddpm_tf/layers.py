@@ -393,6 +393,9 @@ class Upsample(keras.layers.Layer):
         batch, height, width, channels = input_shape
         return (batch, _scaled(height, 2), _scaled(width, 2), channels)
 
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "with_conv": self.with_conv}
+
 
 def upsample_conv(x: Any, kernel: Any, bias: Any) -> Any:
     """``conv3x3_same(nearest_upsample_2x(x)) + bias`` without forming the upsampled image.
@@ -416,9 +419,6 @@ def _phase_taps(kernel: Any, axis: int) -> tuple[Any, Any]:
     """The 2-tap kernels along ``axis`` of a 3-tap one, for output parity 0 and 1."""
     k0, k1, k2 = ops.unstack(kernel, 3, axis=axis)
     return ops.stack([k0, k1 + k2], axis=axis), ops.stack([k0 + k1, k2], axis=axis)
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "with_conv": self.with_conv}
 
 
 @keras.saving.register_keras_serializable(package="ddpm_tf")

@@ -359,6 +359,12 @@ def test_upsample_conv_equals_convolving_the_upsampled_image(shape: tuple[int, .
 
 
 @pytest.mark.parametrize("with_conv", [True, False])
+def test_resampling_configs_keep_with_conv(with_conv: bool) -> None:
+    for layer in (Downsample(with_conv), Upsample(with_conv)):
+        assert type(layer).from_config(layer.get_config()).with_conv is with_conv
+
+
+@pytest.mark.parametrize("with_conv", [True, False])
 def test_resampling_shapes_match_compute_output_shape(with_conv: bool) -> None:
     x = np.zeros((1, 5, 6, 3), "float32")
     for layer in (Downsample(with_conv), Upsample(with_conv)):
