@@ -19,6 +19,8 @@ import tempfile
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import ddpm_tf  # noqa: E402, F401  (first: TensorFlow loads with the package's measured oneDNN choice)
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402

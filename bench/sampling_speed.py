@@ -54,6 +54,8 @@ from dataclasses import dataclass
 from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import ddpm_tf  # noqa: E402  (first: TensorFlow loads with the package's measured oneDNN choice)
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import peer  # noqa: E402
@@ -111,8 +113,6 @@ class TFBench:
 
     def __init__(self, preset: str, batch: int, steps: int, precision: str):
         import keras
-
-        import ddpm_tf
 
         if precision == "bfloat16":
             keras.mixed_precision.set_global_policy("mixed_bfloat16")

@@ -26,6 +26,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import ddpm_tf  # noqa: F401  (first: TensorFlow loads with the package's measured oneDNN choice)
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import keras_train_step, machine, time_calls  # noqa: E402
 

@@ -154,17 +154,16 @@ CONFIGS: dict[str, Config] = {
 # ---------------------------------------------------------------------------------- TensorFlow
 def run_tf(config: Config, repeats: int, warmup: int, threads: int, breakdown: bool) -> dict:
     """Times `DiffusionModel`'s train step (Keras' train function on a repeated in-memory batch)."""
+    import ddpm_tf  # noqa: F401  (first: TensorFlow loads with the package's measured oneDNN choice)
+
+    import_rss = rss_mib()  # the import's memory, measured apart from the model's
     import tensorflow as tf
+    from common import keras_train_step
 
     threads_used = set_tf_threads(threads)
     if config.inter_op is not None:
         tf.config.threading.set_inter_op_parallelism_threads(config.inter_op)
         threads_used["inter_op"] = config.inter_op
-    from common import keras_train_step
-
-    import ddpm_tf  # noqa: F401  (the import's memory is measured apart from the model's)
-
-    import_rss = rss_mib()
     model, images, step = keras_train_step(
         config.preset,
         config.batch,
@@ -219,11 +218,14 @@ def network_gflop(network, images) -> float:
 
 
 def matmul_peak(threads: int, repeats: int) -> dict[str, float]:
-    """GFLOP/s of one large dense matrix product per dtype: what this machine's cores can do."""
+    """GFLOP/s of one large dense matrix product per dtype: what this machine's cores can do (on
+    the path the U-Net trains on: TensorFlow loaded through ddpm_tf, with its oneDNN choice)."""
+    import ddpm_tf  # noqa: F401
+
+    n = 4096
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
-    n = 4096
     out = {}
     for dtype in ("float32", "bfloat16"):
         a = tf.cast(tf.random.uniform([n, n], seed=0), dtype)

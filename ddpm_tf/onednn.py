@@ -17,7 +17,8 @@ bit-reproducible from its seed there.
 Nothing is changed when the user set ``TF_ENABLE_ONEDNN_OPTS`` (their choice), when
 ``DDPM_TF_TUNE=0`` (TensorFlow's default, nothing measured), or when TensorFlow was imported before
 `ddpm_tf` (too late: import `ddpm_tf` first, or set the variable to what
-``ddpm-onednn`` reports). ``ddpm-onednn --measure`` measures again.
+``ddpm-onednn`` reports; a warning says so when this machine's cached choice differs from what
+TensorFlow runs). ``ddpm-onednn --measure`` measures again.
 
 This module imports no TensorFlow: `ddpm_tf._startup` calls `apply` before anything does.
 """
@@ -32,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from importlib import metadata
 from pathlib import Path
 
@@ -192,6 +194,7 @@ def apply() -> str:
         _status = f"{TUNE_ENV}=0: TensorFlow's default"
     elif _tensorflow_loaded():
         _status = "TensorFlow was imported before ddpm_tf: TensorFlow's default"
+        _warn_if_late(read_choice(cache_file()))
     else:
         try:
             record = choice()
@@ -205,6 +208,25 @@ def apply() -> str:
                 os.environ[ENV] = setting
                 _status = f"{ENV}={setting}, {describe(record)}"
     return _status
+
+
+def _warn_if_late(record: dict | None) -> None:
+    """Warns when TensorFlow, loaded before ddpm_tf, runs the setting this CPU measured slower
+    (nothing is measured here: only a cached record is compared)."""
+    if record is None or record.get("setting") is None:
+        return
+    from ddpm_tf import compat  # TensorFlow is loaded already
+
+    running = "1" if compat.onednn_enabled() else "0"
+    if running == record["setting"]:
+        return
+    warnings.warn(
+        f"TensorFlow was imported before ddpm_tf, so it runs its oneDNN kernels "
+        f"{'on' if running == '1' else 'off'}, which trains the U-Net slower on this CPU "
+        f"({describe(record)}). Import ddpm_tf before TensorFlow, or start Python with "
+        f"{ENV}={record['setting']}.",
+        stacklevel=2,
+    )
 
 
 def _tensorflow_loaded() -> bool:

@@ -1,9 +1,11 @@
 """The benchmarks' shared machinery: the timing helper, the configurations both sides are built
 from, and the pieces each script's figures rest on (which order rounds run in, how a profile
-names a convolution's direction, the page-cache eviction of the disk pipeline)."""
+names a convolution's direction, the page-cache eviction of the disk pipeline, and that each
+script loads TensorFlow the way a ddpm_tf user's process does)."""
 
 from __future__ import annotations
 
+import ast
 import sys
 from pathlib import Path
 
@@ -135,3 +137,70 @@ def test_peer_networks_match_the_presets_parameter_counts():
         _, model = peer.network(preset, peer.VARIANTS["eager"])
         ours = from_preset(preset).count_params()
         assert sum(p.numel() for p in model.parameters()) == ours, preset
+
+
+def _imports(body: list[ast.stmt]) -> list[tuple[int, str]]:
+    """(line, top-level package) of the import statements directly in `body`, in order."""
+    found = []
+    for node in body:
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name.split(".")[0]) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.lineno, node.module.split(".")[0]))
+    return found
+
+
+def _loads_ddpm_tf_first(body: list[ast.stmt]) -> bool | None:
+    """Whether `body` imports ddpm_tf before TensorFlow or Keras (None: it imports neither)."""
+    for _, package in _imports(body):
+        if package == "ddpm_tf":
+            return True
+        if package in ("tensorflow", "keras"):
+            return False
+    return None
+
+
+# common.py is the scripts' library: its functions run after the script that calls them imported
+# ddpm_tf, and it must not import TensorFlow itself (the PyTorch children import it too)
+SCRIPTS = sorted(p for p in BENCH.glob("*.py") if p.name != "common.py")
+
+
+def _through_ddpm_tf(tree: ast.Module, function: ast.FunctionDef, seen: frozenset = frozenset()):
+    """Whether every path to `function` within its script has imported ddpm_tf before TensorFlow:
+    it does so itself, or it is used only by functions that do (a use at the script's top level,
+    such as `main()`, has not)."""
+    if _loads_ddpm_tf_first(function.body):
+        return True
+    users = [
+        f
+        for f in ast.walk(tree)
+        if isinstance(f, ast.FunctionDef)
+        and f is not function
+        and any(isinstance(n, ast.Name) and n.id == function.name for n in ast.walk(f))
+    ]
+    at_top = any(
+        isinstance(n, ast.Name) and n.id == function.name
+        for stmt in tree.body
+        if not isinstance(stmt, ast.FunctionDef | ast.ClassDef)
+        for n in ast.walk(stmt)
+    )
+    if at_top or not users or function.name in seen:
+        return False
+    return all(_through_ddpm_tf(tree, f, seen | {function.name}) for f in users)
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_scripts_import_ddpm_tf_before_tensorflow(script):
+    """TensorFlow reads TF_ENABLE_ONEDNN_OPTS once, when it loads, and ddpm_tf's import sets it to
+    the machine's measured choice: a script that loads TensorFlow first times TensorFlow's default
+    path, not the package's."""
+    tree = ast.parse(script.read_text())
+    at_top = _loads_ddpm_tf_first(tree.body)
+    assert at_top is not False, f"{script.name} imports TensorFlow before ddpm_tf"
+    if at_top:
+        return
+    for function in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)):
+        if _loads_ddpm_tf_first(function.body) is False:
+            assert _through_ddpm_tf(tree, function), (
+                f"{script.name}: {function.name} can import TensorFlow before ddpm_tf"
+            )

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 
@@ -100,6 +101,30 @@ def test_nothing_is_measured_when_the_choice_is_not_ours(cache, monkeypatch, env
     assert expected in onednn.apply()
     assert runs == [] and not onednn.cache_file().exists()
     assert os.environ.get(onednn.ENV) == env.get(onednn.ENV)
+
+
+@pytest.mark.parametrize("differs", [True, False])
+def test_tensorflow_loaded_first_warns_when_it_runs_the_slower_setting(cache, monkeypatch, differs):
+    from ddpm_tf import compat  # this test process has TensorFlow loaded
+
+    running = "1" if compat.onednn_enabled() else "0"
+    measured = {"0": "1", "1": "0"}[running] if differs else running
+    onednn.cache_file().write_text(
+        json.dumps({"setting": measured, "ms_per_step": {measured: 100.0, running: 150.0}})
+    )
+    runs = fake_children(monkeypatch, {"0": 100.0, "1": 200.0})
+    monkeypatch.setattr(onednn, "_tensorflow_loaded", lambda: True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert "TensorFlow was imported before ddpm_tf" in onednn.apply()
+    said = [str(w.message) for w in caught if "oneDNN" in str(w.message)]
+    assert runs == [] and onednn.ENV not in os.environ  # nothing measured, nothing set
+    if differs:
+        assert len(said) == 1
+        assert f"start Python with {onednn.ENV}={measured}" in said[0]
+        assert "Import ddpm_tf before TensorFlow" in said[0]
+    else:
+        assert said == []
 
 
 def test_an_unwritable_cache_keeps_the_default(cache, monkeypatch):
