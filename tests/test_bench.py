@@ -139,20 +139,20 @@ def test_peer_networks_match_the_presets_parameter_counts():
         assert sum(p.numel() for p in model.parameters()) == ours, preset
 
 
-def _imports(body: list[ast.stmt]) -> list[tuple[int, str]]:
-    """(line, top-level package) of the import statements directly in `body`, in order."""
+def _imports(body: list[ast.stmt]) -> list[str]:
+    """The top-level packages of the import statements directly in `body`, in order."""
     found = []
     for node in body:
         if isinstance(node, ast.Import):
-            found += [(node.lineno, alias.name.split(".")[0]) for alias in node.names]
+            found += [alias.name.split(".")[0] for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.append((node.lineno, node.module.split(".")[0]))
+            found.append(node.module.split(".")[0])
     return found
 
 
 def _loads_ddpm_tf_first(body: list[ast.stmt]) -> bool | None:
     """Whether `body` imports ddpm_tf before TensorFlow or Keras (None: it imports neither)."""
-    for _, package in _imports(body):
+    for package in _imports(body):
         if package == "ddpm_tf":
             return True
         if package in ("tensorflow", "keras"):
