@@ -112,7 +112,7 @@ DISTILL_DEFAULTS: dict[str, Any] = {
     "teacher": "",  # the teacher's run directory
     "student_steps": 4,  # the student's sampling steps (network calls)
     "teacher_steps": 0,  # the trained model's DDIM steps that the first round distils
-    "round_steps": 1000,  # training steps of each halving
+    "round_steps": 1000,  # training steps of each halving, or a list: each one's in turn
     "loss_weighting": "landing",  # or "truncated_snr" (DistillationModel)
 }
 
@@ -215,9 +215,10 @@ def set_key(config: dict, key: str, value: Any) -> None:
         close = difflib.get_close_matches(name, config[section], n=3)
         hint = f" Did you mean {[f'{section}.{c}' for c in close]}?" if close else ""
         raise ConfigError(f"unknown config key {key!r}.{hint}")
-    if section == "sampling" or key == "train.mixed_precision":
-        # Checked in `validate`: [sampling] as a whole by SamplingSpec, the precision (a bool or a
-        # dtype name) by `precision_policy`.
+    if section == "sampling" or key in ("train.mixed_precision", "distill.round_steps"):
+        # Checked as a whole: in `validate`, [sampling] by SamplingSpec and the precision (a bool
+        # or a dtype name) by `precision_policy`; a distillation's rounds (a number or a list)
+        # by its `Halving` (ddpm-distill).
         config[section][name] = value
     else:
         defaults = DISTILL_DEFAULTS if section == "distill" else DEFAULTS[section]

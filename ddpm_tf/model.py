@@ -163,6 +163,12 @@ class DiffusionModel(keras.Model):
         """The number of finished training steps (restored with a checkpoint)."""
         return int(self.step_counter.numpy())
 
+    @property
+    def milestones(self) -> tuple[int, ...]:
+        """Step counts after which a run evaluates and draws its grids, whatever its intervals:
+        none here; a distillation's round ends."""
+        return ()
+
     def checkpoint_variables(self) -> list[tf.Variable]:
         """Every variable a checkpoint must hold to resume training exactly, in a fixed order.
 

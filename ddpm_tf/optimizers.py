@@ -9,9 +9,11 @@ the model: any Keras model can use them, and `DiffusionModel` takes any optimize
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, Literal, get_args
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from ddpm_tf import compat
@@ -39,8 +41,10 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
         decay: the shape after the warm-up.
         decay_steps: the step at which a decay reaches 0; must exceed `warmup_steps` unless
             `decay` is "constant" (where it is ignored).
-        restart_every: > 0: the schedule starts again every this many steps (step taken modulo
-            it, as each round of a progressive distillation trains afresh); 0: never.
+        periods: the lengths of successive periods after each of which the schedule starts
+            again, warm-up and all, the last period repeating (each round of a progressive
+            distillation trains afresh): step is counted from its period's start and a decay
+            reaches 0 at its period's end (`decay_steps` is then not used); (): one schedule.
     """
 
     def __init__(
@@ -49,38 +53,52 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
         warmup_steps: int = 5000,
         decay: LrDecay = "constant",
         decay_steps: int = 0,
-        restart_every: int = 0,
+        periods: Sequence[int] = (),
     ):
         if learning_rate <= 0:
             raise InputError(f"`learning_rate` must be > 0, got {learning_rate}.")
         if warmup_steps < 0:
             raise InputError(f"`warmup_steps` must be >= 0, got {warmup_steps}.")
         decay = check_choice(decay, LR_DECAYS, "decay")
-        if decay != "constant" and decay_steps <= warmup_steps:
-            raise InputError(
-                f"a {decay} decay needs `decay_steps` ({decay_steps}) > `warmup_steps` "
-                f"({warmup_steps}): the decay runs from the end of the warm-up to `decay_steps`."
-            )
+        self.periods = tuple(int(p) for p in periods)
+        if any(p < 1 for p in self.periods):
+            raise InputError(f"`periods` must be positive step counts, got {list(periods)}.")
+        for span, name in [(p, "each period") for p in self.periods] or [
+            (decay_steps, "`decay_steps`")
+        ]:
+            if decay != "constant" and span <= warmup_steps:
+                raise InputError(
+                    f"a {decay} decay needs {name} ({span}) > `warmup_steps` ({warmup_steps}): "
+                    "the decay runs from the end of the warm-up to its end."
+                )
         self.learning_rate = float(learning_rate)
         self.warmup_steps = int(warmup_steps)
         self.decay = decay
-        self.decay_steps = int(decay_steps) if decay != "constant" else 0
-        if restart_every < 0:
-            raise InputError(f"`restart_every` must be >= 0, got {restart_every}.")
-        self.restart_every = int(restart_every)
+        self.decay_steps = int(decay_steps) if decay != "constant" and not self.periods else 0
+
+    def _in_period(self, step: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """(step counted from its period's start, that period's length), int64 scalars."""
+        starts = np.cumsum((0, *self.periods[:-1]))
+        index = tf.reduce_sum(tf.cast(step >= starts[1:], tf.int32))
+        last_start, last = int(starts[-1]), self.periods[-1]
+        local = tf.where(
+            step >= last_start, (step - last_start) % last, step - tf.gather(starts, index)
+        )
+        return local, tf.gather(tf.constant(self.periods, tf.int64), index)
 
     def __call__(self, step):
-        if self.restart_every:
-            step = step % self.restart_every
-        step = tf.cast(step, tf.float32)
+        step = tf.cast(step, tf.int64)
+        end = tf.constant(self.decay_steps, tf.int64)
+        if self.periods:
+            step, end = self._in_period(step)
+        step, end = tf.cast(step, tf.float32), tf.cast(end, tf.float32)
         lr = tf.constant(self.learning_rate, tf.float32)
         if self.warmup_steps:
             lr *= tf.minimum(1.0, (step + 1.0) / float(self.warmup_steps))
         if self.decay == "constant":
             return lr
         # 1 - f, computed from the steps left so that the last steps' small rates keep precision
-        span = float(self.decay_steps - self.warmup_steps)
-        left = tf.clip_by_value((float(self.decay_steps) - step) / span, 0.0, 1.0)
+        left = tf.clip_by_value((end - step) / (end - float(self.warmup_steps)), 0.0, 1.0)
         if self.decay == "cosine":
             return lr * tf.square(tf.sin(0.5 * math.pi * left))  # = (1 + cos(pi f)) / 2
         return lr * left
@@ -91,8 +109,16 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
             "warmup_steps": self.warmup_steps,
             "decay": self.decay,
             "decay_steps": self.decay_steps,
-            "restart_every": self.restart_every,
+            "periods": list(self.periods),
         }
+
+    @classmethod
+    def from_config(cls, config: dict) -> WarmupSchedule:
+        config = dict(config)
+        every = config.pop("restart_every", 0)  # the configs of equal periods, saved before
+        if every:
+            config["periods"] = (every,)
+        return cls(**config)
 
 
 @keras.saving.register_keras_serializable(package="ddpm_tf")

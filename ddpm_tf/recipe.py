@@ -32,15 +32,15 @@ def build_diffusion(section: dict[str, Any]) -> GaussianDiffusion:
     )
 
 
-def build_schedule(section: dict[str, Any], period: int = 0) -> WarmupSchedule:
+def build_schedule(section: dict[str, Any], periods: tuple[int, ...] = ()) -> WarmupSchedule:
     """The learning-rate schedule of a config's `train` section: a decay ends at train.steps,
-    or, with a `period` (a distillation's round_steps), at the end of each period."""
+    or, with `periods` (a distillation's rounds), at the end of each period."""
     return WarmupSchedule(
         learning_rate=section["learning_rate"],
         warmup_steps=section["warmup_steps"],
         decay=section.get("decay", "constant"),
-        decay_steps=period or section["steps"],
-        restart_every=period,
+        decay_steps=section["steps"],
+        periods=periods,
     )
 
 
@@ -83,7 +83,7 @@ def build_model(
     if distill:
         bounds = {k: config["sampling"][k] for k in ("clip_denoised", "dynamic_threshold")}
         model = DistillationModel(network, diffusion, **distill, **bounds, **settings)
-        schedule = build_schedule(train, period=distill["round_steps"])
+        schedule = build_schedule(train, periods=model.halving.lengths)
     else:
         model = DiffusionModel(network, diffusion, **settings)
         schedule = build_schedule(train)

@@ -9,6 +9,7 @@ distillation trained on those data must end where the closed form says.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import shutil
@@ -67,14 +68,60 @@ def test_a_halving_refuses_what_it_cannot_halve(student, teacher, message):
         Halving(1000, student, teacher, 10)
 
 
+def test_rounds_of_their_own_lengths_follow_one_another():
+    halving = Halving(1000, student_steps=2, teacher_steps=16, round_steps=[3, 5, 7])
+    assert halving.lengths == (3, 5, 7) and halving.total_steps == 15
+    assert halving.starts == (0, 3, 8) and halving.ends == (3, 8, 15)
+    expected = [0] * 3 + [1] * 5 + [2] * 7 + [2] * 3  # the last round's after the end
+    assert [halving.round_of(step) for step in range(18)] == expected
+    assert [int(halving.round_tensor(tf.constant(step))) for step in range(18)] == expected
+    assert Halving(1000, 2, 16, 4).lengths == (4, 4, 4)
+    assert halving == Halving(1000, 2, 16, (3, 5, 7))  # a list (from JSON) is the tuple
+
+
+@pytest.mark.parametrize(
+    "round_steps, message",
+    [
+        ([3, 5], "lists 2 rounds, but 16 -> 2 steps takes 3 halvings"),
+        ([3, 0, 7], "each of distill.round_steps must be a positive integer, got 0"),
+        ([3, True, 7], "positive integer, got True"),
+        (2.5, "distill.round_steps must be a positive integer, got 2.5"),
+    ],
+)
+def test_a_halving_refuses_round_lengths_it_cannot_run(round_steps, message):
+    with pytest.raises(InputError, match=message):
+        Halving(1000, 2, 16, round_steps)
+
+
+def _warmup_linear(base, warmup, length, local):
+    """The closed form of one period: linear warm-up, then a linear decay to 0 at its end."""
+    rise = min(1.0, (local + 1) / warmup) if warmup else 1.0
+    return base * rise * min(max((length - local) / (length - warmup), 0.0), 1.0)
+
+
 def test_the_learning_rate_restarts_each_round():
-    schedule = WarmupSchedule(
-        1e-3, warmup_steps=2, decay="linear", decay_steps=10, restart_every=10
-    )
+    schedule = WarmupSchedule(1e-3, warmup_steps=2, decay="linear", periods=(10,))
     rates = [float(schedule(step)) for step in range(30)]
     assert rates[:10] == rates[10:20] == rates[20:]
-    assert rates[0] == pytest.approx(5e-4) and rates[9] == pytest.approx(1.25e-4)
-    assert WarmupSchedule.from_config(schedule.get_config()).restart_every == 10
+    assert rates == pytest.approx([_warmup_linear(1e-3, 2, 10, s % 10) for s in range(30)])
+    old = {"learning_rate": 1e-3, "warmup_steps": 2, "decay": "linear", "decay_steps": 10}
+    restored = WarmupSchedule.from_config({**old, "restart_every": 10})  # saved before periods
+    assert restored.periods == (10,) and float(restored(13)) == pytest.approx(rates[3])
+    assert WarmupSchedule.from_config(schedule.get_config()).periods == (10,)
+
+
+def test_the_learning_rate_of_rounds_of_their_own_lengths_decays_to_0_at_each_end():
+    schedule = WarmupSchedule(1e-3, warmup_steps=2, decay="linear", periods=(5, 10, 20))
+    starts, lengths = (0, 5, 15), (5, 10, 20)
+    expected = []
+    for step in range(60):
+        r = 2 if step >= 15 else (1 if step >= 5 else 0)
+        local = step - starts[r] if step < 35 else (step - 15) % 20  # the last one repeats
+        expected.append(_warmup_linear(1e-3, 2, lengths[r], local))
+    rates = [float(schedule(tf.constant(step, tf.int64))) for step in range(60)]
+    assert rates == pytest.approx(expected, abs=1e-9)
+    with pytest.raises(InputError, match=r"each period \(2\) > `warmup_steps` \(2\)"):
+        WarmupSchedule(1e-3, warmup_steps=2, decay="linear", periods=(5, 2))
 
 
 # ------------------------------------------------------------------------------------ target
@@ -198,7 +245,7 @@ def test_distillation_trains_a_two_step_student_that_samples_as_the_eight_step_t
     """Two rounds (8 -> 4 -> 2 steps) on Gaussian data from the exact denoiser: the student's
     2-step samples match the teacher's 8-step DDIM samples of the same x_T."""
     model = _distillation(round_steps=400, ema_decay=0.0, grad_clip_norm=None, seed=3)
-    model.compile(keras.optimizers.Adam(WarmupSchedule(0.05, 0, "linear", 400, 400)))
+    model.compile(keras.optimizers.Adam(WarmupSchedule(0.05, 0, "linear", periods=(400,))))
     data = np_rng.normal(MU, S, (4096, *SHAPE)).astype("float32")
     dataset = tf.data.Dataset.from_tensor_slices(data).repeat().batch(256)
     x_top = tf.constant(np_rng.normal(size=(2048, *SHAPE)), tf.float32)
@@ -239,6 +286,24 @@ def test_the_model_round_trips_and_its_spec_follows_the_rounds(tmp_path):
     student.save(tmp_path / "s.keras")
     assert keras.saving.load_model(tmp_path / "s.keras").default_spec == student.default_spec
     assert json.loads(json.dumps(model.get_config()))["round_steps"] == 5
+
+
+def test_a_model_of_rounds_of_their_own_lengths_starts_each_and_restarts_its_ema(tmp_path):
+    model = _distillation(student_steps=1, teacher_steps=8, round_steps=[2, 3, 4])
+    assert model.milestones == (2, 5, 9) and model.halving.total_steps == 9
+    starts, ages, rounds = [], [], []
+    for step in range(10):
+        model.step_counter.assign(step)
+        starts.append(model.round_starts())
+        ages.append(int(model._ema_age()))
+        rounds.append(model.round)
+    assert [s for s, starting in enumerate(starts) if starting] == [2, 5]
+    assert ages == [0, 1, 0, 1, 2, 0, 1, 2, 3, 4]
+    assert rounds == [0, 0, 0, 1, 1, 1, 2, 2, 2, 2]  # a round's weights until the next starts
+    assert json.loads(json.dumps(model.get_config()))["round_steps"] == [2, 3, 4]
+    model.compile(keras.optimizers.Adam())
+    model.save(tmp_path / "m.keras")
+    assert keras.saving.load_model(tmp_path / "m.keras").halving == model.halving
 
 
 def test_the_model_refuses_a_learned_timestep_sampler():
@@ -348,9 +413,30 @@ def test_the_program_distills_in_rounds_keeps_each_student_and_resumes_exactly(
     ]
 
 
+def test_the_program_runs_rounds_of_their_own_lengths_and_scores_each_at_its_end(
+    trained_run, data_dir, tmp_path
+):
+    out = tmp_path / "uneven"
+    assert (
+        _distill(trained_run, out, data_dir, "distill.round_steps=[2,4]", "run.num_samples=4") == 0
+    )
+    config = json.loads((out / "config.json").read_text())
+    assert config["distill"]["round_steps"] == [2, 4] and config["train"]["steps"] == 6
+    assert config["run"]["eval_every"] == config["run"]["sample_every"] == 6
+    with open(out / "curve.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows if r["test_loss"]] == [2, 6]
+    assert sorted(p.name for p in (out / "samples").glob("*.png")) == [
+        "step_00000002.png",
+        "step_00000006.png",
+    ]
+    assert sorted(p.name for p in (out / "students").iterdir()) == ["steps2.keras", "steps4.keras"]
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
+        (["distill.round_steps=[3,3,3]"], "lists 3 rounds, but 8 -> 2 steps takes 2 halvings"),
         (["distill.teacher_steps=6"], "power of two"),
         (["train.steps=10"], "train.steps is set by ddpm-distill"),
         (["distill.round_steps=0"], "distill.round_steps must be a positive integer"),

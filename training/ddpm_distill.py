@@ -10,8 +10,12 @@ The student starts as the teacher run's EMA weights and halves its DDIM steps ea
 run directory (config.json with a [distill] section, checkpoints, curve.csv, logs/, samples/), one
 writer, exact resume on rerun, progress with ETA, SIGTERM checkpoints, several workers
 (`train.strategy`). Its [train] keys start from the teacher's with distillation's learning rate,
-restarted each round (linear decay to 0), and every `KEY=VALUE` override applies on top;
-`train.steps` is the rounds times `distill.round_steps`. The data are the teacher's.
+restarted each round (linear decay to 0), and every `KEY=VALUE` override applies on top.
+`distill.round_steps` is the steps of every round, or a list of each round's in turn
+(`distill.round_steps=[500,1500,3000]`: the later rounds are the harder ones); `train.steps` is
+their sum. The run evaluates (`run.fid_samples`) and draws its grids at the end of each round,
+and also every `run.eval_every` / `run.sample_every` steps if those are given. The data are the
+teacher's.
 
 At the end of each round the run keeps that round's student in `students/steps<N>.keras`, an
 ordinary model that samples in N calls; the run directory itself samples in `--steps` calls.
@@ -113,8 +117,10 @@ def distill_config(args: argparse.Namespace) -> tuple[str, dict]:
     }
     config["train"].update(TRAIN_DEFAULTS)
     config["run"]["bpd_examples"] = 0  # a student is a sampler, not a density model
+    given = set()
     for item in args.overrides:
         key, value = parse_override(item)
+        given.add(key)
         if key in ("train.steps", "distill.teacher", "distill.student_steps"):
             raise InputError(
                 f"{key} is set by ddpm-distill (RUN_DIR, --steps, and rounds times "
@@ -130,8 +136,9 @@ def distill_config(args: argparse.Namespace) -> tuple[str, dict]:
         distill["round_steps"],
     )
     config["train"]["steps"] = halving.total_steps
-    for key in ("sample_every", "eval_every"):  # at least at the end of every round
-        config["run"][key] = min(config["run"][key], distill["round_steps"])
+    for key in ("sample_every", "eval_every"):  # the rounds' ends, unless asked for more often
+        if f"run.{key}" not in given:
+            config["run"][key] = halving.total_steps
     bounds = [config["sampling"][k] for k in ("clip_denoised", "dynamic_threshold")]
     config["sampling"] = student_spec(halving, halving.rounds - 1, *bounds).to_dict()
     name = f"{teacher.name}_{args.steps}steps"

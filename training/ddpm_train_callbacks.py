@@ -33,6 +33,13 @@ from ddpm_tf.sampling.spec import SamplingSpec
 from ddpm_tf.training.ddpm_train_curve import TrainingCurve
 
 
+def due(model: keras.Model, every: int) -> bool:
+    """Whether the step just taken ends an interval of `every` steps or is one of the model's
+    `milestones` (a distillation's round ends)."""
+    step = model.step
+    return step % every == 0 or step in model.milestones
+
+
 class NanGuard(keras.callbacks.Callback):
     """Stops training at the first non-finite loss; `failed_step` tells where (None if never)."""
 
@@ -191,7 +198,7 @@ class Samples(keras.callbacks.Callback):
         return path
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.model.step % self.every == 0:
+        if due(self.model, self.every):
             self.write()
 
 
@@ -266,7 +273,7 @@ class Evaluation(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         step = self.model.step
-        if step % self.every:
+        if not due(self.model, self.every):
             return
         results = self.model.evaluate(self.dataset, steps=self.batches, verbose=0, return_dict=True)
         results = {k: float(np.mean(v)) for k, v in results.items()}

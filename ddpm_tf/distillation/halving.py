@@ -21,6 +21,7 @@ float64 table of abar (with abar_{-1} = 1 in front) serves every round.
 from __future__ import annotations
 
 import dataclasses
+from bisect import bisect_right
 
 import numpy as np
 import tensorflow as tf
@@ -47,19 +48,19 @@ class Halving:
         student_steps: the final student's DDIM steps (its sampler's network calls).
         teacher_steps: the steps of the trained model's DDIM sampler that the first round distils;
             student_steps * 2^k for some k >= 1 (k rounds).
-        round_steps: training steps of each round.
+        round_steps: training steps of each round, or of each in turn (one per round, the
+            first round's first): later rounds, with fewer and longer student steps, are the
+            harder ones and may be given more.
     """
 
     num_timesteps: int
     student_steps: int
     teacher_steps: int
-    round_steps: int
+    round_steps: int | tuple[int, ...]
 
     def __post_init__(self) -> None:
-        for name in ("student_steps", "teacher_steps", "round_steps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InputError(f"distill.{name} must be a positive integer, got {value!r}.")
+        for name in ("student_steps", "teacher_steps"):
+            _check_positive(f"distill.{name}", getattr(self, name))
         ratio, rest = divmod(self.teacher_steps, self.student_steps)
         if rest or ratio < 2 or ratio & (ratio - 1):
             raise InputError(
@@ -72,6 +73,18 @@ class Halving:
                 f"distill.teacher_steps={self.teacher_steps} exceeds the diffusion's "
                 f"T={self.num_timesteps} steps."
             )
+        if isinstance(self.round_steps, list | tuple):
+            object.__setattr__(self, "round_steps", tuple(self.round_steps))
+            for value in self.round_steps:
+                _check_positive("each of distill.round_steps", value)
+            if len(self.round_steps) != self.rounds:
+                raise InputError(
+                    f"distill.round_steps lists {len(self.round_steps)} rounds, but "
+                    f"{self.teacher_steps} -> {self.student_steps} steps takes {self.rounds} "
+                    f"halvings: give {self.rounds} numbers, or one for every round."
+                )
+        else:
+            _check_positive("distill.round_steps", self.round_steps)
 
     @property
     def rounds(self) -> int:
@@ -79,13 +92,35 @@ class Halving:
         return (self.teacher_steps // self.student_steps).bit_length() - 1
 
     @property
+    def lengths(self) -> tuple[int, ...]:
+        """The training steps of each round."""
+        if isinstance(self.round_steps, tuple):
+            return self.round_steps
+        return (self.round_steps,) * self.rounds
+
+    @property
+    def starts(self) -> tuple[int, ...]:
+        """The first training step (0-based) of each round."""
+        return tuple(int(s) for s in np.cumsum((0, *self.lengths[:-1])))
+
+    @property
+    def ends(self) -> tuple[int, ...]:
+        """The steps taken when each round ends (the last: `total_steps`)."""
+        return tuple(int(s) for s in np.cumsum(self.lengths))
+
+    @property
     def total_steps(self) -> int:
         """The training steps of the whole distillation."""
-        return self.rounds * self.round_steps
+        return self.ends[-1]
 
     def round_of(self, step: int) -> int:
         """The round that training step `step` (0-based) belongs to (the last after the end)."""
-        return min(int(step) // self.round_steps, self.rounds - 1)
+        return bisect_right(self.ends[:-1], int(step))
+
+    def round_tensor(self, step: tf.Tensor) -> tf.Tensor:
+        """`round_of` for a scalar step tensor, as int32 (in compiled steps)."""
+        ends = tf.constant(self.ends[:-1], tf.int64)
+        return tf.reduce_sum(tf.cast(tf.cast(step, tf.int64) >= ends, tf.int32))
 
     def student_steps_of(self, round_index):
         """The student's steps in round r: teacher_steps / 2^(r + 1) (ints or int32 tensors)."""
@@ -105,6 +140,11 @@ class Halving:
         m = (2 * i + 1) * total // (2 * n) - 1
         s = i * total // n - 1
         return t, m, s
+
+
+def _check_positive(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"{name} must be a positive integer, got {value!r}.")
 
 
 def extended_alphas_cumprod(alphas_cumprod: np.ndarray) -> np.ndarray:

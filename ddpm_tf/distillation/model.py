@@ -66,7 +66,7 @@ class DistillationModel(DiffusionModel):
         diffusion: the teacher's `GaussianDiffusion` (its parameterization is the student's).
         student_steps: the final student's steps; teacher_steps: the steps of the trained model's
             DDIM sampler that the first round distils (student_steps * 2^k); round_steps:
-            training steps per round (`Halving`).
+            training steps per round, or a list of each round's (`Halving`).
         clip_denoised, dynamic_threshold: the bounds of the teacher's x_0 predictions and of the
             student's sampler, as in `SamplingSpec`.
         teacher: where the teacher came from (a run directory), for the record.
@@ -87,7 +87,7 @@ class DistillationModel(DiffusionModel):
         *,
         student_steps: int,
         teacher_steps: int,
-        round_steps: int,
+        round_steps: int | list[int] | tuple[int, ...],
         clip_denoised: bool = True,
         dynamic_threshold: float = 0.0,
         teacher: str = "",
@@ -128,6 +128,11 @@ class DistillationModel(DiffusionModel):
     def default_spec(self) -> SamplingSpec:
         return self.spec_of_round(self.round)
 
+    @property
+    def milestones(self) -> tuple[int, ...]:
+        """The end of every round: each round's student is scored and drawn."""
+        return self.halving.ends
+
     def initialize_from(self, teacher: DiffusionModel) -> None:
         """Student, its EMA and the teacher all take `teacher`'s EMA weights (a fresh start)."""
         weights = teacher.ema_network.get_weights()
@@ -136,8 +141,7 @@ class DistillationModel(DiffusionModel):
 
     def round_starts(self) -> bool:
         """Whether the next training step is the first of a round after the first."""
-        step = self.step
-        return 0 < step < self.halving.total_steps and step % self.halving.round_steps == 0
+        return self.step in self.halving.ends[:-1]
 
     def start_round(self) -> None:
         """The student's EMA weights become the teacher and the student's starting point."""
@@ -150,11 +154,6 @@ class DistillationModel(DiffusionModel):
         listed = super().checkpoint_variables()
         seen = {id(v) for v in listed}
         return listed + [v for v in self.teacher_network.weights if id(v) not in seen]
-
-    def _round_tensor(self, step) -> tf.Tensor:
-        """The round of training step `step` (0-based) as an int32 tensor, for compiled steps."""
-        round_index = tf.cast(step // self.halving.round_steps, tf.int32)
-        return tf.minimum(round_index, self.halving.rounds - 1)
 
     def student(self) -> DiffusionModel:
         """The student now as an ordinary `DiffusionModel`: its EMA weights, sampling with
@@ -172,7 +171,8 @@ class DistillationModel(DiffusionModel):
 
     def _ema_age(self) -> tf.Tensor:
         """The EMA warm-up restarts at each round."""
-        return self.step_counter % self.halving.round_steps
+        starts = tf.constant(self.halving.starts, self.step_counter.dtype)
+        return self.step_counter - tf.gather(starts, self.halving.round_tensor(self.step_counter))
 
     # ---------------------------------------------------------------------------------- training
     def _x0(self, network, x_t, t, labels, bound: bool, training: bool = False) -> tf.Tensor:
@@ -224,7 +224,7 @@ class DistillationModel(DiffusionModel):
         seed = self._step_seed()
         # 2. The round's grid, a student step per image, x_t there and label drops; 3. the
         # target: where the teacher's two steps land, as one step's x_0.
-        n = self.halving.student_steps_of(self._round_tensor(self.step_counter))
+        n = self.halving.student_steps_of(self.halving.round_tensor(self.step_counter))
         x_t, t, s, labels, target = self._student_problem(
             images, labels, seed, n, replica, replicas, drop_labels=True
         )
@@ -246,7 +246,7 @@ class DistillationModel(DiffusionModel):
         replica, replicas = self._replica()
         seed = rng.fold_in(rng.as_seed(self.seed + 1), tf.cast(self.eval_counter, tf.int32))
         last = tf.maximum(self.step_counter - 1, 0)  # the weights' round, as `round`
-        n = self.halving.student_steps_of(self._round_tensor(last))
+        n = self.halving.student_steps_of(self.halving.round_tensor(last))
         x_t, t, _, labels, target = self._student_problem(
             images, labels, seed, n, replica, replicas, drop_labels=False
         )
@@ -263,12 +263,16 @@ class DistillationModel(DiffusionModel):
             **config,
             "student_steps": self.halving.student_steps,
             "teacher_steps": self.halving.teacher_steps,
-            "round_steps": self.halving.round_steps,
+            "round_steps": _json(self.halving.round_steps),
             "clip_denoised": self.clip_denoised,
             "dynamic_threshold": self.dynamic_threshold,
             "teacher": self.teacher,
             "loss_weighting": self.loss_weighting,
         }
+
+
+def _json(value: int | tuple[int, ...]) -> int | list[int]:
+    return list(value) if isinstance(value, tuple) else value
 
 
 class Rounds(keras.callbacks.Callback):
