@@ -12,7 +12,9 @@ the CPU and TensorFlow's version), and every process sets ``TF_ENABLE_ONEDNN_OPT
 before TensorFlow is imported. The measurement takes about half a minute, once (each child
 imports TensorFlow, compiles the step and times 7 steps after 3); concurrent first
 imports wait for one measurement (a lock file). The choice is fixed per machine, so a run stays
-bit-reproducible from its seed there.
+bit-reproducible from its seed there. A measurement that failed (a child that timed out on a
+loaded machine, say) keeps TensorFlow's default and is tried again at the first import a day
+(`RETRY_AFTER`) later, not kept for good.
 
 Nothing is changed when the user set ``TF_ENABLE_ONEDNN_OPTS`` (their choice), when
 ``DDPM_TF_TUNE=0`` (TensorFlow's default, nothing measured), or when TensorFlow was imported before
@@ -45,6 +47,7 @@ TUNE_ENV = "DDPM_TF_TUNE"
 MARGIN = 0.05  # a setting must be this much faster than the other to replace TF's default
 CHILD_TIMEOUT = 300.0  # seconds a measuring child may take (import, kernel build, steps)
 MEASUREMENT = 1  # bumped when the measurement changes, so that caches are measured again
+RETRY_AFTER = 86400.0  # seconds after which a measurement that failed is tried again
 _CHILD = "from ddpm_tf.onednn import print_step_time; print_step_time()"  # a measuring child
 _status = "not applied in this process"
 
@@ -68,6 +71,22 @@ def read_choice(path: Path) -> dict | None:
     if not isinstance(record, dict) or record.get("setting") not in ("0", "1", None):
         return None
     return record
+
+
+def word(setting: str) -> str:
+    """ "on" or "off" for a setting of ``TF_ENABLE_ONEDNN_OPTS`` ("1" or "0")."""
+    return "on" if setting == "1" else "off"
+
+
+def due_again(record: dict, now: float | None = None) -> bool:
+    """Whether a cached record is a failed measurement old enough (`RETRY_AFTER`) to try again;
+    a failed record without its time (written before records kept one) is."""
+    if not record.get("failed"):
+        return False
+    measured = record.get("measured_at")
+    if not isinstance(measured, int | float):
+        return True
+    return (time.time() if now is None else now) - measured >= RETRY_AFTER
 
 
 def decide(ms: dict[str, float | None]) -> str | None:
@@ -103,7 +122,7 @@ def _time_child(setting: str) -> tuple[float | None, str]:
     if enabled != setting:  # TensorFlow ran the other path: the time says nothing about this one
         return (
             None,
-            f"TensorFlow ignored {ENV}={setting} (oneDNN {'on' if enabled == '1' else 'off'})",
+            f"TensorFlow ignored {ENV}={setting} (oneDNN {word(enabled)})",
         )
     return float(ms), "ok"
 
@@ -123,6 +142,7 @@ def measure() -> dict:
         "failed": notes,
         "cpu": cpu.splitlines()[0] if cpu else "",
         "measured": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "measured_at": time.time(),
     }
 
 
@@ -152,13 +172,19 @@ def _locked(path: Path):
 
 
 def choice(remeasure: bool = False) -> dict:
-    """The cached record of this machine, measured first if there is none (or if `remeasure`)."""
+    """The cached record of this machine, measured first if there is none, if its measurement
+    failed a day ago or more (`due_again`), or if `remeasure`."""
     path = cache_file()
-    record = None if remeasure else read_choice(path)
+
+    def cached() -> dict | None:
+        record = None if remeasure else read_choice(path)
+        return None if record is None or due_again(record) else record
+
+    record = cached()
     if record is not None:
         return record
     with _locked(path):
-        record = None if remeasure else read_choice(path)  # measured while this process waited
+        record = cached()  # measured while this process waited
         if record is None:
             print(
                 "ddpm_tf: timing TensorFlow's oneDNN kernels on and off on this CPU, once "
@@ -174,12 +200,8 @@ def choice(remeasure: bool = False) -> dict:
 def describe(record: dict) -> str:
     """The measured times of a record and where it is cached, for status lines."""
     ms = record.get("ms_per_step", {})
-    timing = ", ".join(
-        f"{'on' if s == '1' else 'off'} {v:.0f} ms" for s, v in sorted(ms.items()) if v is not None
-    )
-    failed = "; ".join(
-        f"{'on' if s == '1' else 'off'} {n}" for s, n in record.get("failed", {}).items()
-    )
+    timing = ", ".join(f"{word(s)} {v:.0f} ms" for s, v in sorted(ms.items()) if v is not None)
+    failed = "; ".join(f"{word(s)} {n}" for s, n in record.get("failed", {}).items())
     measured = f"measured {timing or 'nothing'}" + (f" ({failed})" if failed else "")
     return measured + f", per small_28 train step, in {cache_file()}"
 
@@ -222,7 +244,7 @@ def _warn_if_late(record: dict | None) -> None:
         return
     warnings.warn(
         f"TensorFlow was imported before ddpm_tf, so it runs its oneDNN kernels "
-        f"{'on' if running == '1' else 'off'}, which trains the U-Net slower on this CPU "
+        f"{word(running)}, which trains the U-Net slower on this CPU "
         f"({describe(record)}). Import ddpm_tf before TensorFlow, or start Python with "
         f"{ENV}={record['setting']}.",
         stacklevel=2,

@@ -78,6 +78,36 @@ def test_a_failed_child_keeps_the_default_and_says_why(cache, monkeypatch):
     assert "on failed with exit code 1: boom" in why
 
 
+@pytest.mark.parametrize(
+    "failed, age, again",
+    [
+        (True, 3600.0, False),  # failed an hour ago: TensorFlow's default, no new pause
+        (True, onednn.RETRY_AFTER + 1.0, True),  # failed a day ago: tried again
+        (True, None, True),  # failed, from before records kept their time
+        (False, 30 * onednn.RETRY_AFTER, False),  # a good measurement stays
+    ],
+)
+def test_a_failed_measurement_is_tried_again_a_day_later(cache, monkeypatch, failed, age, again):
+    record = {
+        "setting": None if failed else "1",
+        "ms_per_step": {"0": 100.0, "1": None if failed else 50.0},
+        "failed": {"1": "timed out after 300 s"} if failed else {},
+    }
+    if age is not None:
+        record["measured_at"] = onednn.time.time() - age
+    onednn.cache_file().write_text(json.dumps(record))
+    runs = fake_children(monkeypatch, {"0": 200.0, "1": 100.0})
+    why = onednn.apply()
+    assert sorted(runs) == (["0", "1"] if again else [])
+    if again:
+        assert (
+            why.startswith(f"{onednn.ENV}=1")
+            and onednn.due_again(json.loads(onednn.cache_file().read_text())) is False
+        )
+    else:
+        assert why.startswith(f"{onednn.ENV}=1" if not failed else "TensorFlow's default")
+
+
 def test_a_damaged_cache_is_measured_again(cache, monkeypatch):
     onednn.cache_file().write_text('{"setting": "1", "ms_per')
     runs = fake_children(monkeypatch, {"0": 100.0, "1": 200.0})
