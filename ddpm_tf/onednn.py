@@ -48,6 +48,7 @@ MARGIN = 0.05  # a setting must be this much faster than the other to replace TF
 CHILD_TIMEOUT = 300.0  # seconds a measuring child may take (import, kernel build, steps)
 MEASUREMENT = 1  # bumped when the measurement changes, so that caches are measured again
 RETRY_AFTER = 86400.0  # seconds after which a measurement that failed is tried again
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"  # a record's "measured": local time
 _CHILD = "from ddpm_tf.onednn import print_step_time; print_step_time()"  # a measuring child
 _status = "not applied in this process"
 
@@ -80,11 +81,12 @@ def word(setting: str) -> str:
 
 def due_again(record: dict, now: float | None = None) -> bool:
     """Whether a cached record is a failed measurement old enough (`RETRY_AFTER`) to try again;
-    a failed record without its time (written before records kept one) is."""
+    a failed record without a readable time is."""
     if not record.get("failed"):
         return False
-    measured = record.get("measured_at")
-    if not isinstance(measured, int | float):
+    try:
+        measured = time.mktime(time.strptime(record["measured"], TIME_FORMAT))
+    except (KeyError, TypeError, ValueError):
         return True
     return (time.time() if now is None else now) - measured >= RETRY_AFTER
 
@@ -141,8 +143,7 @@ def measure() -> dict:
         "ms_per_step": ms,
         "failed": notes,
         "cpu": cpu.splitlines()[0] if cpu else "",
-        "measured": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "measured_at": time.time(),
+        "measured": time.strftime(TIME_FORMAT),
     }
 
 

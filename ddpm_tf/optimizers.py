@@ -63,9 +63,8 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
         self.periods = tuple(int(p) for p in periods)
         if any(p < 1 for p in self.periods):
             raise InputError(f"`periods` must be positive step counts, got {list(periods)}.")
-        for span, name in [(p, "each period") for p in self.periods] or [
-            (decay_steps, "`decay_steps`")
-        ]:
+        name = "each period" if self.periods else "`decay_steps`"
+        for span in self.periods or (decay_steps,):
             if decay != "constant" and span <= warmup_steps:
                 raise InputError(
                     f"a {decay} decay needs {name} ({span}) > `warmup_steps` ({warmup_steps}): "

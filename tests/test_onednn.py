@@ -83,7 +83,7 @@ def test_a_failed_child_keeps_the_default_and_says_why(cache, monkeypatch):
     [
         (True, 3600.0, False),  # failed an hour ago: TensorFlow's default, no new pause
         (True, onednn.RETRY_AFTER + 1.0, True),  # failed a day ago: tried again
-        (True, None, True),  # failed, from before records kept their time
+        (True, None, True),  # failed, with no readable time
         (False, 30 * onednn.RETRY_AFTER, False),  # a good measurement stays
     ],
 )
@@ -94,7 +94,8 @@ def test_a_failed_measurement_is_tried_again_a_day_later(cache, monkeypatch, fai
         "failed": {"1": "timed out after 300 s"} if failed else {},
     }
     if age is not None:
-        record["measured_at"] = onednn.time.time() - age
+        then = onednn.time.localtime(onednn.time.time() - age)
+        record["measured"] = onednn.time.strftime(onednn.TIME_FORMAT, then)
     onednn.cache_file().write_text(json.dumps(record))
     runs = fake_children(monkeypatch, {"0": 200.0, "1": 100.0})
     why = onednn.apply()

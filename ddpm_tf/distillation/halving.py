@@ -101,7 +101,7 @@ class Halving:
     @property
     def starts(self) -> tuple[int, ...]:
         """The first training step (0-based) of each round."""
-        return tuple(int(s) for s in np.cumsum((0, *self.lengths[:-1])))
+        return (0, *self.ends[:-1])
 
     @property
     def ends(self) -> tuple[int, ...]:
