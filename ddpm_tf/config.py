@@ -113,7 +113,8 @@ DISTILL_DEFAULTS: dict[str, Any] = {
     "student_steps": 4,  # the student's sampling steps (network calls)
     "teacher_steps": 0,  # the trained model's DDIM steps that the first round distils
     "round_steps": 1000,  # training steps of each halving, or a list: each one's in turn
-    "loss_weighting": "landing",  # or "truncated_snr" (DistillationModel)
+    "loss_weighting": "landing",  # or "truncated_snr", "uniform" (DistillationModel)
+    "method": "progressive",  # or "consistency" (DistillationModel)
 }
 
 # Keys a run may change when it is resumed: its length, its bookkeeping and how grids are sampled.

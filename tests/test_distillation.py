@@ -1,4 +1,4 @@
-"""Progressive distillation, checked where the answer is known.
+"""Progressive and consistency distillation, checked where the answer is known.
 
 Gaussian data x_0 ~ N(MU, S^2) have a closed-form denoiser (tests/oracle.py) and a closed-form
 probability-flow ODE map, so the target of a student step (where two teacher DDIM steps land, as
@@ -22,7 +22,14 @@ from helpers import assert_same_checkpoints
 from oracle import optimal_xstart
 
 from ddpm_tf import DiffusionModel, GaussianDiffusion, SamplingSpec, get_beta_schedule
-from ddpm_tf.distillation import DistillationModel, Halving, Rounds, ddim_move, step_target
+from ddpm_tf.distillation import (
+    DistillationModel,
+    Halving,
+    Rounds,
+    ddim_move,
+    plan,
+    step_target,
+)
 from ddpm_tf.distillation.halving import extended_alphas_cumprod
 from ddpm_tf.errors import InputError
 from ddpm_tf.optimizers import WarmupSchedule
@@ -241,31 +248,96 @@ def _ddim_samples(model_network, steps, x_top):
     return run_loop(process, denoise, x_top.shape, 0, spec, noise=x_top)["sample"].numpy()
 
 
-def test_distillation_trains_a_two_step_student_that_samples_as_the_eight_step_teacher(np_rng):
-    """Two rounds (8 -> 4 -> 2 steps) on Gaussian data from the exact denoiser: the student's
-    2-step samples match the teacher's 8-step DDIM samples of the same x_T."""
-    model = _distillation(round_steps=400, ema_decay=0.0, grad_clip_norm=None, seed=3)
-    model.compile(keras.optimizers.Adam(WarmupSchedule(0.05, 0, "linear", periods=(400,))))
+def _train_on_gaussian_data(model, np_rng, steps: tuple[int, ...]) -> tuple[list, dict]:
+    """Fits `model` on Gaussian data for its whole length (rate 0.05 decaying linearly over each
+    round): (the rounds that ended, {n: (before, after)}, the mean distance of the student's
+    n-step DDIM samples from the exact teacher's 8-step ones, same x_T, before and after)."""
+    lengths = model.halving.lengths
+    model.compile(keras.optimizers.Adam(WarmupSchedule(0.05, 0, "linear", periods=lengths)))
     data = np_rng.normal(MU, S, (4096, *SHAPE)).astype("float32")
     dataset = tf.data.Dataset.from_tensor_slices(data).repeat().batch(256)
     x_top = tf.constant(np_rng.normal(size=(2048, *SHAPE)), tf.float32)
     teacher = _ddim_samples(_teacher_network(), 8, x_top)
-    before = np.abs(_ddim_samples(model.ema_network, 2, x_top) - teacher).mean()
+
+    def distance(n):
+        return np.abs(_ddim_samples(model.ema_network, n, x_top) - teacher).mean()
+
+    before = {n: distance(n) for n in steps}
     ended = []
     model.fit(
         dataset,
         shuffle=False,
-        steps_per_epoch=800,
+        steps_per_epoch=model.halving.total_steps,
         callbacks=[Rounds(lambda m: ended.append(m.round))],
         verbose=0,
     )
+    return ended, {n: (before[n], distance(n)) for n in steps}
+
+
+def test_distillation_trains_a_two_step_student_that_samples_as_the_eight_step_teacher(np_rng):
+    """Two rounds (8 -> 4 -> 2 steps) on Gaussian data from the exact denoiser: the student's
+    2-step samples match the teacher's 8-step DDIM samples of the same x_T."""
+    model = _distillation(round_steps=400, ema_decay=0.0, grad_clip_norm=None, seed=3)
+    ended, error = _train_on_gaussian_data(model, np_rng, (2,))
     assert ended == [0, 1] and model.step == 800 and model.default_spec.steps == TrailingSteps(2)
-    after = np.abs(_ddim_samples(model.ema_network, 2, x_top) - teacher).mean()
+    before, after = error[2]
     assert after < 1e-3 * S and before > 10 * after, (before, after)
     assert not np.allclose(  # the teacher of round 1 is the round-0 student, not the original
         model.teacher_network.get_layer("c").get_weights()[0],
         _exact_coefficients(_abar())[0][:, None],
     )
+
+
+# ----------------------------------------------------------------------------- consistency
+def test_the_consistency_target_is_the_students_x0_where_two_closed_form_ddim_steps_land(np_rng):
+    """The exact denoiser as teacher and student: the target at x_t is the exact x_0 at the
+    teacher's landing point x_s, and at the grid's last step (s = -1) x_s itself."""
+    model, abar = _distillation(student_steps=1, teacher_steps=8, method="consistency"), _abar()
+    assert model.halving.rounds == 1 and model.default_spec.steps == TrailingSteps(1)
+    x_t = np_rng.normal(size=(4, *SHAPE))
+    n = 4  # the grid of teacher_steps / 2 steps, each a pair of the teacher's
+    for i in range(n):
+        t, m, s = model.halving.indices(i, n)
+        target = model.teacher_target(tf.constant(x_t, tf.float32), tf.fill([4], i), n).numpy()
+        x_m = _ddim_np(abar, x_t, optimal_xstart(x_t, abar[t], MU, S), t, m)
+        x_s = _ddim_np(abar, x_m, optimal_xstart(x_m, abar[m], MU, S), m, s)
+        expected = x_s if s < 0 else optimal_xstart(x_s, abar[s], MU, S)
+        np.testing.assert_allclose(target, expected, atol=2e-5)
+
+
+def test_consistency_distillation_trains_a_one_step_student_that_samples_as_the_teacher(np_rng):
+    """One round on Gaussian data from the exact denoiser: the student's single call carries
+    x_T to where the teacher's 8 DDIM steps take it; its 2 DDIM steps land near there (a DDIM
+    step from an exact x_0 leaves the teacher's path, so 2 steps are close, not exact)."""
+    model = _distillation(
+        student_steps=1,
+        teacher_steps=8,
+        round_steps=1500,
+        method="consistency",
+        loss_weighting="uniform",
+        ema_decay=0.0,
+        grad_clip_norm=None,
+        seed=3,
+    )
+    ended, error = _train_on_gaussian_data(model, np_rng, (1, 2))
+    assert ended == [0] and model.default_spec.steps == TrailingSteps(1)
+    for steps, tolerance in [(1, 1e-3), (2, 1e-2)]:
+        before, after = error[steps]
+        assert after < tolerance * S and before > 10 * after, (steps, before, after)
+    np.testing.assert_allclose(  # the teacher stays the trained model throughout
+        model.teacher_network.get_layer("c").get_weights()[0],
+        _exact_coefficients(_abar())[0][:, None],
+        rtol=1e-6,
+    )
+
+
+@pytest.mark.parametrize(
+    "teacher_steps, round_steps, message",
+    [(7, 10, "must be even"), (8, [5, 5], "one round")],
+)
+def test_consistency_distillation_refuses_what_it_cannot_run(teacher_steps, round_steps, message):
+    with pytest.raises(InputError, match=message):
+        plan(T, 1, teacher_steps, round_steps, "consistency")
 
 
 # ------------------------------------------------------------------------------------ model
@@ -366,6 +438,7 @@ def test_the_program_distills_in_rounds_keeps_each_student_and_resumes_exactly(
         "teacher_steps": 8,
         "round_steps": 3,
         "loss_weighting": "landing",
+        "method": "progressive",
     }
     assert config["train"]["steps"] == 6 and config["sampling"]["steps"] == "trailing2"
     students = straight / "students"
@@ -433,9 +506,24 @@ def test_the_program_runs_rounds_of_their_own_lengths_and_scores_each_at_its_end
     assert sorted(p.name for p in (out / "students").iterdir()) == ["steps2.keras", "steps4.keras"]
 
 
+def test_the_program_distills_by_consistency_in_one_round(trained_run, data_dir, tmp_path):
+    from ddpm_tf.runs import load_model
+
+    out = tmp_path / "consistency"
+    assert _distill(trained_run, out, data_dir, "distill.method=consistency") == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["distill"]["method"] == "consistency" and config["train"]["steps"] == 3
+    assert [p.name for p in (out / "students").iterdir()] == ["steps2.keras"]
+    model = load_model(out)
+    assert model.method == "consistency" and model.halving.rounds == 1
+    assert model.default_spec.steps == TrailingSteps(2)
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
+        (["distill.method=rounds"], "distill.method"),
+        (["distill.method=consistency", "distill.round_steps=[3,3]"], "in one round"),
         (["distill.round_steps=[3,3,3]"], "lists 3 rounds, but 8 -> 2 steps takes 2 halvings"),
         (["distill.teacher_steps=6"], "power of two"),
         (["train.steps=10"], "train.steps is set by ddpm-distill"),

@@ -1,4 +1,4 @@
-"""`ddpm-distill`: a trained run made into a sampler of a few network calls (progressive distillation).
+"""`ddpm-distill`: a trained run made into a sampler of a few network calls (distillation).
 
     ddpm-distill runs/digits --steps 4 --run-dir runs/digits_4steps
     ddpm-distill runs/fashion_mnist --steps 2 --data-dir ~/tfds --run-dir runs/fashion_2steps \\
@@ -20,6 +20,11 @@ teacher's.
 At the end of each round the run keeps that round's student in `students/steps<N>.keras`, an
 ordinary model that samples in N calls; the run directory itself samples in `--steps` calls.
 ddpm-sample, ddpm-eval and ddpm-export read either and sample as the student does unless told.
+
+`distill.method=consistency` trains by consistency distillation instead: one round of
+`distill.round_steps` on the grid of `distill.teacher_steps` / 2 steps, its one student sampling
+in `--steps` calls (and in any other number, `--steps trailingN`); docs/sampling.md measures the
+two methods.
 """
 
 from __future__ import annotations
@@ -35,9 +40,9 @@ from ddpm_tf import cli
 from ddpm_tf.config import DISTILL_DEFAULTS, finish, set_key
 from ddpm_tf.distillation import (
     DistillationModel,
-    Halving,
     Rounds,
     default_teacher_steps,
+    plan,
     student_file,
     student_spec,
 )
@@ -63,7 +68,7 @@ def build_parser() -> cli.ProgramParser:
     parser = _Parser(
         "ddpm-distill",
         "Distill a trained run into a sampler of --steps network calls (progressive "
-        "distillation: each round halves the steps).",
+        "distillation: each round halves the steps; or distill.method=consistency).",
     )
     parser.add_argument("teacher", metavar="RUN_DIR", help="the trained run (ddpm-train)")
     parser.add_argument(
@@ -129,18 +134,19 @@ def distill_config(args: argparse.Namespace) -> tuple[str, dict]:
         set_key(config, key, value)
     distill = config["distill"]
     distill["teacher_steps"] = distill["teacher_steps"] or default_teacher_steps(args.steps)
-    halving = Halving(
+    halving = plan(
         config["diffusion"]["num_timesteps"],
         distill["student_steps"],
         distill["teacher_steps"],
         distill["round_steps"],
+        distill["method"],
     )
     config["train"]["steps"] = halving.total_steps
     for key in ("sample_every", "eval_every"):  # the rounds' ends, unless asked for more often
         if f"run.{key}" not in given:
             config["run"][key] = halving.total_steps
     bounds = [config["sampling"][k] for k in ("clip_denoised", "dynamic_threshold")]
-    config["sampling"] = student_spec(halving, halving.rounds - 1, *bounds).to_dict()
+    config["sampling"] = student_spec(distill["student_steps"], *bounds).to_dict()
     name = f"{teacher.name}_{args.steps}steps"
     return name, finish(config, dataset_given=bool(config["data"]["dataset"]))
 
@@ -151,7 +157,7 @@ def keeper(run: RunDirectory) -> Callable[[DistillationModel], None]:
     def keep(model: DistillationModel) -> None:
         if not run.chief:
             return
-        path = student_file(run.path, model.halving.student_steps_of(model.round))
+        path = student_file(run.path, model.steps_of_round(model.round))
         path.parent.mkdir(parents=True, exist_ok=True)
         save_keras_atomic(model.student(), path, "the student")
 

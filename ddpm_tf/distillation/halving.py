@@ -22,21 +22,29 @@ from __future__ import annotations
 
 import dataclasses
 from bisect import bisect_right
+from typing import Literal, get_args
 
 import numpy as np
 import tensorflow as tf
 
+from ddpm_tf.checks import check_choice
 from ddpm_tf.errors import InputError
-from ddpm_tf.spacing import TrailingSteps
 
 __all__ = [
+    "METHODS",
     "Halving",
+    "Method",
     "ddim_move",
     "default_teacher_steps",
     "extended_alphas_cumprod",
     "landing_factor",
+    "plan",
     "step_target",
 ]
+
+
+Method = Literal["progressive", "consistency"]
+METHODS: tuple[str, ...] = get_args(Method)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,10 +136,6 @@ class Halving:
             return self.teacher_steps >> (round_index + 1)
         return tf.bitwise.right_shift(tf.constant(self.teacher_steps, tf.int32), round_index + 1)
 
-    def grid(self, round_index: int) -> TrailingSteps:
-        """The student's steps of round r."""
-        return TrailingSteps(self.student_steps_of(round_index))
-
     def indices(self, i, n) -> tuple:
         """(t, m, s): the process indices of student step i of an n-step grid, the teacher's
         midpoint and the step's end (-1: the data), for ints or int32 tensors."""
@@ -140,6 +144,34 @@ class Halving:
         m = (2 * i + 1) * total // (2 * n) - 1
         s = i * total // n - 1
         return t, m, s
+
+
+def plan(
+    num_timesteps: int,
+    student_steps: int,
+    teacher_steps: int,
+    round_steps: int | list[int] | tuple[int, ...],
+    method: Method = "progressive",
+) -> Halving:
+    """The rounds of a distillation by `method`: progressive distillation's halvings from
+    `teacher_steps` down to `student_steps`; or consistency distillation's one round of
+    `round_steps` on the grid of teacher_steps / 2 steps, each a pair of the teacher's DDIM steps
+    (t -> m -> s of `Halving.indices`), its student sampling in any number of steps."""
+    if check_choice(method, METHODS, "distill.method") == "progressive":
+        return Halving(num_timesteps, student_steps, teacher_steps, round_steps)
+    _check_positive("distill.student_steps", student_steps)
+    _check_positive("distill.teacher_steps", teacher_steps)
+    if teacher_steps % 2:
+        raise InputError(
+            f"distill.teacher_steps={teacher_steps} must be even for consistency distillation "
+            f"(its grid pairs the teacher's steps), e.g. {teacher_steps + 1}."
+        )
+    if isinstance(round_steps, list | tuple) and len(round_steps) != 1:
+        raise InputError(
+            f"consistency distillation trains in one round: give distill.round_steps one "
+            f"number, not {list(round_steps)}."
+        )
+    return Halving(num_timesteps, teacher_steps // 2, teacher_steps, round_steps)
 
 
 def _check_positive(name: str, value) -> None:

@@ -1,4 +1,5 @@
-"""`DistillationModel`: a `DiffusionModel` whose training step is progressive distillation.
+"""`DistillationModel`: a `DiffusionModel` whose training step is progressive distillation (or,
+with `method="consistency"`, consistency distillation in one round).
 
 The student is the model's `network` (and its EMA copy, which samples); the teacher a frozen copy
 of the same architecture, `teacher_network`. Both start as the trained model's EMA weights. In
@@ -28,16 +29,18 @@ from ddpm_tf import rng
 from ddpm_tf.checks import check_choice
 from ddpm_tf.diffusion import GaussianDiffusion
 from ddpm_tf.distillation.halving import (
-    Halving,
+    Method,
     ddim_move,
     extended_alphas_cumprod,
     landing_factor,
+    plan,
     step_target,
 )
 from ddpm_tf.errors import InputError
 from ddpm_tf.losses import mean_over_dims
 from ddpm_tf.model import DiffusionModel
 from ddpm_tf.sampling import SamplingSpec, call_network
+from ddpm_tf.spacing import TrailingSteps
 
 __all__ = [
     "LOSS_WEIGHTINGS",
@@ -53,7 +56,7 @@ __all__ = [
 STUDENTS_DIR = "students"
 """Where a distillation run keeps each round's student: students/steps<N>.keras."""
 
-LossWeighting = Literal["truncated_snr", "landing"]
+LossWeighting = Literal["truncated_snr", "landing", "uniform"]
 LOSS_WEIGHTINGS: tuple[str, ...] = get_args(LossWeighting)
 
 
@@ -75,7 +78,13 @@ class DistillationModel(DiffusionModel):
             moves the step's landing point x_s, so the loss is the squared error of x_s; or
             "truncated_snr", max(SNR_t, 1) (Salimans & Ho). On the digits' epsilon model, one
             round 8 -> 4 steps gave FID 4.31 with "landing" and 5.33 with "truncated_snr"
-            (docs/sampling.md).
+            (docs/sampling.md); or "uniform", 1.
+        method: "progressive" (the default: the rounds of halvings above) or "consistency"
+            (consistency distillation, Song et al. 2023): one round of `round_steps` on the grid
+            of `teacher_steps // 2` steps, in which the student's x_0 at x_t learns its own x_0
+            (without gradient or dropout) at the point x_s where the teacher's two DDIM steps
+            from x_t land, and the data's x_s itself at the grid's last step. Its student
+            samples on any grid: by default DDIM (eta 0) on `TrailingSteps(student_steps)`.
         **kwargs: `DiffusionModel`'s (ema_decay, grad_clip_norm, label_dropout, seed, ...); the
             timesteps are the student's grid, drawn uniformly.
     """
@@ -92,6 +101,7 @@ class DistillationModel(DiffusionModel):
         dynamic_threshold: float = 0.0,
         teacher: str = "",
         loss_weighting: LossWeighting = "landing",
+        method: Method = "progressive",
         **kwargs: Any,
     ):
         if kwargs.pop("timestep_sampler", "uniform") != "uniform":
@@ -101,9 +111,11 @@ class DistillationModel(DiffusionModel):
             )
         kwargs.pop("sampling", None)  # the rounds say how it samples (`default_spec`)
         super().__init__(network, diffusion, **kwargs)
-        self.halving = Halving(
-            self.diffusion.num_timesteps, student_steps, teacher_steps, round_steps
+        self.halving = plan(
+            self.diffusion.num_timesteps, student_steps, teacher_steps, round_steps, method
         )
+        self.method = method
+        self.student_steps = int(student_steps)
         self.clip_denoised = bool(clip_denoised)
         self.dynamic_threshold = float(dynamic_threshold)
         self.teacher = str(teacher)
@@ -115,9 +127,16 @@ class DistillationModel(DiffusionModel):
         self.teacher_network.trainable = False
 
     # ------------------------------------------------------------------------------------ rounds
+    def steps_of_round(self, round_index: int) -> int:
+        """The network calls of the student's sampler in round r."""
+        if self.method == "consistency":
+            return self.student_steps
+        return self.halving.student_steps_of(round_index)
+
     def spec_of_round(self, round_index: int) -> SamplingSpec:
         """The student's sampler in round r (`student_spec`)."""
-        return student_spec(self.halving, round_index, self.clip_denoised, self.dynamic_threshold)
+        steps = self.steps_of_round(round_index)
+        return student_spec(steps, self.clip_denoised, self.dynamic_threshold)
 
     @property
     def round(self) -> int:
@@ -181,17 +200,37 @@ class DistillationModel(DiffusionModel):
         clip, threshold = (self.clip_denoised, self.dynamic_threshold) if bound else (False, 0.0)
         return self.diffusion._p_mean_variance(output, x_t, t, clip, threshold)["pred_xstart"]
 
-    def teacher_target(self, x_t, i, n, labels=None) -> tf.Tensor:
-        """The student's target x~_0 at x_t for step i [B] of its n-step grid: the teacher's two
-        DDIM steps t -> m -> s, then `step_target` (the module docstring of `halving`)."""
+    def _landing(self, x_t, i, n, labels) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """(t, s, x_s): step i [B] of the n-step grid, from index t to s, and the point x_s where
+        the teacher's two DDIM steps t -> m -> s from x_t land."""
         t, m, s = self.halving.indices(i, n)
         x_m = ddim_move(self._abar, x_t, self._x0(self.teacher_network, x_t, t, labels, True), t, m)
         x_s = ddim_move(self._abar, x_m, self._x0(self.teacher_network, x_m, m, labels, True), m, s)
+        return t, s, x_s
+
+    def teacher_target(self, x_t, i, n, labels=None) -> tf.Tensor:
+        """The student's target x~_0 at x_t for step i [B] of its n-step grid: the teacher's two
+        DDIM steps t -> m -> s, then `step_target` (the module docstring of `halving`); with
+        `method="consistency"`, `consistency_target`."""
+        if self.method == "consistency":
+            return self.consistency_target(x_t, i, n, labels)
+        t, s, x_s = self._landing(x_t, i, n, labels)
         return tf.stop_gradient(step_target(self._abar, x_t, x_s, t, s))
+
+    def consistency_target(self, x_t, i, n, labels=None) -> tf.Tensor:
+        """The consistency target at x_t for step i [B] of the n-step grid: the student's own x_0
+        (no gradient, no dropout) at the teacher's landing point x_s, or x_s itself where s is
+        the data (-1)."""
+        _, s, x_s = self._landing(x_t, i, n, labels)
+        x0 = self._x0(self.network, x_s, tf.maximum(s, 0), labels, bound=False)
+        at_data = tf.reshape(s < 0, [-1, *([1] * (x_s.shape.rank - 1))])
+        return tf.stop_gradient(tf.where(at_data, x_s, x0))
 
     def _weight(self, t, s) -> tf.Tensor:
         """[B] weights of the squared x_0 errors of steps t -> s (`loss_weighting`)."""
         like = tf.zeros_like(t, tf.float32)  # [B]: the weights broadcast against the errors
+        if self.loss_weighting == "uniform":
+            return like + 1.0
         if self.loss_weighting == "truncated_snr":
             ab_t = tf.gather(tf.constant(self._abar, tf.float32), t + 1)
             return tf.maximum(ab_t / (1.0 - ab_t), 1.0)
@@ -261,13 +300,14 @@ class DistillationModel(DiffusionModel):
         config.pop("sampling", None)
         return {
             **config,
-            "student_steps": self.halving.student_steps,
+            "student_steps": self.student_steps,
             "teacher_steps": self.halving.teacher_steps,
             "round_steps": _json(self.halving.round_steps),
             "clip_denoised": self.clip_denoised,
             "dynamic_threshold": self.dynamic_threshold,
             "teacher": self.teacher,
             "loss_weighting": self.loss_weighting,
+            "method": self.method,
         }
 
 
@@ -299,13 +339,13 @@ class Rounds(keras.callbacks.Callback):
 
 
 def student_spec(
-    halving: Halving, round_index: int, clip_denoised: bool = True, dynamic_threshold: float = 0.0
+    steps: int, clip_denoised: bool = True, dynamic_threshold: float = 0.0
 ) -> SamplingSpec:
-    """The student's sampler in round r of `halving`: DDIM (eta 0) on `TrailingSteps(n_r)`, its
-    x_0 bounded as given."""
+    """A student's sampler of `steps` calls: DDIM (eta 0) on `TrailingSteps(steps)`, its x_0
+    bounded as given."""
     return SamplingSpec(
         method="ddim",
-        steps=halving.grid(round_index),
+        steps=TrailingSteps(steps),
         clip_denoised=clip_denoised,
         dynamic_threshold=dynamic_threshold,
     )
