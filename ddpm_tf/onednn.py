@@ -53,13 +53,20 @@ _CHILD = "from ddpm_tf.onednn import print_step_time; print_step_time()"  # a me
 _status = "not applied in this process"
 
 
+ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+"""oneDNN's variables that cap the instructions it uses: a capped CPU runs other kernels, so it is
+measured apart."""
+
+
 def cache_file() -> Path:
-    """The cached choice of this CPU and TensorFlow version."""
+    """The cached choice of this CPU, its oneDNN instruction cap and TensorFlow version."""
     try:
         tensorflow = metadata.version("tensorflow")
     except metadata.PackageNotFoundError:
         tensorflow = "none"
-    key = hashlib.sha256(f"{cpu_identity()}\n{tensorflow}\n{MEASUREMENT}".encode()).hexdigest()
+    limits = ",".join(os.environ.get(name, "") for name in ISA_LIMITS)
+    text = f"{cpu_identity()}\n{tensorflow}\n{MEASUREMENT}\n{limits}"
+    key = hashlib.sha256(text.encode()).hexdigest()
     return cache_root() / f"onednn-{key[:20]}.json"
 
 

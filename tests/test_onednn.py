@@ -173,6 +173,17 @@ def test_the_cache_is_per_cpu(cache, monkeypatch):
     assert onednn.cache_file() != first
 
 
+def test_a_cpu_capped_to_fewer_instructions_is_measured_apart(cache, monkeypatch):
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    whole = onednn.cache_file()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    capped = onednn.cache_file()
+    assert capped != whole
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")
+    assert onednn.cache_file() not in (whole, capped)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("setting", ["0", "1"])
 def test_a_measuring_child_times_a_train_step(setting, tmp_path):
