@@ -7,10 +7,12 @@ PyTorch alone.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import resource
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
@@ -133,6 +135,32 @@ def _block(result: object) -> None:
             _block(value)
     elif hasattr(result, "numpy"):
         result.numpy()
+
+
+# ------------------------------------------------------------------------------ child processes
+RESULT_PREFIX = "BENCH_RESULT "
+"""Starts the one line of a child process's output that holds its result, as JSON."""
+
+
+def print_result(result: Any) -> None:
+    """A child process's result, for `child_result` in its parent."""
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+def child_result(cmd: list[str], env: dict[str, str], name: str) -> dict:
+    """Runs `cmd` (a child of a benchmark, so that what it measures runs alone in its process)
+    and returns the result it printed with `print_result`, with its `wall_s`; or `{"name": name,
+    "error": ...}` with the end of its output."""
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - start
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_PREFIX):
+            result = json.loads(line[len(RESULT_PREFIX) :])
+            result["wall_s"] = wall
+            return result
+    tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+    return {"name": name, "error": f"exit code {proc.returncode}\n{tail}", "wall_s": wall}
 
 
 # ------------------------------------------------------------------------------------- memory

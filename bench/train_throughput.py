@@ -49,9 +49,7 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import time
 from dataclasses import dataclass, replace
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -60,16 +58,16 @@ sys.path.insert(0, BENCH_DIR)
 
 import peer  # noqa: E402
 from common import (  # noqa: E402
+    child_result,
     machine,
     native_bfloat16,
     onednn_enabled,
     peak_rss_mib,
+    print_result,
     rss_mib,
     set_tf_threads,
     time_calls,
 )
-
-RESULT_PREFIX = "TRAIN_THROUGHPUT_RESULT "
 
 
 @dataclass(frozen=True)
@@ -352,7 +350,7 @@ def run_one(name: str, args: argparse.Namespace) -> None:
         dropout=config.dropout,
         variant=config.variant,
     )
-    print(RESULT_PREFIX + json.dumps(result), flush=True)
+    print_result(result)
 
 
 def run_child(name: str, args: argparse.Namespace) -> dict:
@@ -378,20 +376,6 @@ def run_child(name: str, args: argparse.Namespace) -> dict:
     if not CONFIGS[name].fused:
         env["DDPM_TF_FUSED_KERNELS"] = "0"
     return child_result(cmd, env, name)
-
-
-def child_result(cmd: list[str], env: dict[str, str], name: str) -> dict:
-    """Runs a child of this script; returns the JSON it printed or {"error": ...}."""
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - start
-    for line in proc.stdout.splitlines():
-        if line.startswith(RESULT_PREFIX):
-            result = json.loads(line[len(RESULT_PREFIX) :])
-            result["wall_s"] = wall
-            return result
-    tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
-    return {"name": name, "error": f"exit code {proc.returncode}\n{tail}", "wall_s": wall}
 
 
 def measure_peak(args: argparse.Namespace) -> dict[str, float] | None:
@@ -602,7 +586,7 @@ def main(argv: list[str] | None = None) -> None:
         run_one(args.one, args)
         return
     if args.peak_child:
-        print(RESULT_PREFIX + json.dumps(matmul_peak(args.threads, args.repeats)), flush=True)
+        print_result(matmul_peak(args.threads, args.repeats))
         return
 
     names = args.only or [c.name for c in CONFIGS.values() if c.in_default_run]

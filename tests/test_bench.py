@@ -115,6 +115,70 @@ def test_profile_splits_convolutions_by_direction(op, kind):
     assert table["kind"] == {kind: 2.0}
 
 
+@pytest.mark.parametrize("size, kernel, stride", [(28, 3, 1), (28, 3, 2), (7, 3, 2), (15, 2, 1)])
+def test_conv_pads_are_tensorflows_same_padding(size, kernel, stride):
+    """The peer's convolutions run on inputs padded as TensorFlow pads "SAME" ones: a VALID
+    convolution of the padded input is TensorFlow's SAME convolution."""
+    import conv_gradients
+    import tensorflow as tf
+
+    conv = conv_gradients.Conv((2, size, size, 3), (kernel, kernel, 3, 4), stride, "SAME")
+    x = tf.random.stateless_normal(conv.input_shape, seed=[0, 1])
+    k = tf.random.stateless_normal(conv.kernel_shape, seed=[0, 2])
+    same = tf.nn.conv2d(x, k, stride, "SAME")
+    padded = tf.pad(x, [[0, 0], *conv.pads, [0, 0]])
+    np.testing.assert_allclose(tf.nn.conv2d(padded, k, stride, "VALID"), same, atol=1e-5)
+    assert tuple(same.shape) == conv.output_shape
+
+
+@pytest.mark.parametrize(
+    "input_shape, kernel_shape, stride, padding",
+    [
+        ((2, 9, 9, 3), (3, 3, 3, 5), 1, "SAME"),
+        ((2, 8, 8, 3), (3, 3, 3, 5), 2, "SAME"),
+        ((2, 5, 5, 4), (2, 2, 4, 3), 1, "VALID"),
+        ((2, 6, 6, 4), (1, 1, 4, 3), 1, "SAME"),
+    ],
+)
+def test_backward_filter_rewrites_are_the_kernel_gradient(
+    input_shape, kernel_shape, stride, padding
+):
+    """Both rewrites compute d(sum(conv(x, k) * dy))/dk, as TensorFlow's autodiff does."""
+    import conv_gradients
+    import tensorflow as tf
+
+    conv = conv_gradients.Conv(input_shape, kernel_shape, stride, padding)
+    x = tf.random.stateless_normal(input_shape, seed=[1, 1])
+    k = tf.random.stateless_normal(kernel_shape, seed=[1, 2])
+    dy = tf.random.stateless_normal(conv.output_shape, seed=[1, 3])
+    with tf.GradientTape() as tape:
+        tape.watch(k)
+        y = tf.nn.conv2d(x, k, stride, padding)
+    expected = tape.gradient(y, k, output_gradients=dy)
+    for rewrite in (conv_gradients.backward_filter_matmul, conv_gradients.backward_filter_nchw):
+        np.testing.assert_allclose(rewrite(x, dy, conv), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_gradients_finds_every_convolution_of_the_network():
+    """One Conv2D per Keras convolution layer, but four 2x2 phase convolutions per upsampling."""
+    import conv_gradients
+    import keras
+
+    from ddpm_tf import from_preset, layers
+
+    counts = conv_gradients.convolutions("small_28", 2)
+    network = from_preset("small_28", dropout=0.0)
+    network(np.zeros((2, 28, 28, 1), np.float32), np.zeros(2, np.int32))
+    sublayers = list(network._flatten_layers(include_self=False))
+    upsampling = [u for u in sublayers if isinstance(u, layers.Upsample) and u.with_conv]
+    convs = [c for c in sublayers if isinstance(c, keras.layers.Conv2D)]
+    assert upsampling
+    assert sum(counts.values()) == len(convs) - len(upsampling) + 4 * len(upsampling)
+    phases = [c for c in counts if c.kernel_shape[:2] == (2, 2)]
+    assert sum(counts[c] for c in phases) == 4 * len(upsampling)
+    assert all(c.input_shape[0] == 2 for c in counts)
+
+
 def test_input_pipeline_evicts_the_cache_file_and_still_reads_it(tmp_path):
     import input_pipeline
     import tensorflow as tf
