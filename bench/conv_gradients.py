@@ -151,7 +151,7 @@ def tf_calls(conv: Conv, times: int = 1) -> dict[tuple[str, str], Callable[[], o
             input_sizes=conv.input_shape, filter=k, out_backprop=dy, **common
         ),
         ("tf", "backward-filter"): lambda x, k, dy: backward_filter(x, dy, conv),
-        ("tf-nchw", "backward-filter"): lambda x, k, dy: backward_filter_nchw(x, dy, conv),
+        ("tf-nchw", "backward-filter"): lambda x, k, dy: backward_filter(x, dy, conv, "NCHW"),
         ("tf-matmul", "backward-filter"): lambda x, k, dy: backward_filter_matmul(x, dy, conv),
     }
     return {key: repeated(op, (x, kernel, dy), times) for key, op in ops.items()}
@@ -176,35 +176,27 @@ def repeated(op: Callable, inputs: tuple, times: int) -> Callable[[], tf.Tensor]
     return call
 
 
-def backward_filter(x: tf.Tensor, dy: tf.Tensor, conv: Conv) -> tf.Tensor:
-    """The kernel gradient [kh, kw, Cin, Cout] by TensorFlow's op, as the train step computes it."""
-
+def backward_filter(x: tf.Tensor, dy: tf.Tensor, conv: Conv, layout: str = "NHWC") -> tf.Tensor:
+    """The kernel gradient [kh, kw, Cin, Cout] by TensorFlow's op: on the NHWC tensors, as the
+    train step computes it, or (`layout="NCHW"`) on their NCHW transposes, the transposes
+    included."""
+    strides = [1, conv.stride, conv.stride, 1]
+    if layout == "NCHW":
+        x, dy = (tf.transpose(v, [0, 3, 1, 2]) for v in (x, dy))
+        strides = [1, 1, conv.stride, conv.stride]
     return tf.raw_ops.Conv2DBackpropFilter(
         input=x,
         filter_sizes=conv.kernel_shape,
         out_backprop=dy,
-        strides=[1, conv.stride, conv.stride, 1],
+        strides=strides,
         padding=conv.padding,
-    )
-
-
-def backward_filter_nchw(x: tf.Tensor, dy: tf.Tensor, conv: Conv) -> tf.Tensor:
-    """The kernel gradient by TensorFlow's op on NCHW tensors (the transposes included)."""
-
-    return tf.raw_ops.Conv2DBackpropFilter(
-        input=tf.transpose(x, [0, 3, 1, 2]),
-        filter_sizes=conv.kernel_shape,
-        out_backprop=tf.transpose(dy, [0, 3, 1, 2]),
-        strides=[1, 1, conv.stride, conv.stride],
-        padding=conv.padding,
-        data_format="NCHW",
+        data_format=layout,
     )
 
 
 def backward_filter_matmul(x: tf.Tensor, dy: tf.Tensor, conv: Conv) -> tf.Tensor:
     """The kernel gradient as one matrix product per tap: dW[i, j] = X_ij^T dY, where X_ij is the
     padded input shifted by (i, j) and sampled at the stride, [N*Ho*Wo, Cin]."""
-
     kh, kw, cin, cout = conv.kernel_shape
     _, ho, wo, _ = conv.output_shape
     s = conv.stride
