@@ -256,6 +256,13 @@ def _cli(run_dir: Path, data_dir: str, steps: int) -> list[str]:
     ]
 
 
+def _recorded_step(run_dir: Path) -> int:
+    """The step of the newest checkpoint the run's state file names (0 if none): what a rerun
+    resumes from. A checkpoint's files appear before the state file names it."""
+    latest = tf.train.latest_checkpoint(run_dir / "checkpoints")
+    return int(latest.rsplit("-", 1)[1]) if latest else 0
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(tmp_path, data_dir):
     """SIGKILL a run after its second checkpoint; the same command then finishes it exactly."""
@@ -264,12 +271,12 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, data_dir):
     command = _cli(killed, data_dir, steps=24)
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 240
-    while not (killed / "checkpoints" / "ckpt-8.index").exists():
+    while _recorded_step(killed) < 8:
         assert proc.poll() is None and time.time() < deadline, proc.stdout.read().decode()
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    steps_done = max(int(p.name[5:-6]) for p in (killed / "checkpoints").glob("ckpt-*.index"))
+    steps_done = _recorded_step(killed)
     assert steps_done < 24, "the run finished before it could be killed"
     resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
